@@ -1,0 +1,125 @@
+"""What a committed batch is made of: vote entries, decision leaves, the batch header.
+
+The header is what the quorum signs (as COMMIT statements) and what a certificate carries:
+
+    group_id, epoch, config_digest, view, seq, decisions_root, ops_digest, model_versions_digest
+
+`ops_digest` is not in the first design sketch: control operations (model updates, membership
+changes) change what later certificates mean, so the signed header must cover them too.
+`batch_digest` leaves the view out: a batch re-proposed in a later view is the same batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from certs.encoding import Domain, Encodable, digest, encode
+from certs.merkle import leaf_hash
+from certs.outputs import ModelOutput
+from certs.policy import Decision, Vote
+from certs.statements import Statement, StatementKind
+
+
+@dataclass(frozen=True, slots=True)
+class VoteEntry:
+    """One entry of a replica's signed VoteBatch: its model's output for one request."""
+
+    client_id: str
+    request_id: str
+    request_digest: bytes
+    label_space: tuple[str, ...]  # decision names under an application mapping; () = the task's labels
+    output: ModelOutput
+    hash: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hash", leaf_hash(self.canonical()))
+
+    def canonical(self) -> bytes:
+        return encode(
+            Domain.VOTE_ENTRY,
+            self.client_id,
+            self.request_id,
+            self.request_digest,
+            tuple(self.label_space),
+            self.output.canonical(),
+        )
+
+
+def vote_batch_content(model_version: int, entries_root: bytes, entry_count: int) -> bytes:
+    """The content digest a replica signs for one VoteBatch (slot: its vote batch number)."""
+    return digest(Domain.VOTE_BATCH, model_version, entries_root, entry_count)
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    """The certified record of one request: what each voter answered and what the group decided."""
+
+    request_digest: bytes
+    client_id: str
+    request_id: str
+    label_space: tuple[str, ...]  # decision names under an application mapping; () = the task's labels
+    policy: str  # the agreement policy, as AgreementPolicy.describe() names it
+    votes: tuple[Vote, ...]  # ascending replica ids
+    decision: Decision
+    hash: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hash", leaf_hash(self.canonical()))
+
+    def canonical(self) -> bytes:
+        return encode(
+            Domain.LEAF,
+            self.request_digest,
+            self.client_id,
+            self.request_id,
+            tuple(self.label_space),
+            self.policy,
+            tuple(vote.canonical() for vote in self.votes),
+            self.decision.canonical(),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchHeader:
+    group_id: str
+    epoch: int
+    config_digest: bytes
+    view: int
+    seq: int
+    decisions_root: bytes
+    ops_digest: bytes
+    model_versions_digest: bytes
+
+    @property
+    def batch_digest(self) -> bytes:
+        return digest(
+            Domain.BATCH,
+            self.group_id,
+            self.epoch,
+            self.config_digest,
+            self.seq,
+            self.decisions_root,
+            self.ops_digest,
+            self.model_versions_digest,
+        )
+
+    def statement(self, kind: StatementKind, signer: int) -> Statement:
+        """The PRE-PREPARE, PREPARE or COMMIT statement about this header."""
+        return Statement(kind, self.group_id, self.epoch, signer, (self.view, self.seq), self.batch_digest)
+
+    def with_view(self, view: int) -> BatchHeader:
+        return BatchHeader(
+            self.group_id, self.epoch, self.config_digest, view, self.seq,
+            self.decisions_root, self.ops_digest, self.model_versions_digest,
+        )
+
+
+def model_versions_digest(versions: Sequence[tuple[int, int, bytes]]) -> bytes:
+    """Digest of the model version table in effect: (replica_id, version, weights_digest)."""
+    return digest(Domain.MODEL_VERSIONS, tuple(sorted(versions)))
+
+
+def ops_digest(ops: Sequence[Encodable]) -> bytes:
+    """Digest of the control operations a batch orders (their canonical forms, in order)."""
+    return digest(Domain.CONTROL_OPS, tuple(ops))
