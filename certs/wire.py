@@ -1,0 +1,264 @@
+"""Protobuf <-> dataclass conversion for the shared types of protos/common.proto.
+
+Decoding is strict, because the bytes come from untrusted peers and clients: every `*_from_proto`
+either returns a well-typed value or raises `DecodeError`. `parse_canonical` also rejects any
+encoding that protobuf would not produce itself (unknown fields, unpacked repeated fields,
+non-minimal varints, a bool written as 3): a flipped byte can never yield the same value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+from google.protobuf.message import Message
+
+from certs.batch import BatchHeader, Leaf, VoteEntry
+from certs.encoding import DIGEST_SIZE
+from certs.errors import DecodeError
+from certs.outputs import ModelOutput
+from certs.policy import Decision, Vote
+from certs.request import DATATYPE_SIZES, InferenceRequest, TensorData
+from protos import common_pb2 as pb
+
+M = TypeVar("M", bound=Message)
+T = TypeVar("T")
+
+INT64_MAX = 2**63 - 1
+STRING_MAX = 1024  # ids, labels, addresses
+LIST_MAX = 1 << 20
+
+
+def parse_canonical(message_type: type[M], data: bytes, what: str) -> M:
+    """Parse `data` as `message_type`, insisting it is exactly protobuf's own encoding."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise DecodeError(f"{what}: expected bytes")
+    message = message_type()
+    try:
+        message.ParseFromString(bytes(data))
+    except (ProtobufDecodeError, RuntimeError, ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise DecodeError(f"{what}: not a valid protobuf encoding ({exc})") from exc
+    if message.SerializeToString(deterministic=True) != bytes(data):
+        raise DecodeError(f"{what}: non-canonical encoding (unknown fields or re-encoded values)")
+    return message
+
+
+def serialize(message: Message) -> bytes:
+    return message.SerializeToString(deterministic=True)
+
+
+def check_int(value: int, what: str, minimum: int = 0) -> int:
+    if not minimum <= value <= INT64_MAX:
+        raise DecodeError(f"{what} {value} is out of range")
+    return value
+
+
+def check_digest(value: bytes, what: str) -> bytes:
+    if len(value) != DIGEST_SIZE:
+        raise DecodeError(f"{what} must be {DIGEST_SIZE} bytes, is {len(value)}")
+    return bytes(value)
+
+
+def check_str(value: str, what: str, maximum: int = STRING_MAX) -> str:
+    if len(value) > maximum:
+        raise DecodeError(f"{what} is longer than {maximum} characters")
+    return value
+
+
+def check_list(values: Sequence[T], what: str, maximum: int = LIST_MAX) -> Sequence[T]:
+    if len(values) > maximum:
+        raise DecodeError(f"{what} has more than {maximum} items")
+    return values
+
+
+def decode_all(values: Sequence[M], convert: Callable[[M], T], what: str, maximum: int = LIST_MAX) -> tuple[T, ...]:
+    check_list(values, what, maximum)
+    return tuple(convert(v) for v in values)
+
+
+# -- ModelOutput ---------------------------------------------------------------------------
+
+
+def output_to_proto(output: ModelOutput, out: pb.ModelOutput | None = None) -> pb.ModelOutput:
+    message = pb.ModelOutput() if out is None else out
+    message.classes.extend(cls for cls, _ in output.top)
+    message.probabilities.extend(q for _, q in output.top)
+    return message
+
+
+def _pairs_from_proto(message: pb.ModelOutput, what: str) -> tuple[tuple[int, int], ...]:
+    if len(message.classes) != len(message.probabilities):
+        raise DecodeError(f"{what}: classes and probabilities differ in length")
+    check_list(message.classes, what, 1 << 16)
+    return tuple(zip((int(c) for c in message.classes), (int(q) for q in message.probabilities)))
+
+
+def output_from_proto(message: pb.ModelOutput) -> ModelOutput:
+    top = _pairs_from_proto(message, "model output")
+    if not top:
+        raise DecodeError("model output lists no classes")
+    return ModelOutput(top)
+
+
+# -- Vote, Decision, Leaf ----------------------------------------------------------------
+
+
+def vote_to_proto(vote: Vote, out: pb.Vote | None = None) -> pb.Vote:
+    message = pb.Vote() if out is None else out
+    message.replica_id = vote.replica_id
+    message.model_version = vote.model_version
+    output_to_proto(vote.output, message.output)
+    return message
+
+
+def vote_from_proto(message: pb.Vote) -> Vote:
+    return Vote(
+        replica_id=int(message.replica_id),
+        model_version=check_int(message.model_version, "model version"),
+        output=output_from_proto(message.output),
+    )
+
+
+def decision_to_proto(decision: Decision, out: pb.Decision | None = None) -> pb.Decision:
+    message = pb.Decision() if out is None else out
+    message.label = decision.label
+    output_to_proto(ModelOutput(decision.probabilities), message.probabilities)
+    message.support.extend(decision.support)
+    return message
+
+
+def decision_from_proto(message: pb.Decision) -> Decision:
+    return Decision(
+        label=check_int(message.label, "decision label", minimum=-1),
+        probabilities=_pairs_from_proto(message.probabilities, "decision probabilities"),
+        support=tuple(int(s) for s in check_list(message.support, "decision support", 1 << 16)),
+    )
+
+
+def leaf_to_proto(leaf: Leaf, out: pb.Leaf | None = None) -> pb.Leaf:
+    message = pb.Leaf() if out is None else out
+    message.request_digest = leaf.request_digest
+    message.client_id = leaf.client_id
+    message.request_id = leaf.request_id
+    message.label_space.extend(leaf.label_space)
+    message.policy = leaf.policy
+    for vote in leaf.votes:
+        vote_to_proto(vote, message.votes.add())
+    decision_to_proto(leaf.decision, message.decision)
+    return message
+
+
+def leaf_from_proto(message: pb.Leaf) -> Leaf:
+    return Leaf(
+        request_digest=check_digest(message.request_digest, "request digest"),
+        client_id=check_str(message.client_id, "client id"),
+        request_id=check_str(message.request_id, "request id"),
+        label_space=tuple(check_str(s, "label") for s in check_list(message.label_space, "label space", 1 << 16)),
+        policy=check_str(message.policy, "policy"),
+        votes=decode_all(message.votes, vote_from_proto, "votes", 1 << 10),
+        decision=decision_from_proto(message.decision),
+    )
+
+
+# -- BatchHeader ---------------------------------------------------------------------------
+
+
+def header_to_proto(header: BatchHeader, out: pb.BatchHeader | None = None) -> pb.BatchHeader:
+    message = pb.BatchHeader() if out is None else out
+    message.group_id = header.group_id
+    message.epoch = header.epoch
+    message.config_digest = header.config_digest
+    message.view = header.view
+    message.seq = header.seq
+    message.decisions_root = header.decisions_root
+    message.ops_digest = header.ops_digest
+    message.model_versions_digest = header.model_versions_digest
+    return message
+
+
+def header_from_proto(message: pb.BatchHeader) -> BatchHeader:
+    return BatchHeader(
+        group_id=check_str(message.group_id, "group id"),
+        epoch=check_int(message.epoch, "epoch"),
+        config_digest=check_digest(message.config_digest, "config digest"),
+        view=check_int(message.view, "view"),
+        seq=check_int(message.seq, "sequence number"),
+        decisions_root=check_digest(message.decisions_root, "decisions root"),
+        ops_digest=check_digest(message.ops_digest, "ops digest"),
+        model_versions_digest=check_digest(message.model_versions_digest, "model versions digest"),
+    )
+
+
+# -- VoteEntry -------------------------------------------------------------------------------
+
+
+def vote_entry_to_proto(entry: VoteEntry, out: pb.VoteEntry | None = None) -> pb.VoteEntry:
+    message = pb.VoteEntry() if out is None else out
+    message.client_id = entry.client_id
+    message.request_id = entry.request_id
+    message.request_digest = entry.request_digest
+    message.label_space.extend(entry.label_space)
+    output_to_proto(entry.output, message.output)
+    return message
+
+
+def vote_entry_from_proto(message: pb.VoteEntry) -> VoteEntry:
+    return VoteEntry(
+        client_id=check_str(message.client_id, "client id"),
+        request_id=check_str(message.request_id, "request id"),
+        request_digest=check_digest(message.request_digest, "request digest"),
+        label_space=tuple(check_str(s, "label") for s in check_list(message.label_space, "label space", 1 << 16)),
+        output=output_from_proto(message.output),
+    )
+
+
+# -- InferenceRequest ----------------------------------------------------------------------
+
+
+def request_to_proto(request: InferenceRequest, out: pb.InferenceRequest | None = None) -> pb.InferenceRequest:
+    message = pb.InferenceRequest() if out is None else out
+    message.group_id = request.group_id
+    message.client_id = request.client_id
+    message.request_id = request.request_id
+    for tensor in request.inputs:
+        t = message.inputs.add()
+        t.name = tensor.name
+        t.datatype = tensor.datatype
+        t.shape.extend(tensor.shape)
+        t.data = tensor.data
+    for label, decision in request.label_mapping:
+        m = message.label_mapping.add()
+        m.label = label
+        m.decision = decision
+    return message
+
+
+def _tensor_from_proto(message: pb.TensorData) -> TensorData:
+    if message.datatype not in DATATYPE_SIZES:
+        raise DecodeError(f"input {message.name!r}: unknown datatype {message.datatype!r}")
+    tensor = TensorData(
+        name=check_str(message.name, "input name"),
+        datatype=message.datatype,
+        shape=tuple(check_int(d, "dimension") for d in check_list(message.shape, "shape", 16)),
+        data=bytes(message.data),
+    )
+    if tensor.expected_size_bytes() != len(tensor.data):
+        raise DecodeError(
+            f"input {tensor.name!r}: {len(tensor.data)} bytes of data for shape {list(tensor.shape)} "
+            f"of {tensor.datatype} (expected {tensor.expected_size_bytes()})"
+        )
+    return tensor
+
+
+def request_from_proto(message: pb.InferenceRequest) -> InferenceRequest:
+    mapping = tuple((check_str(m.label, "label"), check_str(m.decision, "decision")) for m in message.label_mapping)
+    if list(mapping) != sorted(set(mapping)) or len({label for label, _ in mapping}) != len(mapping):
+        raise DecodeError("label mapping must list each label once, sorted by label")
+    return InferenceRequest(
+        group_id=check_str(message.group_id, "group id"),
+        client_id=check_str(message.client_id, "client id"),
+        request_id=check_str(message.request_id, "request id"),
+        inputs=decode_all(message.inputs, _tensor_from_proto, "inputs", 64),
+        label_mapping=mapping,
+    )
