@@ -308,7 +308,7 @@ def load_group_config(path: str | os.PathLike[str]) -> GroupConfig:
         data = json.loads(source.read_text())
     except FileNotFoundError as exc:
         raise ConfigError(f"{source}: no such group config") from exc
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise ConfigError(f"{source}: not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a group config is a JSON object")

@@ -169,7 +169,7 @@ def load_private_key(path: str | os.PathLike[str]) -> KeyPair:
         key = KeyPair(bytes.fromhex(data["seed"]))
     except KeyFileError:
         raise
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, RecursionError) as exc:
         raise KeyFileError(f"{source}: malformed key file ({exc})") from exc
     if "public_key" in data and data["public_key"] != key.public_key.hex():
         raise KeyFileError(f"{source}: public key does not match the seed")
