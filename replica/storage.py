@@ -1,0 +1,505 @@
+"""A replica's durable state: one SQLite database in WAL mode.
+
+Durability rule
+---------------
+Everything the consensus core asks to persist is written by `persist(records)` in ONE
+transaction, and the runtime calls it with a Ready's records before it sends any of that Ready's
+messages. The database runs with `journal_mode=WAL` and `synchronous=FULL`: COMMIT returns only
+after the write-ahead log, commit frame included, is fsynced. So when `persist` returns, the
+records survive kill -9 and power loss; when it has not returned, nothing of that Ready has left
+the replica. After kill -9 at any instant, SQLite's recovery drops a transaction whose commit
+frame is missing or torn, so a reopened store holds every completed `persist` whole and no part
+of an interrupted one: the restarted replica is exactly a replica that crashed before that Ready,
+which PBFT tolerates. It never finds a message it sent but forgot it signed, so it cannot sign a
+second, different message for the same slot.
+
+Certificates and model activations are written after the batches they come from, each call in
+its own transaction. Losing the last of those writes in a crash is safe: both are functions of
+the committed batches, which were persisted first, and the runtime rebuilds them on restart.
+
+What is kept
+------------
+- signed: the replica's own signed messages by (kind, epoch, slot). A second, different message
+  for a slot it already signed is refused (`SlotConflictError`): persisting it would let the
+  replica equivocate after a restart.
+- prepared: the latest-view prepared proof per sequence number (for view-change messages).
+- committed: every committed batch by sequence number, never pruned (audit, state transfer).
+- checkpoint + executed: the latest stable checkpoint, and the executed-request table that the
+  incremental checkpoint records add up to, so a full StateSnapshot can be rebuilt.
+- view: the current view.
+- certificates by (client_id, request_id), with the batch seq and the request digest.
+- activations: (replica_id, version, weights_digest, from_seq) of model versions.
+
+`prune_below(seq)` drops signed messages and prepared proofs at or below a stable checkpoint;
+committed batches, certificates and the executed table stay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+from certs.errors import DecodeError
+from consensus.messages import (
+    Checkpoint,
+    Commit,
+    NewView,
+    PeerMessage,
+    PrePrepare,
+    Prepare,
+    ViewChange,
+    VoteBatch,
+)
+from consensus.ready import (
+    Activation,
+    CommittedBatch,
+    CommittedRecord,
+    PersistRecord,
+    PreparedRecord,
+    SignedRecord,
+    StableCheckpointRecord,
+    ViewRecord,
+)
+from replica import codec
+
+SCHEMA_VERSION = 1
+
+R = TypeVar("R")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS signed (
+    kind TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    slot_a INTEGER NOT NULL,
+    slot_b INTEGER NOT NULL,
+    seq INTEGER NOT NULL,  -- the seq it is about, or the committed height when it was signed
+    record BLOB NOT NULL,
+    PRIMARY KEY (kind, epoch, slot_a, slot_b)
+);
+CREATE TABLE IF NOT EXISTS prepared (
+    seq INTEGER PRIMARY KEY,
+    view INTEGER NOT NULL,
+    record BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS committed (
+    seq INTEGER PRIMARY KEY,
+    batch_digest BLOB NOT NULL,
+    batch BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoint (
+    seq INTEGER PRIMARY KEY,
+    prior_stable_seq INTEGER NOT NULL,  -- the stable checkpoint before this one (0: none)
+    record BLOB NOT NULL  -- StableCheckpointRecord without its executed entries
+);
+CREATE TABLE IF NOT EXISTS executed (
+    client_id TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (client_id, request_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS current_view (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    view INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS certificates (
+    client_id TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    request_digest BLOB NOT NULL,
+    certificate BLOB NOT NULL,
+    PRIMARY KEY (client_id, request_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS certificates_by_seq ON certificates (seq);
+CREATE TABLE IF NOT EXISTS activations (
+    replica_id INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    weights_digest BLOB NOT NULL,
+    from_seq INTEGER NOT NULL,
+    PRIMARY KEY (replica_id, version)
+);
+"""
+
+# signed messages whose slot names a sequence number: pruned with the log below a checkpoint
+_SEQ_KINDS = ("pre-prepare", "prepare", "commit", "checkpoint")
+_VIEW_KINDS = ("view-change", "new-view")
+
+
+class StorageError(Exception):
+    """The store cannot do what was asked; nothing of the failed call was written."""
+
+
+class SlotConflictError(StorageError):
+    """A second, different message for a slot this replica already signed (a bug upstream)."""
+
+
+class CorruptStoreError(StorageError):
+    """The database holds something that does not decode."""
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateRow:
+    client_id: str
+    request_id: str
+    request_digest: bytes
+    certificate: bytes  # the encoded inference certificate, as served to clients
+
+
+def _slot_of(message: PeerMessage) -> tuple[str, int, int, int, int | None]:
+    """(kind, epoch, slot_a, slot_b, seq) of a signed message; seq None: not about one seq."""
+    if isinstance(message, (Prepare, Commit)):
+        kind = "prepare" if isinstance(message, Prepare) else "commit"
+        return kind, message.epoch, message.view, message.seq, message.seq
+    if isinstance(message, VoteBatch):
+        return "vote-batch", message.epoch, message.batch_no, 0, None
+    if isinstance(message, PrePrepare):
+        return "pre-prepare", message.epoch, message.view, message.seq, message.seq
+    if isinstance(message, Checkpoint):
+        return "checkpoint", message.epoch, message.seq, 0, message.seq
+    if isinstance(message, ViewChange):
+        return "view-change", message.epoch, message.new_view, 0, None
+    if isinstance(message, NewView):
+        return "new-view", message.epoch, message.view, 0, None
+    raise StorageError(f"{type(message).__name__} is not a message a replica signs")
+
+
+class ReplicaStore:
+    """The durable state of one replica. Safe to call from several threads (one at a time)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        # isolation_level=None: transactions are ours (BEGIN IMMEDIATE ... COMMIT), never implicit
+        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        try:
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StorageError(f"{self.path}: SQLite refused WAL mode (got {mode!r})")
+            self._db.execute("PRAGMA synchronous=FULL")
+            with self._transaction():
+                self._create_schema()
+        except BaseException:
+            self._db.close()
+            raise
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> ReplicaStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _create_schema(self) -> None:
+        # executescript would COMMIT our transaction first; run the statements one by one instead
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                self._db.execute(statement)
+        row = self._db.execute("SELECT version FROM schema_version").fetchall()
+        if not row:
+            self._db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        elif len(row) != 1 or row[0][0] != SCHEMA_VERSION:
+            raise StorageError(f"{self.path}: schema version {[r[0] for r in row]}, this replica knows {SCHEMA_VERSION}")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    # -- persist ----------------------------------------------------------------------------
+
+    def persist(self, records: Sequence[PersistRecord]) -> None:
+        """Write one Ready's records durably, all or nothing (one fsync)."""
+        if not records:
+            return
+        with self._lock, self._transaction() as db:
+            height: list[int] = []  # committed height, looked up once if needed
+            for record in records:
+                if isinstance(record, SignedRecord):
+                    self._put_signed(db, record, height)
+                elif isinstance(record, PreparedRecord):
+                    self._put_prepared(db, record)
+                elif isinstance(record, CommittedRecord):
+                    self._put_committed(db, record.batch)
+                    height.clear()
+                elif isinstance(record, StableCheckpointRecord):
+                    self._put_checkpoint(db, record)
+                    height.clear()
+                elif isinstance(record, ViewRecord):
+                    db.execute(
+                        "INSERT INTO current_view (id, view) VALUES (0, ?) "
+                        "ON CONFLICT (id) DO UPDATE SET view = max(view, excluded.view)",
+                        (record.view,),
+                    )
+                else:
+                    raise StorageError(f"no stored form for {type(record).__name__}")
+
+    def _committed_height(self, db: sqlite3.Connection) -> int:
+        row = db.execute(
+            "SELECT max(coalesce((SELECT max(seq) FROM committed), 0), coalesce((SELECT max(seq) FROM checkpoint), 0))"
+        ).fetchone()
+        return int(row[0])
+
+    def _put_signed(self, db: sqlite3.Connection, record: SignedRecord, height: list[int]) -> None:
+        kind, epoch, slot_a, slot_b, seq = _slot_of(record.message)
+        if seq is None:
+            # not about one seq: remember how far the log was, to prune it once that is old
+            if not height:
+                height.append(self._committed_height(db))
+            seq = height[0]
+        data = codec.encode_record(record)
+        cursor = db.execute(
+            "INSERT INTO signed (kind, epoch, slot_a, slot_b, seq, record) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            (kind, epoch, slot_a, slot_b, seq, data),
+        )
+        if cursor.rowcount == 0:
+            (existing,) = db.execute(
+                "SELECT record FROM signed WHERE kind = ? AND epoch = ? AND slot_a = ? AND slot_b = ?",
+                (kind, epoch, slot_a, slot_b),
+            ).fetchone()
+            if bytes(existing) != data:
+                raise SlotConflictError(
+                    f"this replica already signed a different {kind} for epoch {epoch} slot {(slot_a, slot_b)}"
+                )
+
+    def _put_prepared(self, db: sqlite3.Connection, record: PreparedRecord) -> None:
+        # a later view's proof replaces an earlier one for the same seq (PBFT 4.4: the
+        # view-change message carries the latest view in which the batch prepared)
+        db.execute(
+            "INSERT INTO prepared (seq, view, record) VALUES (?, ?, ?) "
+            "ON CONFLICT (seq) DO UPDATE SET view = excluded.view, record = excluded.record "
+            "WHERE excluded.view >= prepared.view",
+            (record.pre_prepare.seq, record.pre_prepare.view, codec.encode_record(record)),
+        )
+
+    def _put_committed(self, db: sqlite3.Connection, batch: CommittedBatch) -> None:
+        seq = batch.header.seq
+        digest = batch.header.batch_digest
+        cursor = db.execute(
+            "INSERT INTO committed (seq, batch_digest, batch) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            (seq, digest, codec.encode_committed_batch(batch)),
+        )
+        if cursor.rowcount == 0:
+            (existing,) = db.execute("SELECT batch_digest FROM committed WHERE seq = ?", (seq,)).fetchone()
+            if bytes(existing) != digest:
+                raise SlotConflictError(f"batch {seq} is already committed with a different digest")
+
+    def _put_checkpoint(self, db: sqlite3.Connection, record: StableCheckpointRecord) -> None:
+        snapshot = record.snapshot
+        stored = codec.encode_record(dataclasses.replace(record, snapshot=dataclasses.replace(snapshot, executed=())))
+        latest = db.execute("SELECT seq, record FROM checkpoint ORDER BY seq DESC LIMIT 1").fetchone()
+        latest_seq = 0 if latest is None else int(latest[0])
+        if latest is not None and snapshot.seq == latest_seq:
+            if bytes(latest[1]) != stored:
+                raise SlotConflictError(f"a different stable checkpoint at {latest_seq} is already stored")
+            return  # the same checkpoint again
+        if snapshot.seq < latest_seq:
+            raise StorageError(f"stable checkpoint {snapshot.seq} is older than the stored {latest_seq}")
+        if record.previous_seq == 0:
+            # a full snapshot (the first checkpoint, or one fetched by state transfer)
+            db.execute("DELETE FROM executed")
+        elif record.previous_seq != latest_seq:
+            raise StorageError(
+                f"checkpoint {snapshot.seq} adds to {record.previous_seq}, but the stored one is {latest_seq}"
+            )
+        try:
+            db.executemany("INSERT INTO executed (client_id, request_id, seq) VALUES (?, ?, ?)", snapshot.executed)
+        except sqlite3.IntegrityError as exc:
+            raise StorageError(f"checkpoint {snapshot.seq} lists an already executed request again") from exc
+        db.execute("DELETE FROM checkpoint")
+        db.execute(
+            "INSERT INTO checkpoint (seq, prior_stable_seq, record) VALUES (?, ?, ?)", (snapshot.seq, latest_seq, stored)
+        )
+
+    # -- recovery -----------------------------------------------------------------------------
+
+    def load_records(self) -> list[PersistRecord]:
+        """What the consensus core restores from after a restart, in this order: the latest
+        stable checkpoint as a full snapshot (previous_seq=0), the view, committed batches above
+        it (ascending), prepared proofs above it (ascending), then the signed messages still
+        needed (in the order they were written)."""
+        with self._lock:
+            db = self._db
+            records: list[PersistRecord] = []
+            stable_seq = 0
+            row = db.execute("SELECT seq, record FROM checkpoint ORDER BY seq DESC LIMIT 1").fetchone()
+            if row is not None:
+                stable_seq = int(row[0])
+                partial = self._decode(bytes(row[1]), StableCheckpointRecord, "stable checkpoint")
+                executed = tuple(
+                    (str(c), str(r), int(s))
+                    for c, r, s in db.execute(
+                        "SELECT client_id, request_id, seq FROM executed WHERE seq <= ? ORDER BY client_id, request_id",
+                        (stable_seq,),
+                    )
+                )
+                snapshot = dataclasses.replace(partial.snapshot, executed=executed)
+                records.append(StableCheckpointRecord(snapshot=snapshot, previous_seq=0, proof=partial.proof))
+            view = db.execute("SELECT view FROM current_view WHERE id = 0").fetchone()
+            if view is not None:
+                records.append(ViewRecord(int(view[0])))
+            for (data,) in db.execute("SELECT batch FROM committed WHERE seq > ? ORDER BY seq", (stable_seq,)):
+                records.append(CommittedRecord(self._decode_batch(bytes(data))))
+            for (data,) in db.execute("SELECT record FROM prepared WHERE seq > ? ORDER BY seq", (stable_seq,)):
+                records.append(self._decode(bytes(data), PreparedRecord, "prepared proof"))
+            placeholders = ",".join("?" * len(_SEQ_KINDS))
+            for (data,) in db.execute(
+                f"SELECT record FROM signed WHERE NOT (kind IN ({placeholders}) AND seq <= ?) ORDER BY rowid",
+                (*_SEQ_KINDS, stable_seq),
+            ):
+                records.append(self._decode(bytes(data), SignedRecord, "signed message"))
+            return records
+
+    def prune_below(self, seq: int) -> None:
+        """Drop signed messages and prepared proofs at or below stable checkpoint `seq`.
+
+        Vote batches and view-change messages are about no sequence number: a vote batch goes
+        once a full checkpoint interval has passed since it was signed (its requests are ordered
+        by then, or dropped), except the highest-numbered one, which keeps the numbering from
+        going back after a restart; view-change and new-view messages go once they are for an
+        earlier view than the current one.
+        """
+        with self._lock, self._transaction() as db:
+            row = db.execute("SELECT seq, prior_stable_seq FROM checkpoint").fetchone()
+            if row is None or seq > int(row[0]):
+                stable = 0 if row is None else int(row[0])
+                raise StorageError(f"cannot prune below {seq}: the stable checkpoint is {stable}")
+            prior_stable_seq = min(int(row[1]), seq)
+            placeholders = ",".join("?" * len(_SEQ_KINDS))
+            db.execute(f"DELETE FROM signed WHERE kind IN ({placeholders}) AND seq <= ?", (*_SEQ_KINDS, seq))
+            db.execute(
+                "DELETE FROM signed WHERE kind = 'vote-batch' AND seq <= ? AND rowid != "
+                "(SELECT rowid FROM signed WHERE kind = 'vote-batch' ORDER BY epoch DESC, slot_a DESC LIMIT 1)",
+                (prior_stable_seq,),
+            )
+            view = db.execute("SELECT view FROM current_view WHERE id = 0").fetchone()
+            if view is not None:
+                db.execute(
+                    "DELETE FROM signed WHERE kind IN (?, ?) AND slot_a < ? AND seq <= ?",
+                    (*_VIEW_KINDS, int(view[0]), seq),
+                )
+            db.execute("DELETE FROM prepared WHERE seq <= ?", (seq,))
+
+    # -- committed batches --------------------------------------------------------------------
+
+    def committed_batch(self, seq: int) -> CommittedBatch | None:
+        with self._lock:
+            row = self._db.execute("SELECT batch FROM committed WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else self._decode_batch(bytes(row[0]))
+
+    def committed_range(self, from_seq: int, limit: int) -> list[CommittedBatch]:
+        """Up to `limit` consecutive committed batches from `from_seq` on; stops at the first gap
+        (a replica that caught up by state transfer has none below its snapshot)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, batch FROM committed WHERE seq >= ? ORDER BY seq LIMIT ?", (from_seq, max(limit, 0))
+            ).fetchall()
+        batches: list[CommittedBatch] = []
+        for expected, (seq, data) in enumerate(rows, start=from_seq):
+            if int(seq) != expected:
+                break
+            batches.append(self._decode_batch(bytes(data)))
+        return batches
+
+    def last_committed_seq(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT max(seq) FROM committed").fetchone()
+        return 0 if row[0] is None else int(row[0])
+
+    # -- certificates ---------------------------------------------------------------------------
+
+    def put_certificates(self, seq: int, rows: Sequence[CertificateRow]) -> None:
+        """Store the certificates of batch `seq`. The first certificate for a request is kept: a
+        rebuilt one after a restart certifies the same decision."""
+        if not rows:
+            return
+        with self._lock, self._transaction() as db:
+            for row in rows:
+                cursor = db.execute(
+                    "INSERT INTO certificates (client_id, request_id, seq, request_digest, certificate) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (row.client_id, row.request_id, seq, row.request_digest, row.certificate),
+                )
+                if cursor.rowcount == 0:
+                    existing = db.execute(
+                        "SELECT seq, request_digest FROM certificates WHERE client_id = ? AND request_id = ?",
+                        (row.client_id, row.request_id),
+                    ).fetchone()
+                    if int(existing[0]) != seq or bytes(existing[1]) != row.request_digest:
+                        raise SlotConflictError(
+                            f"request ({row.client_id!r}, {row.request_id!r}) is already certified "
+                            f"in batch {existing[0]} for another request digest or batch"
+                        )
+
+    def get_certificate(self, client_id: str, request_id: str) -> bytes | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT certificate FROM certificates WHERE client_id = ? AND request_id = ?", (client_id, request_id)
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    # -- model versions -------------------------------------------------------------------------
+
+    def put_activations(self, activations: Sequence[Activation]) -> None:
+        if not activations:
+            return
+        with self._lock, self._transaction() as db:
+            for a in activations:
+                cursor = db.execute(
+                    "INSERT INTO activations (replica_id, version, weights_digest, from_seq) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT DO NOTHING",
+                    (a.replica_id, a.version, a.weights_digest, a.from_seq),
+                )
+                if cursor.rowcount == 0:
+                    existing = db.execute(
+                        "SELECT weights_digest, from_seq FROM activations WHERE replica_id = ? AND version = ?",
+                        (a.replica_id, a.version),
+                    ).fetchone()
+                    if bytes(existing[0]) != a.weights_digest or int(existing[1]) != a.from_seq:
+                        raise SlotConflictError(
+                            f"replica {a.replica_id} version {a.version} is already recorded with other weights or seq"
+                        )
+
+    def activations(self) -> list[Activation]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT replica_id, version, weights_digest, from_seq FROM activations ORDER BY from_seq, replica_id"
+            ).fetchall()
+        return [Activation(int(r), int(v), bytes(w), int(s)) for r, v, w, s in rows]
+
+    # -- decoding what we wrote -------------------------------------------------------------
+
+    def _decode(self, data: bytes, expected: type[R], what: str) -> R:
+        try:
+            record = codec.decode_record(data)
+        except DecodeError as exc:
+            raise CorruptStoreError(f"{self.path}: stored {what} does not decode: {exc}") from exc
+        if not isinstance(record, expected):
+            raise CorruptStoreError(f"{self.path}: stored {what} is a {type(record).__name__}")
+        return record
+
+    def _decode_batch(self, data: bytes) -> CommittedBatch:
+        try:
+            return codec.decode_committed_batch(data)
+        except DecodeError as exc:
+            raise CorruptStoreError(f"{self.path}: stored committed batch does not decode: {exc}") from exc

@@ -1,0 +1,337 @@
+"""replica/storage.py: what a replica persisted is there after a restart or a kill -9, whole."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from certs.batch import BatchHeader, Leaf, VoteEntry
+from certs.outputs import ModelOutput
+from certs.policy import Decision, Vote
+from consensus.messages import (
+    Checkpoint,
+    Commit,
+    FetchState,
+    NewView,
+    PrePrepare,
+    Prepare,
+    Proposal,
+    ProposalEntry,
+    StateSnapshot,
+    ViewChange,
+    VoteBatch,
+    VoteRef,
+)
+from consensus.ready import (
+    Activation,
+    CommittedBatch,
+    CommittedRecord,
+    PersistRecord,
+    PreparedRecord,
+    SignedRecord,
+    StableCheckpointRecord,
+    ViewRecord,
+)
+from replica.storage import CertificateRow, ReplicaStore, SlotConflictError, StorageError
+
+ROOT = Path(__file__).resolve().parents[2]
+SIG = bytes(range(64))
+
+
+def d(n: int) -> bytes:
+    return n.to_bytes(32, "big")
+
+
+def header(seq: int, view: int = 0, root: int = 0) -> BatchHeader:
+    return BatchHeader("g", 0, d(1), view, seq, d(1000 + seq + root), d(2), d(3))
+
+
+def leaf(request_id: str) -> Leaf:
+    output = ModelOutput(((3, 9000), (1, 1000)))
+    return Leaf(d(7), "alice", request_id, (), "plurality(min_support=2)", (Vote(0, 1, output), Vote(1, 1, output)), Decision(3, output.top, (0, 1)))
+
+
+def proposal(seq: int) -> Proposal:
+    return Proposal((ProposalEntry(leaf(f"r{seq}"), (VoteRef(0, seq), VoteRef(1, seq))),))
+
+
+def pre_prepare(seq: int, view: int = 0) -> PrePrepare:
+    return PrePrepare(0, 0, header(seq, view), proposal(seq), SIG)
+
+
+def prepare(seq: int, view: int = 0, sender: int = 1, digest: bytes | None = None) -> Prepare:
+    return Prepare(sender, 0, view, seq, digest or header(seq).batch_digest, SIG)
+
+
+def commit(seq: int, sender: int = 1) -> Commit:
+    return Commit(sender, 0, 0, seq, header(seq).batch_digest, SIG)
+
+
+def vote_batch(batch_no: int) -> VoteBatch:
+    entry = VoteEntry("alice", f"r{batch_no}", d(7), (), ModelOutput(((3, 9000),)))
+    return VoteBatch(1, 0, batch_no, 1, (entry,), SIG)
+
+
+def committed(seq: int, root: int = 0) -> CommittedBatch:
+    return CommittedBatch(header(seq, root=root), proposal(seq), (commit(seq, 0), commit(seq, 1), commit(seq, 2)), (vote_batch(seq),), ())
+
+
+def checkpoint_record(seq: int, previous_seq: int, executed: tuple[tuple[str, str, int], ...]) -> StableCheckpointRecord:
+    snapshot = StateSnapshot(seq, d(seq), executed, ((0, 1, d(9)),), ())
+    return StableCheckpointRecord(snapshot, previous_seq, tuple(Checkpoint(i, 0, seq, d(50 + seq), SIG) for i in range(3)))
+
+
+def certificate(request_id: str, digest: int = 7) -> CertificateRow:
+    return CertificateRow("alice", request_id, d(digest), b"cert:" + request_id.encode())
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[ReplicaStore]:
+    with ReplicaStore(tmp_path / "replica.db") as s:
+        yield s
+
+
+def test_persisted_records_come_back_in_recovery_order(store: ReplicaStore) -> None:
+    signed: list[PersistRecord] = [
+        SignedRecord(vote_batch(1)),
+        SignedRecord(pre_prepare(1)),
+        SignedRecord(prepare(1)),
+        SignedRecord(commit(1)),
+    ]
+    store.persist([ViewRecord(0), *signed, PreparedRecord(pre_prepare(1), (prepare(1, sender=2), prepare(1, sender=3)))])
+    store.persist([CommittedRecord(committed(1)), SignedRecord(Checkpoint(1, 0, 1, d(5), SIG))])
+
+    assert store.load_records() == [
+        ViewRecord(0),
+        CommittedRecord(committed(1)),
+        PreparedRecord(pre_prepare(1), (prepare(1, sender=2), prepare(1, sender=3))),
+        *signed,
+        SignedRecord(Checkpoint(1, 0, 1, d(5), SIG)),
+    ]
+    assert store.committed_batch(1) == committed(1)
+    assert store.committed_batch(2) is None
+    assert store.last_committed_seq() == 1
+
+
+def test_reopened_store_recovers_everything(tmp_path: Path) -> None:
+    path = tmp_path / "replica.db"
+    with ReplicaStore(path) as store:
+        store.persist([ViewRecord(2), SignedRecord(pre_prepare(1, view=2)), CommittedRecord(committed(1))])
+        store.persist([checkpoint_record(1, 0, (("alice", "r1", 1),))])
+        store.put_certificates(1, [certificate("r1")])
+        store.put_activations([Activation(0, 2, d(9), 11)])
+        before = store.load_records()
+    with ReplicaStore(path) as reopened:
+        assert reopened.load_records() == before
+        assert reopened.get_certificate("alice", "r1") == b"cert:r1"
+        assert reopened.get_certificate("alice", "nope") is None
+        assert reopened.activations() == [Activation(0, 2, d(9), 11)]
+        assert reopened.committed_batch(1) == committed(1)
+
+
+def test_a_second_different_message_for_a_signed_slot_is_refused(store: ReplicaStore) -> None:
+    store.persist([SignedRecord(prepare(4))])
+    store.persist([SignedRecord(prepare(4))])  # the same message again is harmless
+    with pytest.raises(SlotConflictError):
+        store.persist([ViewRecord(9), SignedRecord(prepare(4, digest=d(99)))])
+    # the refused call wrote nothing, not even its other records
+    assert store.load_records() == [SignedRecord(prepare(4))]
+
+    store.persist([SignedRecord(vote_batch(3))])
+    other = VoteBatch(1, 0, 3, 1, (), SIG)
+    with pytest.raises(SlotConflictError):
+        store.persist([SignedRecord(other)])
+
+
+def test_messages_a_replica_does_not_sign_are_refused(store: ReplicaStore) -> None:
+    with pytest.raises(StorageError):
+        store.persist([SignedRecord(FetchState(1, 0))])
+
+
+def test_a_committed_seq_never_changes_its_batch(store: ReplicaStore) -> None:
+    store.persist([CommittedRecord(committed(1))])
+    store.persist([CommittedRecord(committed(1))])
+    with pytest.raises(SlotConflictError):
+        store.persist([CommittedRecord(committed(1, root=5))])
+    assert store.committed_batch(1) == committed(1)
+
+
+def test_the_latest_view_prepared_proof_wins(store: ReplicaStore) -> None:
+    store.persist([PreparedRecord(pre_prepare(3, view=1), ())])
+    store.persist([PreparedRecord(pre_prepare(3, view=2), ())])
+    store.persist([PreparedRecord(pre_prepare(3, view=0), ())])  # a stale one does not go back
+    assert store.load_records() == [PreparedRecord(pre_prepare(3, view=2), ())]
+
+
+def test_checkpoint_deltas_add_up_to_a_full_snapshot(tmp_path: Path) -> None:
+    path = tmp_path / "replica.db"
+    with ReplicaStore(path) as store:
+        store.persist([checkpoint_record(10, 0, (("alice", "a", 3), ("bob", "b", 9)))])
+        store.persist([checkpoint_record(20, 10, (("alice", "c", 15),))])
+        with pytest.raises(StorageError):
+            store.persist([checkpoint_record(30, 10, (("carol", "x", 25),))])  # skips checkpoint 20
+        with pytest.raises(StorageError):
+            store.persist([checkpoint_record(15, 10, ())])  # older than the stored one
+    with ReplicaStore(path) as store:
+        (restored,) = store.load_records()
+    full = checkpoint_record(20, 0, (("alice", "a", 3), ("alice", "c", 15), ("bob", "b", 9)))
+    assert restored == full
+
+
+def test_a_full_snapshot_from_state_transfer_replaces_the_executed_table(store: ReplicaStore) -> None:
+    store.persist([checkpoint_record(10, 0, (("alice", "a", 3),))])
+    store.persist([checkpoint_record(50, 0, (("alice", "a", 3), ("bob", "b", 40)))])
+    assert store.load_records() == [checkpoint_record(50, 0, (("alice", "a", 3), ("bob", "b", 40)))]
+
+
+def test_prune_drops_the_log_below_a_checkpoint_and_keeps_what_audits_need(store: ReplicaStore) -> None:
+    for seq in (1, 2, 3):
+        store.persist(
+            [
+                SignedRecord(vote_batch(seq)),
+                SignedRecord(pre_prepare(seq)),
+                SignedRecord(prepare(seq)),
+                PreparedRecord(pre_prepare(seq), ()),
+                CommittedRecord(committed(seq)),
+            ]
+        )
+        store.put_certificates(seq, [certificate(f"r{seq}")])
+    store.persist([SignedRecord(prepare(4)), PreparedRecord(pre_prepare(4), ())])
+    with pytest.raises(StorageError):
+        store.prune_below(2)  # no stable checkpoint yet: nothing may go
+    store.persist([checkpoint_record(2, 0, (("alice", "r1", 1), ("alice", "r2", 2)))])
+    store.prune_below(2)
+
+    records = store.load_records()
+    assert records[0] == checkpoint_record(2, 0, (("alice", "r1", 1), ("alice", "r2", 2)))
+    assert [r.batch.header.seq for r in records if isinstance(r, CommittedRecord)] == [3]
+    assert [r.pre_prepare.seq for r in records if isinstance(r, PreparedRecord)] == [3, 4]
+    signed = [r.message for r in records if isinstance(r, SignedRecord)]
+    assert {(type(m).__name__, getattr(m, "seq", None)) for m in signed if not isinstance(m, VoteBatch)} == {
+        ("PrePrepare", 3),
+        ("Prepare", 3),
+        ("Prepare", 4),
+    }
+    # the highest vote batch number survives, so a restarted replica never reuses it
+    assert max(m.batch_no for m in signed if isinstance(m, VoteBatch)) == 3
+    # audit data stays
+    assert [b.header.seq for b in store.committed_range(1, 10)] == [1, 2, 3]
+    assert all(store.get_certificate("alice", f"r{seq}") == f"cert:r{seq}".encode() for seq in (1, 2, 3))
+
+
+def test_old_view_change_messages_are_pruned_once_a_later_view_is_current(store: ReplicaStore) -> None:
+    vc = ViewChange(1, 0, 1, 0, d(0), (), (), SIG)
+    nv = NewView(1, 0, 1, (vc,), (), SIG)
+    vc2 = ViewChange(1, 0, 2, 0, d(0), (), (), SIG)
+    store.persist([SignedRecord(vc), SignedRecord(nv), ViewRecord(1)])
+    store.persist([CommittedRecord(committed(1)), SignedRecord(vc2), ViewRecord(2)])
+    store.persist([checkpoint_record(1, 0, ())])
+    store.prune_below(1)
+    assert [r for r in store.load_records() if isinstance(r, SignedRecord)] == [SignedRecord(vc2)]
+
+
+def test_committed_range_is_consecutive(store: ReplicaStore) -> None:
+    store.persist([CommittedRecord(committed(seq)) for seq in (5, 6, 7, 9)])
+    assert [b.header.seq for b in store.committed_range(5, 10)] == [5, 6, 7]
+    assert [b.header.seq for b in store.committed_range(6, 1)] == [6]
+    assert store.committed_range(8, 10) == []
+
+
+def test_certificates_are_indexed_by_request(store: ReplicaStore) -> None:
+    store.put_certificates(3, [certificate("r1"), certificate("r2")])
+    store.put_certificates(3, [certificate("r1")])  # a rebuilt certificate after a restart
+    assert store.get_certificate("alice", "r2") == b"cert:r2"
+    with pytest.raises(SlotConflictError):
+        store.put_certificates(3, [certificate("r1", digest=8)])
+    with pytest.raises(SlotConflictError):
+        store.put_certificates(4, [certificate("r2")])
+
+
+def test_conflicting_activation_is_refused(store: ReplicaStore) -> None:
+    store.put_activations([Activation(1, 2, d(9), 10), Activation(0, 2, d(8), 10)])
+    store.put_activations([Activation(1, 2, d(9), 10)])
+    with pytest.raises(SlotConflictError):
+        store.put_activations([Activation(1, 2, d(9), 11)])
+    assert store.activations() == [Activation(0, 2, d(8), 10), Activation(1, 2, d(9), 10)]
+
+
+def test_a_store_of_another_schema_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "replica.db"
+    ReplicaStore(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE schema_version SET version = 99")
+    with pytest.raises(StorageError, match="schema version"):
+        ReplicaStore(path)
+
+
+def test_the_store_runs_in_wal_mode_with_full_sync(store: ReplicaStore, tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "replica.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+_WRITER = textwrap.dedent(
+    """
+    import sys
+    from certs.batch import BatchHeader, VoteEntry
+    from certs.outputs import ModelOutput
+    from consensus.messages import Commit, Prepare, Proposal, VoteBatch
+    from consensus.ready import CommittedBatch, CommittedRecord, SignedRecord
+    from replica.storage import ReplicaStore
+
+    store = ReplicaStore(sys.argv[1])
+    sig = bytes(64)
+    entries = tuple(VoteEntry("c", f"r{i}", bytes(32), (), ModelOutput(((1, 10),))) for i in range(300))
+    seq = 0
+    while True:
+        seq += 1
+        h = BatchHeader("g", 0, bytes(32), 0, seq, seq.to_bytes(32, "big"), bytes(32), bytes(32))
+        commit = Commit(1, 0, 0, seq, h.batch_digest, sig)
+        store.persist([
+            SignedRecord(VoteBatch(1, 0, seq, 1, entries, sig)),
+            SignedRecord(Prepare(1, 0, 0, seq, h.batch_digest, sig)),
+            SignedRecord(commit),
+            CommittedRecord(CommittedBatch(h, Proposal(()), (commit,), (), ())),
+        ])
+        print(seq, flush=True)
+    """
+)
+
+
+def test_kill_9_while_writing_keeps_every_completed_persist_whole(tmp_path: Path) -> None:
+    path = tmp_path / "replica.db"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    reported = 0
+    try:
+        while reported < 25:
+            line = child.stdout.readline()
+            if not line:
+                pytest.fail(f"writer died: {child.stderr.read() if child.stderr else ''}")
+            reported = int(line)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)  # in the middle of a later persist
+        rest, _ = child.communicate()
+    reported = max([reported, *(int(x) for x in rest.split())])
+
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    with ReplicaStore(path) as store:
+        records = store.load_records()
+    batches = {r.batch.header.seq for r in records if isinstance(r, CommittedRecord)}
+    votes = {r.message.batch_no for r in records if isinstance(r, SignedRecord) and isinstance(r.message, VoteBatch)}
+    prepares = {r.message.seq for r in records if isinstance(r, SignedRecord) and isinstance(r.message, Prepare)}
+    commits = {r.message.seq for r in records if isinstance(r, SignedRecord) and isinstance(r.message, Commit)}
+    # every persist that returned is there; the one cut short is there whole or not at all
+    assert batches == votes == prepares == commits
+    assert batches in (set(range(1, reported + 1)), set(range(1, reported + 2)))
