@@ -20,6 +20,7 @@ from typing import Union
 
 from certs.batch import BatchHeader
 from certs.request import InferenceRequest
+from certs.statements import SignedStatement
 
 from consensus.messages import (
     Checkpoint,
@@ -68,6 +69,14 @@ class Activation:
 
 
 @dataclass(frozen=True, slots=True)
+class Equivocation:
+    """Two valid signed statements of one replica for one slot with different contents."""
+
+    first: SignedStatement
+    second: SignedStatement
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     """Something an operator wants in the log: view changes, stable checkpoints, state transfer."""
 
@@ -101,9 +110,15 @@ class CommittedRecord:
 
 @dataclass(frozen=True, slots=True)
 class StableCheckpointRecord:
-    """A checkpoint became stable: records for sequence numbers at or below `seq` may be pruned."""
+    """A checkpoint became stable: records at or below `snapshot.seq` may be pruned.
+
+    `snapshot.executed` lists only the requests executed after `previous_seq` (the previous
+    stable checkpoint), so each checkpoint writes O(new requests), not the whole table; a store
+    folds them back together with `consensus.state.merge_snapshots`. On restore, previous_seq=0.
+    """
 
     snapshot: StateSnapshot
+    previous_seq: int
     proof: tuple[Checkpoint, ...]
 
 
@@ -123,8 +138,9 @@ class Ready:
     committed: list[CommittedBatch] = field(default_factory=list)
     activations: list[Activation] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    evidence: list[Equivocation] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
-            self.persist or self.messages or self.inference or self.committed or self.activations or self.events
+            self.persist or self.messages or self.inference or self.committed or self.activations or self.events or self.evidence
         )

@@ -1,0 +1,1546 @@
+"""The consensus node: execute-then-order PBFT as a pure, deterministic state machine.
+
+Driven like etcd's raft: `submit`, `submit_control`, `executed`, `step` and `tick` change state;
+`ready()` hands back what to persist, send, run and deliver (see consensus/ready.py). No I/O, no
+clock, no randomness: time is `tick()`, signing and verification are injected.
+
+Request path (DESIGN.md): every replica runs its model on every request it knows (inference
+first) and broadcasts one signed VoteBatch per inference batch; the primary proposes requests
+that have votes from a quorum of distinct replicas (waiting up to `vote_timeout_ticks` for the
+rest) with the policy's decision for each; backups re-check every vote and recompute every
+decision; PRE-PREPARE / PREPARE / COMMIT then order the batch (Castro and Liskov, OSDI '99,
+section 4.2), checkpoints truncate the log (4.3), view changes replace a faulty primary (4.4).
+
+Quorums are `config.quorum_size` (2f+1 for n = 3f+1). Section references are to that paper.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Callable
+
+from certs.batch import BatchHeader, Leaf, VoteEntry, ops_digest
+from certs.config import GroupConfig
+from certs.keys import SignatureVerifier, Signer
+from certs.merkle import root_of_hashes
+from certs.outputs import ModelOutput, decision_space
+from certs.policy import Vote, decide
+from certs.request import InferenceRequest
+from certs.statements import SignedStatement, Statement, StatementKind
+
+from consensus.errors import ByzantineMessageError, LocalProtocolError, RequestRejectedError
+from consensus.log import Slot
+from consensus.messages import (
+    Checkpoint,
+    Commit,
+    CommittedProof,
+    ControlMessage,
+    ControlOp,
+    FetchState,
+    FetchVotes,
+    ModelUpdate,
+    NewView,
+    PeerMessage,
+    PrePrepare,
+    Prepare,
+    PreparedProof,
+    Proposal,
+    ProposalEntry,
+    RequestMessage,
+    StateReply,
+    ViewChange,
+    VoteBatch,
+    VoteRef,
+)
+from consensus.ready import (
+    Activation,
+    CommittedBatch,
+    CommittedRecord,
+    Equivocation,
+    Event,
+    InferenceBatch,
+    Outbound,
+    PersistRecord,
+    PreparedRecord,
+    Ready,
+    SignedRecord,
+    StableCheckpointRecord,
+    ViewRecord,
+)
+from consensus.state import ZERO_DIGEST, CheckpointSummary, ReplicatedState, snapshot_digest
+from consensus.viewchange import (
+    check_checkpoint_proof,
+    check_pre_prepare_signature,
+    check_view_change,
+    null_header,
+    plan_new_view,
+    proposal_matches_header,
+)
+from consensus.votes import PendingRequest, StoredVoteBatch, VoteKey, vote_key
+
+# Bounds that protect memory against faulty peers; generous for correct ones.
+VOTE_BATCHES_PER_VOTER_MAX = 4096
+FETCH_BATCHES_MAX = 64
+FUTURE_VIEWS_MAX = 8
+VOTE_BATCH_VARIANTS_MAX = 8
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitOutcome:
+    """What happened to a submitted request: accepted now, already pending, or executed before."""
+
+    status: str  # "accepted" | "pending" | "executed"
+    seq: int = 0
+
+
+class ConsensusNode:
+    def __init__(
+        self,
+        config: GroupConfig,
+        replica_id: int,
+        signer: Signer,
+        verifier: SignatureVerifier,
+        records: Sequence[PersistRecord] = (),
+    ) -> None:
+        member = config.member(replica_id)
+        if member is None:
+            raise LocalProtocolError(f"replica {replica_id} is not a member of group {config.group_id}")
+        if signer.public_key != member.public_key:
+            raise LocalProtocolError(f"the signing key does not match replica {replica_id}'s key in the config")
+        self.config = config
+        self.params = config.params
+        self.id = replica_id
+        self._signer = signer
+        self._verifier = verifier
+        self.q = config.quorum_size
+        self.n = config.n
+        self.now = 0  # ticks
+
+        self.view = 0
+        self.view_active = True
+        self.state = ReplicatedState(config)
+        self.low = 0  # stable checkpoint = low watermark
+        self.stable_digest = ZERO_DIGEST
+        self.stable_proof: tuple[Checkpoint, ...] = ()
+        self.summaries: dict[int, CheckpointSummary] = {0: self.state.summary()}
+        self.log: dict[int, Slot] = {}
+        self.next_seq = 1  # the next sequence number this replica proposes as primary
+        self.checkpoints: dict[int, dict[bytes, dict[int, Checkpoint]]] = {}
+
+        self.pending: dict[VoteKey, PendingRequest] = {}
+        self.by_request_key: dict[tuple[str, str], VoteKey] = {}
+        self.eligible: dict[VoteKey, None] = {}  # insertion order = order of reaching a quorum
+        self.proposed: dict[tuple[str, str], int] = {}  # request key -> seq of an accepted pre-prepare
+        self.inference_queue: deque[VoteKey] = deque()
+        self.inference_queue_since: int | None = None
+        self.inference_inflight: dict[int, tuple[int, list[VoteKey]]] = {}
+        self._next_inference_id = 1
+        self.vote_batches: dict[tuple[int, int], StoredVoteBatch] = {}
+        # other batches a voter signed under one number (equivocation), newest last, bounded
+        self.vote_batch_variants: dict[tuple[int, int], list[StoredVoteBatch]] = {}
+        self.vote_batch_count: dict[int, int] = {}
+        self.vote_batch_no = 0  # the last vote batch number this replica signed
+        self.waiting: dict[tuple[int, int], tuple[PrePrepare, int]] = {}  # (view, seq) -> (pp, deadline)
+        self.pending_ops: dict[tuple[int, int], ControlOp] = {}
+
+        self.signed: dict[tuple[StatementKind, tuple[int, ...]], PeerMessage] = {}
+        self.view_changes: dict[int, dict[int, ViewChange]] = {}
+        self.new_views: dict[int, NewView] = {}
+        self.view_change_attempts = 0
+        self.view_change_deadline: int | None = None  # waiting for a NEW-VIEW until then
+        self.retransmit_deadline = self.params.relay_timeout_ticks
+        self.fetching_state_since: int | None = None
+        self.fetch_targets: list[int] = []
+
+        self._ready = Ready()
+        self._handlers: dict[type, Callable[[PeerMessage], None]] = {
+            RequestMessage: self._on_request,  # type: ignore[dict-item]
+            ControlMessage: self._on_control,  # type: ignore[dict-item]
+            VoteBatch: self._on_vote_batch,  # type: ignore[dict-item]
+            PrePrepare: self._on_pre_prepare,  # type: ignore[dict-item]
+            Prepare: self._on_prepare,  # type: ignore[dict-item]
+            Commit: self._on_commit,  # type: ignore[dict-item]
+            Checkpoint: self._on_checkpoint,  # type: ignore[dict-item]
+            ViewChange: self._on_view_change,  # type: ignore[dict-item]
+            NewView: self._on_new_view,  # type: ignore[dict-item]
+            FetchVotes: self._on_fetch_votes,  # type: ignore[dict-item]
+            FetchState: self._on_fetch_state,  # type: ignore[dict-item]
+            StateReply: self._on_state_reply,  # type: ignore[dict-item]
+        }
+        if records:
+            self._restore(records)
+
+    # =====================================================================================
+    # public interface
+    # =====================================================================================
+
+    @property
+    def primary(self) -> int:
+        return self.config.primary(self.view)
+
+    @property
+    def is_primary(self) -> bool:
+        return self.primary == self.id
+
+    @property
+    def executed_seq(self) -> int:
+        return self.state.seq
+
+    @property
+    def model_version(self) -> int:
+        return self.state.versions[self.id][0]
+
+    def ready(self) -> Ready:
+        """Drain what the runtime must do now (persist first, then send, run, deliver)."""
+        ready, self._ready = self._ready, Ready()
+        return ready
+
+    def has_ready(self) -> bool:
+        return bool(self._ready)
+
+    def submit(self, request: InferenceRequest, *, disseminate: bool = False) -> SubmitOutcome:
+        """A client request reached this replica. `disseminate`: relay it to the other replicas
+        now (a client talking to this replica alone); a gateway that sends every request to all
+        replicas passes False, and relaying happens only if votes fail to arrive in time."""
+        self._check_request(request)
+        seq = self.state.executed.get(request.key)
+        if seq is not None:
+            return SubmitOutcome("executed", seq)
+        known = self.by_request_key.get(request.key)
+        if known is not None and known[0] != request.digest:
+            raise RequestRejectedError(
+                f"request id {request.request_id!r} of client {request.client_id!r} is already in use "
+                f"by a different request"
+            )
+        pending = self._learn_request(request)
+        if disseminate:
+            self._send(None, RequestMessage(self.id, request))
+            pending.last_relay_tick = self.now
+        self._maybe_batch_inference()
+        return SubmitOutcome("pending" if known is not None else "accepted")
+
+    def submit_control(self, op: ControlOp) -> None:
+        """An owner's model update reached this replica: check it and have it ordered."""
+        self._check_control(op)
+        key = (op.replica_id, op.new_version)
+        if key not in self.pending_ops:
+            self.pending_ops[key] = op
+            self._send(None, ControlMessage(self.id, op))
+        self._try_propose()
+
+    def executed(self, batch_id: int, outputs: Sequence[ModelOutput]) -> None:
+        """The runtime ran inference batch `batch_id`; `outputs` are in request order."""
+        inflight = self.inference_inflight.pop(batch_id, None)
+        if inflight is None:
+            raise LocalProtocolError(f"unknown inference batch {batch_id}")
+        version, keys = inflight
+        if len(outputs) != len(keys):
+            raise LocalProtocolError(f"inference batch {batch_id}: {len(outputs)} outputs for {len(keys)} requests")
+        entries: list[VoteEntry] = []
+        for key, output in zip(keys, outputs):
+            pending = self.pending.get(key)
+            if pending is None or pending.request_key in self.state.executed:
+                continue  # executed meanwhile: nobody needs this vote
+            pending.queued_version = None
+            pending.voted_versions.add(version)
+            entries.append(VoteEntry(key[1], key[2], key[0], key[3], output))
+        if entries:
+            self.vote_batch_no += 1
+            batch = VoteBatch(self.id, self.config.epoch, self.vote_batch_no, version, tuple(entries), b"")
+            signature = self._sign(batch.statement(self.config.group_id))
+            batch = VoteBatch(self.id, self.config.epoch, self.vote_batch_no, version, tuple(entries), signature)
+            self._record_signed(StatementKind.VOTE_BATCH, (batch.batch_no,), batch)
+            self._send(None, batch)
+            self._store_vote_batch(batch)
+        # anything still needing a vote with the current version goes back in the queue
+        for key in keys:
+            self._queue_for_inference(key)
+        self._maybe_batch_inference()
+        self._try_propose()
+
+    def inference_failed(self, batch_id: int) -> None:
+        """The model could not answer batch `batch_id`; its requests will be tried again."""
+        inflight = self.inference_inflight.pop(batch_id, None)
+        if inflight is None:
+            raise LocalProtocolError(f"unknown inference batch {batch_id}")
+        for key in inflight[1]:
+            pending = self.pending.get(key)
+            if pending is not None:
+                pending.queued_version = None
+                self._queue_for_inference(key)
+        self._maybe_batch_inference()
+
+    def step(self, message: PeerMessage) -> None:
+        """Handle a message from a peer. Raises ByzantineMessageError (naming the sender) for a
+        message a correct peer would not send; the node's state is unaffected by it."""
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            raise LocalProtocolError(f"not a peer message: {type(message).__name__}")
+        sender = message.sender
+        if not self.config.is_member(sender):
+            raise ByzantineMessageError(sender, "non-member", f"{type(message).__name__} from a non-member")
+        if sender == self.id:
+            # peers relay signed messages (vote batches on request, proofs): ours may come back
+            if isinstance(message, VoteBatch) and (sender, message.batch_no) not in self.vote_batches:
+                handler(message)  # lost in a crash; the signature says it is ours
+            # anything else claiming to be ours is a replay by someone else: nothing to learn
+            return
+        handler(message)
+
+    def tick(self) -> None:
+        self.now += 1
+        self._maybe_batch_inference()
+        self._try_propose()
+        self._check_waiting()
+        self._check_timers()
+
+    # =====================================================================================
+    # requests, inference and votes
+    # =====================================================================================
+
+    def _check_request(self, request: InferenceRequest) -> None:
+        task = self.config.task
+        if request.group_id != self.config.group_id:
+            raise RequestRejectedError(f"request is for group {request.group_id!r}, this is {self.config.group_id!r}")
+        if not request.client_id or not request.request_id:
+            raise RequestRejectedError("client_id and request_id must not be empty")
+        if len(request.inputs) != 1:
+            raise RequestRejectedError(f"expected exactly one input, {task.input_name!r}; got {len(request.inputs)}")
+        tensor = request.inputs[0]
+        if tensor.name != task.input_name:
+            raise RequestRejectedError(f"unknown input {tensor.name!r}; expected {task.input_name!r}")
+        if tensor.datatype != task.input_datatype:
+            raise RequestRejectedError(f"input {tensor.name!r} has datatype {tensor.datatype}, expected {task.input_datatype}")
+        if tuple(tensor.shape) != task.input_shape:
+            raise RequestRejectedError(f"input {tensor.name!r} has shape {list(tensor.shape)}, expected {list(task.input_shape)}")
+        if len(tensor.data) != task.input_size_bytes:
+            raise RequestRejectedError(f"input {tensor.name!r} has {len(tensor.data)} bytes, expected {task.input_size_bytes}")
+        if request.size_bytes > self.params.request_size_max_bytes:
+            raise RequestRejectedError(f"request of {request.size_bytes} bytes exceeds {self.params.request_size_max_bytes}")
+        if request.label_mapping:
+            try:
+                decision_space(task.class_labels, dict(request.label_mapping))
+            except ValueError as exc:
+                raise RequestRejectedError(str(exc)) from exc
+
+    def _label_space(self, request: InferenceRequest) -> tuple[str, ...]:
+        if not request.label_mapping:
+            return ()
+        return decision_space(self.config.task.class_labels, dict(request.label_mapping))
+
+    def _learn_request(self, request: InferenceRequest) -> PendingRequest:
+        key: VoteKey = (request.digest, request.client_id, request.request_id, self._label_space(request))
+        pending = self.pending.get(key)
+        if pending is None:
+            pending = PendingRequest(key, self.now)
+            self.pending[key] = pending
+        if pending.request is None:
+            pending.request = request
+            self.by_request_key.setdefault(request.key, key)
+            self._queue_for_inference(key)
+        return pending
+
+    def _queue_for_inference(self, key: VoteKey) -> None:
+        """Queue a request for this replica's model unless it has a vote with the version in effect."""
+        pending = self.pending.get(key)
+        if pending is None or pending.request is None or pending.request_key in self.state.executed:
+            return
+        version = self.model_version
+        if version in pending.voted_versions or pending.queued_version == version:
+            return
+        if pending.queued_version is not None:
+            return  # in flight with an older version; re-queued when it comes back
+        pending.queued_version = version
+        if not self.inference_queue:
+            self.inference_queue_since = self.now
+        self.inference_queue.append(key)
+
+    def _maybe_batch_inference(self) -> None:
+        params = self.params
+        while self.inference_queue and len(self.inference_inflight) < params.inference_inflight_max:
+            waited = self.now - (self.inference_queue_since or self.now)
+            if len(self.inference_queue) < params.inference_batch_max and waited < params.inference_batch_delay_ticks:
+                # a lone request waits a moment for company, unless the model is idle
+                if self.inference_inflight:
+                    return
+            version = self.model_version
+            keys: list[VoteKey] = []
+            requests: list[InferenceRequest] = []
+            while self.inference_queue and len(keys) < params.inference_batch_max:
+                key = self.inference_queue.popleft()
+                pending = self.pending.get(key)
+                if pending is None or pending.request is None or pending.request_key in self.state.executed:
+                    continue
+                pending.queued_version = version
+                keys.append(key)
+                requests.append(pending.request)
+            self.inference_queue_since = self.now if self.inference_queue else None
+            if not keys:
+                continue
+            batch_id = self._next_inference_id
+            self._next_inference_id += 1
+            self.inference_inflight[batch_id] = (version, keys)
+            self._ready.inference.append(
+                InferenceBatch(batch_id, version, tuple(requests), tuple(key[3] for key in keys))
+            )
+
+    def _on_request(self, message: RequestMessage) -> None:
+        try:
+            self._check_request(message.request)
+        except RequestRejectedError as exc:
+            raise ByzantineMessageError(message.sender, "bad-request", str(exc)) from exc
+        if message.request.key in self.state.executed:
+            return
+        known = self.by_request_key.get(message.request.key)
+        if known is not None and known[0] != message.request.digest:
+            return  # a conflicting request id: the first one this replica saw wins
+        self._learn_request(message.request)
+        self._maybe_batch_inference()
+
+    def _on_vote_batch(self, batch: VoteBatch) -> None:
+        sender = batch.sender
+        if batch.epoch != self.config.epoch:
+            raise ByzantineMessageError(sender, "wrong-epoch", f"vote batch for epoch {batch.epoch}")
+        if not batch.entries:
+            raise ByzantineMessageError(sender, "empty", "empty vote batch")
+        if len(batch.entries) > self.params.inference_batch_max:
+            raise ByzantineMessageError(sender, "oversized", f"vote batch of {len(batch.entries)} entries")
+        if len({entry.request_digest for entry in batch.entries}) != len(batch.entries):
+            raise ByzantineMessageError(sender, "duplicate-entry", "vote batch votes twice on one request")
+        ref = (sender, batch.batch_no)
+        existing = self.vote_batches.get(ref)
+        if existing is not None and self._same_batch(existing.batch, batch):
+            return  # a retransmission
+        variants = self.vote_batch_variants.get(ref, [])
+        if any(self._same_batch(v.batch, batch) for v in variants):
+            return
+        statement = batch.statement(self.config.group_id)
+        self._verify(sender, statement, batch.signature, "vote batch")
+        for entry in batch.entries:
+            self._check_output(sender, entry)
+        if existing is not None:
+            # the voter signed two batches under one number. Keep this one too (a primary may
+            # have built its proposal on it); the pair is evidence against the voter.
+            by_digest = {entry.request_digest: entry for entry in batch.entries}
+            variants.append(StoredVoteBatch(batch, by_digest, self.now))
+            self.vote_batch_variants[ref] = variants[-VOTE_BATCH_VARIANTS_MAX:]
+            self._recheck_waiting()
+            self._equivocation(existing.batch.statement(self.config.group_id), existing.batch.signature, statement, batch.signature)
+            raise ByzantineMessageError(sender, "equivocation", f"two different vote batches numbered {batch.batch_no}")
+        self._store_vote_batch(batch)
+        self._recheck_waiting()
+        self._try_propose()
+
+    @staticmethod
+    def _same_batch(a: VoteBatch, b: VoteBatch) -> bool:
+        return a.entries_root == b.entries_root and a.model_version == b.model_version and len(a.entries) == len(b.entries)
+
+    def _check_output(self, sender: int, entry: VoteEntry) -> None:
+        classes = len(entry.label_space) if entry.label_space else len(self.config.task.class_labels)
+        try:
+            entry.output.check(classes, min(self.config.task.top_k, classes))
+        except ValueError as exc:
+            raise ByzantineMessageError(sender, "bad-vote", f"request {entry.request_id!r}: {exc}") from exc
+
+    def _store_vote_batch(self, batch: VoteBatch) -> None:
+        count = self.vote_batch_count.get(batch.sender, 0)
+        if count >= VOTE_BATCHES_PER_VOTER_MAX:
+            self._gc_votes(force_voter=batch.sender)
+        self.vote_batch_count[batch.sender] = self.vote_batch_count.get(batch.sender, 0) + 1
+        by_digest = {entry.request_digest: entry for entry in batch.entries}
+        self.vote_batches[(batch.sender, batch.batch_no)] = StoredVoteBatch(batch, by_digest, self.now)
+        for entry in batch.entries:
+            key = vote_key(entry)
+            if (entry.client_id, entry.request_id) in self.state.executed:
+                continue
+            pending = self.pending.get(key)
+            if pending is None:
+                pending = PendingRequest(key, self.now)
+                self.pending[key] = pending
+            pending.add_vote(batch.sender, batch.model_version, batch.batch_no)
+            if pending.quorum_tick is None and len(pending.votes) >= self.q:
+                pending.quorum_tick = self.now
+                self.eligible[key] = None
+
+    def _gc_votes(self, force_voter: int | None = None) -> None:
+        """Forget vote batches nobody can still use: all their requests executed, or (when a voter
+        floods us) its oldest batches."""
+        executed = self.state.executed
+        retention_ticks = 20 * self.params.view_change_timeout_ticks
+        referenced = {
+            (ref.voter, ref.batch_no)
+            for pp, _ in self.waiting.values()
+            for entry in pp.proposal.entries
+            for ref in entry.refs
+        }
+        for slot in self.log.values():
+            if not slot.executed:
+                for pp in slot.contents.values():
+                    referenced.update((r.voter, r.batch_no) for e in pp.proposal.entries for r in e.refs)
+        for ref, stored in list(self.vote_batches.items()):
+            if ref in referenced:
+                continue
+            done = all((e.client_id, e.request_id) in executed for e in stored.batch.entries)
+            stale = self.now - stored.arrival_tick > retention_ticks
+            if done or stale:
+                del self.vote_batches[ref]
+                self.vote_batch_variants.pop(ref, None)
+                self.vote_batch_count[ref[0]] -= 1
+        if force_voter is not None and self.vote_batch_count.get(force_voter, 0) >= VOTE_BATCHES_PER_VOTER_MAX:
+            oldest = sorted(ref for ref in self.vote_batches if ref[0] == force_voter and ref not in referenced)
+            for ref in oldest[: len(oldest) // 2]:
+                del self.vote_batches[ref]
+                self.vote_batch_variants.pop(ref, None)
+                self.vote_batch_count[force_voter] -= 1
+        for key, pending in list(self.pending.items()):
+            if pending.request_key in executed or (
+                pending.request is None and self.now - pending.first_tick > retention_ticks
+            ):
+                self._forget_pending(key)
+
+    def _forget_pending(self, key: VoteKey) -> None:
+        pending = self.pending.pop(key, None)
+        self.eligible.pop(key, None)
+        if pending is not None and self.by_request_key.get(pending.request_key) == key:
+            del self.by_request_key[pending.request_key]
+
+    # =====================================================================================
+    # control operations
+    # =====================================================================================
+
+    def _check_control(self, op: ControlOp) -> None:
+        if not isinstance(op, ModelUpdate):
+            raise RequestRejectedError(f"unsupported control operation {type(op).__name__}")
+        member = self.config.member(op.replica_id)
+        if op.group_id != self.config.group_id:
+            raise RequestRejectedError(f"model update is for group {op.group_id!r}")
+        if member is None:
+            raise RequestRejectedError(f"model update for replica {op.replica_id}, which is not a member")
+        if len(op.weights_digest) != 32:
+            raise RequestRejectedError("weights digest must be 32 bytes")
+        if not self._verifier.verify(member.owner_public_key, op.signed_bytes(), op.owner_signature):
+            raise RequestRejectedError(
+                f"model update for replica {op.replica_id} is not signed by that replica's owner"
+            )
+        latest = self.state.latest_version(op.replica_id)
+        if op.new_version <= latest:
+            raise RequestRejectedError(
+                f"model update to version {op.new_version} for replica {op.replica_id}: "
+                f"version {latest} is already ordered (replayed or older update)"
+            )
+
+    def _on_control(self, message: ControlMessage) -> None:
+        try:
+            self._check_control(message.op)
+        except RequestRejectedError as exc:
+            raise ByzantineMessageError(message.sender, "bad-control", str(exc)) from exc
+        self.pending_ops.setdefault((message.op.replica_id, message.op.new_version), message.op)
+        self._try_propose()
+
+    # =====================================================================================
+    # proposing (primary)
+    # =====================================================================================
+
+    def _in_window(self, seq: int) -> bool:
+        return self.low < seq <= self.low + self.params.log_window_batches
+
+    def _choose_votes(self, pending: PendingRequest, table: dict[int, tuple[int, bytes]]) -> list[tuple[int, int, int]]:
+        """(voter, version, batch_no) of the votes usable at a seq with version table `table`."""
+        chosen: list[tuple[int, int, int]] = []
+        for voter in sorted(pending.votes):
+            version = table.get(voter, (0, b""))[0]
+            batch_no = pending.votes[voter].get(version)
+            if batch_no is not None and (voter, batch_no) in self.vote_batches:
+                chosen.append((voter, version, batch_no))
+        return chosen
+
+    def _build_entry(self, pending: PendingRequest, chosen: list[tuple[int, int, int]]) -> ProposalEntry:
+        votes: list[Vote] = []
+        refs: list[VoteRef] = []
+        for voter, version, batch_no in chosen:
+            entry = self.vote_batches[(voter, batch_no)].by_digest[pending.digest]
+            votes.append(Vote(voter, version, entry.output))
+            refs.append(VoteRef(voter, batch_no))
+        classes = len(pending.label_space) or len(self.config.task.class_labels)
+        decision = decide(self.config.policy, self.config.f, self.q, votes, min(self.config.task.top_k, classes))
+        client_id, request_id = pending.request_key
+        leaf = Leaf(
+            pending.digest,
+            client_id,
+            request_id,
+            pending.label_space,
+            self.config.policy.describe(self.config.f),
+            tuple(votes),
+            decision,
+        )
+        return ProposalEntry(leaf, tuple(refs))
+
+    def _try_propose(self) -> None:
+        if not (self.view_active and self.is_primary):
+            return
+        params = self.params
+        while True:
+            seq = self.next_seq
+            if not self._in_window(seq) or seq - self.state.seq > params.pipeline_depth:
+                return
+            if self.state.seq < seq - params.log_window_batches:
+                return  # the version table for seq is not known yet
+            table = self.state.versions_at(seq)
+            entries: list[ProposalEntry] = []
+            taken: set[tuple[str, str]] = set()
+            waiting_for_more = False
+            for key in list(self.eligible):
+                pending = self.pending.get(key)
+                if pending is None:
+                    self.eligible.pop(key, None)
+                    continue
+                request_key = pending.request_key
+                if request_key in self.state.executed:
+                    self._forget_pending(key)
+                    continue
+                if request_key in self.proposed or request_key in taken:
+                    continue
+                chosen = self._choose_votes(pending, table)
+                if len(chosen) < self.q:
+                    continue
+                if len(chosen) < self.n and self.now - (pending.quorum_tick or 0) < params.vote_timeout_ticks:
+                    waiting_for_more = True
+                    continue
+                entries.append(self._build_entry(pending, chosen))
+                taken.add(request_key)
+                if len(entries) >= params.proposal_size_max:
+                    break
+            ops = tuple(
+                op
+                for key, op in sorted(self.pending_ops.items())
+                if op.new_version > self.state.latest_version(op.replica_id) and not self._op_in_flight(op)
+            )
+            # keep ordering (empty) batches while an activation is due and nothing else is
+            idle_with_activation = (
+                not entries and not ops and not waiting_for_more and self.state.scheduled and seq == self.state.seq + 1
+            )
+            if not entries and not ops and not idle_with_activation:
+                return
+            inflight = seq - 1 - self.state.seq
+            if entries and not ops and inflight > 0 and len(entries) < params.proposal_size_max // 4:
+                oldest = min(self.pending[k].quorum_tick or 0 for k in self.eligible if k in self.pending)
+                if self.now - oldest < 1:
+                    return  # let a few more join; the pipeline is busy anyway
+            self._propose(seq, Proposal(tuple(entries), ops), table)
+
+    def _op_in_flight(self, op: ControlOp) -> bool:
+        for slot in self.log.values():
+            if slot.executed:
+                continue
+            for pp in slot.contents.values():
+                if op in pp.proposal.ops:
+                    return True
+        return False
+
+    def _propose(self, seq: int, proposal: Proposal, table: dict[int, tuple[int, bytes]]) -> None:
+        from certs.batch import model_versions_digest
+
+        mv_digest = (
+            model_versions_digest([(rid, v, wd) for rid, (v, wd) in table.items()]) if proposal.entries else ZERO_DIGEST
+        )
+        header = BatchHeader(
+            self.config.group_id,
+            self.config.epoch,
+            self.config.digest,
+            self.view,
+            seq,
+            root_of_hashes([e.leaf.hash for e in proposal.entries]),
+            ops_digest([op.canonical() for op in proposal.ops]),
+            mv_digest,
+        )
+        pp = self._signed_pre_prepare(header, proposal)
+        if pp is None:
+            return
+        self.next_seq = seq + 1
+        self._send(None, pp)
+        self._accept_pre_prepare(pp)
+
+    def _signed_pre_prepare(self, header: BatchHeader, proposal: Proposal) -> PrePrepare | None:
+        statement = header.statement(StatementKind.PRE_PREPARE, self.id)
+        previous = self.signed.get((StatementKind.PRE_PREPARE, statement.slot))
+        if previous is not None:
+            if isinstance(previous, PrePrepare) and previous.header.batch_digest == header.batch_digest:
+                return previous
+            return None  # never sign two batches for one slot, even after a restart
+        pp = PrePrepare(self.id, self.config.epoch, header, proposal, self._sign(statement))
+        self._record_signed(StatementKind.PRE_PREPARE, statement.slot, pp)
+        return pp
+
+    # =====================================================================================
+    # normal case: pre-prepare, prepare, commit (section 4.2)
+    # =====================================================================================
+
+    def _slot(self, seq: int) -> Slot:
+        slot = self.log.get(seq)
+        if slot is None:
+            slot = Slot(seq, self.now)
+            self.log[seq] = slot
+        return slot
+
+    def _on_pre_prepare(self, pp: PrePrepare) -> None:
+        sender = pp.sender
+        header = pp.header
+        if pp.epoch != self.config.epoch or header.epoch != self.config.epoch:
+            raise ByzantineMessageError(sender, "wrong-epoch", f"pre-prepare for epoch {pp.epoch}")
+        if (header.group_id, header.config_digest) != (self.config.group_id, self.config.digest):
+            raise ByzantineMessageError(sender, "wrong-config", "pre-prepare names another group or config")
+        if sender != self.config.primary(pp.view):
+            raise ByzantineMessageError(sender, "not-primary", f"pre-prepare for view {pp.view} from a backup")
+        if pp.view < self.view:
+            raise ByzantineMessageError(sender, "stale", f"pre-prepare for old view {pp.view}")
+        if pp.view > self.view or not self.view_active:
+            return  # a view this replica has not entered: the NEW-VIEW will carry what matters
+        if not self._in_window(pp.seq):
+            if pp.seq <= self.low:
+                raise ByzantineMessageError(sender, "stale", f"pre-prepare for seq {pp.seq} below the watermark")
+            raise ByzantineMessageError(sender, "outside-window", f"pre-prepare for seq {pp.seq} above the watermark")
+        if not self._verifier.verify(self.config.public_key(sender) or b"", pp.statement().message(), pp.signature):
+            raise ByzantineMessageError(sender, "bad-signature", f"pre-prepare for seq {pp.seq}")
+        slot = self.log.get(pp.seq)
+        if pp.seq <= self.state.seq:
+            # already executed here (perhaps through state transfer): take part only if it is
+            # the batch this replica executed, so slower peers can still gather a quorum
+            if slot is not None and slot.committed is not None and slot.committed[0].header.batch_digest == header.batch_digest:
+                if slot.pre_prepare is None:
+                    self._accept_pre_prepare(pp)
+            return
+        if slot is not None and slot.pre_prepare is not None and slot.pre_prepare.view == pp.view:
+            if slot.pre_prepare.header.batch_digest == header.batch_digest:
+                return  # a retransmission
+            self._equivocation(slot.pre_prepare.statement(), slot.pre_prepare.signature, pp.statement(), pp.signature)
+            raise ByzantineMessageError(sender, "equivocation", f"two pre-prepares for view {pp.view} seq {pp.seq}")
+        waiting = self.waiting.get((pp.view, pp.seq))
+        if waiting is not None and waiting[0].header.batch_digest != header.batch_digest:
+            self._equivocation(waiting[0].statement(), waiting[0].signature, pp.statement(), pp.signature)
+            raise ByzantineMessageError(sender, "equivocation", f"two pre-prepares for view {pp.view} seq {pp.seq}")
+        if self.state.seq < pp.seq - self.params.log_window_batches:
+            # the version table for this seq depends on batches this replica has not executed
+            self.waiting[(pp.view, pp.seq)] = (pp, self.now + self.params.relay_timeout_ticks)
+            self._start_state_transfer(r for r in self.config.replica_ids if r != self.id)
+            return
+        missing = self._validate_proposal(pp)
+        if missing:
+            self.waiting[(pp.view, pp.seq)] = (pp, self.now + self.params.relay_timeout_ticks)
+            self._send(sender, FetchVotes(self.id, tuple(sorted(missing, key=lambda r: (r.voter, r.batch_no)))))
+            return
+        self.waiting.pop((pp.view, pp.seq), None)
+        self._accept_pre_prepare(pp)
+
+    def _validate_proposal(self, pp: PrePrepare) -> set[VoteRef]:
+        """Check a pre-prepare's content. Returns vote batches this replica still lacks (the
+        proposal is re-checked when they arrive); raises ByzantineMessageError if it is invalid."""
+        sender = pp.sender
+        header = pp.header
+        proposal = pp.proposal
+        params = self.params
+        seq = pp.seq
+        if len(proposal.entries) > params.proposal_size_max or len(proposal.ops) > self.n * 4:
+            raise ByzantineMessageError(sender, "oversized", f"proposal of {len(proposal.entries)} requests")
+        if self.state.seq < seq - params.log_window_batches:
+            raise LocalProtocolError(f"seq {seq} cannot be checked before executing seq {seq - params.log_window_batches}")
+        if not proposal_matches_header(header, proposal):
+            raise ByzantineMessageError(sender, "bad-proposal", f"seq {seq}: leaves or ops do not match the header")
+        for op in proposal.ops:
+            try:
+                self._check_control(op)
+            except RequestRejectedError as exc:
+                raise ByzantineMessageError(sender, "bad-control", f"seq {seq}: {exc}") from exc
+        if not proposal.entries:
+            return set()
+        table = self.state.versions_at(seq)
+        if header.model_versions_digest != self.state.versions_digest_at(seq):
+            raise ByzantineMessageError(sender, "bad-versions", f"seq {seq}: wrong model version table")
+        policy_name = self.config.policy.describe(self.config.f)
+        seen: set[tuple[str, str]] = set()
+        missing: set[VoteRef] = set()
+        for entry in proposal.entries:
+            leaf = entry.leaf
+            request_key = (leaf.client_id, leaf.request_id)
+            if request_key in seen:
+                raise ByzantineMessageError(sender, "duplicate-request", f"seq {seq}: request {leaf.request_id!r} twice")
+            seen.add(request_key)
+            if request_key in self.state.executed:
+                raise ByzantineMessageError(sender, "replayed-request", f"seq {seq}: request {leaf.request_id!r} already executed")
+            other = self.proposed.get(request_key)
+            if other is not None and other != seq:
+                raise ByzantineMessageError(sender, "duplicate-request", f"seq {seq}: request {leaf.request_id!r} is in batch {other}")
+            if leaf.policy != policy_name:
+                raise ByzantineMessageError(sender, "bad-decision", f"seq {seq}: policy {leaf.policy!r}")
+            if len(leaf.votes) < self.q or len(entry.refs) != len(leaf.votes):
+                raise ByzantineMessageError(sender, "too-few-votes", f"seq {seq}: {len(leaf.votes)} votes")
+            voters = [vote.replica_id for vote in leaf.votes]
+            if voters != sorted(set(voters)):
+                raise ByzantineMessageError(sender, "duplicate-voter", f"seq {seq}: voters {voters}")
+            for vote, ref in zip(leaf.votes, entry.refs):
+                if not self.config.is_member(vote.replica_id) or ref.voter != vote.replica_id:
+                    raise ByzantineMessageError(sender, "non-member-vote", f"seq {seq}: vote from {vote.replica_id}")
+                if vote.model_version != table[vote.replica_id][0]:
+                    raise ByzantineMessageError(
+                        sender, "wrong-version",
+                        f"seq {seq}: replica {vote.replica_id} voted with version {vote.model_version}, "
+                        f"version {table[vote.replica_id][0]} is in effect",
+                    )
+                stored = self.vote_batches.get((ref.voter, ref.batch_no))
+                if stored is None:
+                    missing.add(ref)
+                    continue
+                if not self._vote_matches(stored, leaf, vote) and not any(
+                    self._vote_matches(v, leaf, vote) for v in self.vote_batch_variants.get((ref.voter, ref.batch_no), ())
+                ):
+                    # perhaps the voter signed another batch under this number and the primary
+                    # holds that one: fetch the primary's copy before blaming the primary
+                    missing.add(ref)
+                    continue
+            if missing:
+                continue
+            classes = len(leaf.label_space) or len(self.config.task.class_labels)
+            expected = decide(self.config.policy, self.config.f, self.q, leaf.votes, min(self.config.task.top_k, classes))
+            if expected != leaf.decision:
+                raise ByzantineMessageError(sender, "bad-decision", f"seq {seq}: decision for {leaf.request_id!r} does not follow from its votes")
+        return missing
+
+    @staticmethod
+    def _vote_matches(stored: StoredVoteBatch, leaf: Leaf, vote: Vote) -> bool:
+        voted = stored.by_digest.get(leaf.request_digest)
+        return (
+            voted is not None
+            and stored.batch.model_version == vote.model_version
+            and voted.output == vote.output
+            and (voted.client_id, voted.request_id, voted.label_space) == (leaf.client_id, leaf.request_id, leaf.label_space)
+        )
+
+    def _accept_pre_prepare(self, pp: PrePrepare) -> None:
+        slot = self._slot(pp.seq)
+        slot.pre_prepare = pp
+        slot.contents.setdefault(pp.header.batch_digest, pp)
+        slot.progress_tick = self.now
+        if not slot.executed:
+            for entry in pp.proposal.entries:
+                self.proposed[(entry.leaf.client_id, entry.leaf.request_id)] = pp.seq
+        if pp.sender != self.id:
+            prepare = self._signed_vote(Prepare, StatementKind.PREPARE, pp.view, pp.seq, pp.header.batch_digest)
+            if prepare is not None:
+                slot.add_prepare(prepare)
+                self._send(None, prepare)
+        self._check_prepared(slot)
+        self._check_committed(slot)
+
+    def _signed_vote(self, cls: type, kind: StatementKind, view: int, seq: int, batch_digest: bytes) -> Prepare | Commit | None:
+        """Sign a PREPARE or COMMIT, unless this replica already signed another digest there."""
+        slot_key = (view, seq)
+        previous = self.signed.get((kind, slot_key))
+        if previous is not None:
+            if isinstance(previous, (Prepare, Commit)) and previous.batch_digest == batch_digest:
+                return previous
+            return None
+        statement = Statement(kind, self.config.group_id, self.config.epoch, self.id, slot_key, batch_digest)
+        message = cls(self.id, self.config.epoch, view, seq, batch_digest, self._sign(statement))
+        self._record_signed(kind, slot_key, message)
+        return message  # type: ignore[no-any-return]
+
+    def _check_vote_message(self, message: Prepare | Commit, kind: StatementKind, name: str) -> Slot | None:
+        sender = message.sender
+        if message.epoch != self.config.epoch:
+            raise ByzantineMessageError(sender, "wrong-epoch", f"{name} for epoch {message.epoch}")
+        if message.view > self.view + FUTURE_VIEWS_MAX:
+            raise ByzantineMessageError(sender, "outside-window", f"{name} for far future view {message.view}")
+        if message.seq <= self.low:
+            raise ByzantineMessageError(sender, "stale", f"{name} for seq {message.seq} below the watermark")
+        if message.seq > self.low + self.params.log_window_batches:
+            raise ByzantineMessageError(sender, "outside-window", f"{name} for seq {message.seq} above the watermark")
+        statement = message.statement(self.config.group_id)
+        self._verify(sender, statement, message.signature, name)
+        slot = self._slot(message.seq)
+        earlier = slot.prepare_from(message.view, sender) if kind is StatementKind.PREPARE else slot.commit_from(message.view, sender)
+        if earlier is not None:
+            if earlier.batch_digest == message.batch_digest:
+                return None  # retransmission
+            self._equivocation(earlier.statement(self.config.group_id), earlier.signature, statement, message.signature)
+            raise ByzantineMessageError(sender, "equivocation", f"two {name}s for view {message.view} seq {message.seq}")
+        return slot
+
+    def _on_prepare(self, prepare: Prepare) -> None:
+        if prepare.sender == self.config.primary(prepare.view):
+            raise ByzantineMessageError(prepare.sender, "not-backup", "the primary does not send prepares")
+        slot = self._check_vote_message(prepare, StatementKind.PREPARE, "prepare")
+        if slot is None:
+            return
+        slot.add_prepare(prepare)
+        self._check_prepared(slot)
+
+    def _on_commit(self, commit: Commit) -> None:
+        slot = self._check_vote_message(commit, StatementKind.COMMIT, "commit")
+        if slot is None:
+            return
+        slot.add_commit(commit)
+        self._check_committed(slot)
+        self._maybe_fetch_committed()
+
+    def _check_prepared(self, slot: Slot) -> None:
+        pp = slot.pre_prepare
+        if pp is None or not self.view_active or pp.view != self.view:
+            return
+        digest = pp.header.batch_digest
+        if slot.prepared_proof is not None and slot.prepared_proof.pre_prepare.view == pp.view:
+            return
+        prepares = slot.prepares.get((pp.view, digest), {})
+        backups = [p for s, p in sorted(prepares.items()) if s != pp.sender]
+        if len(backups) < self.q - 1:
+            return
+        proof = PreparedProof(pp, tuple(backups[: self.q - 1]))
+        slot.prepared_proof = proof
+        slot.progress_tick = self.now
+        self._persist(PreparedRecord(pp, proof.prepares))
+        commit = self._signed_vote(Commit, StatementKind.COMMIT, pp.view, pp.seq, digest)
+        if commit is not None:
+            slot.add_commit(commit)  # type: ignore[arg-type]
+            self._send(None, commit)
+        self._check_committed(slot)
+
+    def _check_committed(self, slot: Slot) -> None:
+        if slot.committed is not None:
+            return
+        for (view, digest), bucket in slot.commits.items():
+            if len(bucket) >= self.q and digest in slot.contents:
+                # a quorum of COMMITs is a commit certificate on its own: at least f+1 correct
+                # replicas prepared the batch in that view
+                commits = tuple(c for _, c in sorted(bucket.items())[: self.q])
+                pp = slot.contents[digest]
+                if pp.view != view:
+                    pp = PrePrepare(pp.sender, pp.epoch, pp.header.with_view(view), pp.proposal, pp.signature)
+                slot.committed = (pp, commits)
+                slot.progress_tick = self.now
+                self._execute_ready()
+                return
+
+    # =====================================================================================
+    # execution and checkpoints (section 4.3)
+    # =====================================================================================
+
+    def _execute_ready(self, via_state_transfer: bool = False) -> None:
+        while True:
+            slot = self.log.get(self.state.seq + 1)
+            if slot is None or slot.committed is None:
+                return
+            pp, commits = slot.committed
+            self._execute(slot, pp, commits, via_state_transfer)
+
+    def _execute(self, slot: Slot, pp: PrePrepare, commits: tuple[Commit, ...], via_state_transfer: bool) -> None:
+        header, proposal = pp.header, pp.proposal
+        duplicates, activations = self.state.apply(header, proposal)
+        slot.executed = True
+        refs = {(r.voter, r.batch_no) for e in proposal.entries for r in e.refs}
+        vote_batches = tuple(self.vote_batches[ref].batch for ref in sorted(refs) if ref in self.vote_batches)
+        batch = CommittedBatch(header, proposal, commits, vote_batches, tuple(duplicates), via_state_transfer)
+        self._persist(CommittedRecord(batch))
+        self._ready.committed.append(batch)
+        self.view_change_attempts = 0
+        for entry in proposal.entries:
+            request_key = (entry.leaf.client_id, entry.leaf.request_id)
+            self.proposed.pop(request_key, None)
+            key = self.by_request_key.get(request_key)
+            if key is not None:
+                self._forget_pending(key)
+            self._forget_pending(
+                (entry.leaf.request_digest, entry.leaf.client_id, entry.leaf.request_id, entry.leaf.label_space)
+            )
+        for op in proposal.ops:
+            self.pending_ops.pop((op.replica_id, op.new_version), None)
+        for rid, version, wd, from_seq in activations:
+            self._ready.activations.append(Activation(rid, version, wd, from_seq))
+            self._ready.events.append(Event("model-activated", f"replica {rid} version {version} from seq {from_seq}"))
+            if rid == self.id:
+                # this replica's votes must now carry the new version: vote again where needed
+                for key in list(self.pending):
+                    self._queue_for_inference(key)
+        if self.next_seq <= header.seq:
+            self.next_seq = header.seq + 1
+        if header.seq % self.params.checkpoint_interval_batches == 0:
+            self._take_checkpoint()
+
+    def _take_checkpoint(self) -> None:
+        summary = self.state.summary()
+        self.summaries[summary.seq] = summary
+        state_digest = summary.state_digest()
+        statement = Statement(StatementKind.CHECKPOINT, self.config.group_id, self.config.epoch, self.id, (summary.seq,), state_digest)
+        previous = self.signed.get((StatementKind.CHECKPOINT, (summary.seq,)))
+        if isinstance(previous, Checkpoint):
+            checkpoint = previous
+        else:
+            checkpoint = Checkpoint(self.id, self.config.epoch, summary.seq, state_digest, self._sign(statement))
+            self._record_signed(StatementKind.CHECKPOINT, (summary.seq,), checkpoint)
+        self._send(None, checkpoint)
+        self._add_checkpoint(checkpoint)
+
+    def _on_checkpoint(self, checkpoint: Checkpoint) -> None:
+        sender = checkpoint.sender
+        if checkpoint.epoch != self.config.epoch:
+            raise ByzantineMessageError(sender, "wrong-epoch", f"checkpoint for epoch {checkpoint.epoch}")
+        if checkpoint.seq % self.params.checkpoint_interval_batches or checkpoint.seq <= 0:
+            raise ByzantineMessageError(sender, "bad-checkpoint", f"checkpoint at seq {checkpoint.seq} is off the interval")
+        if checkpoint.seq <= self.low:
+            return  # already stable here
+        statement = checkpoint.statement(self.config.group_id)
+        self._verify(sender, statement, checkpoint.signature, "checkpoint")
+        for digest, bucket in self.checkpoints.get(checkpoint.seq, {}).items():
+            earlier = bucket.get(sender)
+            if earlier is not None and digest != checkpoint.state_digest:
+                self._equivocation(earlier.statement(self.config.group_id), earlier.signature, statement, checkpoint.signature)
+                raise ByzantineMessageError(sender, "equivocation", f"two checkpoints for seq {checkpoint.seq}")
+        self._add_checkpoint(checkpoint)
+
+    def _add_checkpoint(self, checkpoint: Checkpoint) -> None:
+        by_digest = self.checkpoints.setdefault(checkpoint.seq, {})
+        bucket = by_digest.setdefault(checkpoint.state_digest, {})
+        bucket.setdefault(checkpoint.sender, checkpoint)
+        if len(bucket) < self.q:
+            return
+        summary = self.summaries.get(checkpoint.seq)
+        proof = tuple(c for _, c in sorted(bucket.items())[: self.q])
+        if summary is not None:
+            if summary.state_digest() != checkpoint.state_digest:
+                self._ready.events.append(Event("state-divergence", f"checkpoint {checkpoint.seq} differs from a quorum"))
+                return
+            self._make_stable(checkpoint.seq, checkpoint.state_digest, proof)
+        elif checkpoint.seq > self.state.seq + self.params.pipeline_depth:
+            # a quorum is well ahead of this replica: fetch the state it missed (section 4.3)
+            self._start_state_transfer(sorted(bucket))
+
+    def _make_stable(self, seq: int, state_digest: bytes, proof: tuple[Checkpoint, ...]) -> None:
+        if seq <= self.low:
+            return
+        summary = self.summaries[seq]
+        previous = self.low
+        self.low, self.stable_digest, self.stable_proof = seq, state_digest, proof
+        self._persist(StableCheckpointRecord(self.state.snapshot(summary, since_seq=previous), previous, proof))
+        self._ready.events.append(Event("checkpoint-stable", f"seq {seq}"))
+        self._truncate(seq)
+
+    def _truncate(self, seq: int) -> None:
+        for s in [s for s in self.log if s <= seq]:
+            del self.log[s]
+        for s in [s for s in self.checkpoints if s <= seq]:
+            del self.checkpoints[s]
+        for s in [s for s in self.summaries if s < seq]:
+            del self.summaries[s]
+        for key in [k for k in self.waiting if k[1] <= seq]:
+            del self.waiting[key]
+        for key in [
+            k
+            for k in self.signed
+            if k[0] in (StatementKind.PRE_PREPARE, StatementKind.PREPARE, StatementKind.COMMIT) and k[1][1] <= seq
+            or k[0] is StatementKind.CHECKPOINT and k[1][0] < seq
+        ]:
+            del self.signed[key]
+        self._gc_votes()
+
+    # =====================================================================================
+    # state transfer
+    # =====================================================================================
+
+    def _start_state_transfer(self, targets: Iterable[int]) -> None:
+        candidates = [t for t in targets if t != self.id]
+        if not candidates or self.fetching_state_since is not None:
+            return
+        self.fetching_state_since = self.now
+        self.fetch_targets = candidates
+        self._send(candidates[0], FetchState(self.id, self.state.seq))
+        self._ready.events.append(Event("state-transfer", f"fetching from replica {candidates[0]} after seq {self.state.seq}"))
+
+    def _maybe_fetch_committed(self) -> None:
+        """Batches above ours are committed by a quorum but ours is stuck: fetch them."""
+        if self.fetching_state_since is not None:
+            return
+        next_slot = self.log.get(self.state.seq + 1)
+        if next_slot is not None and next_slot.committed is not None:
+            return
+        if next_slot is not None and self.now - next_slot.progress_tick < self.params.relay_timeout_ticks:
+            return
+        for seq in sorted(self.log):
+            if seq <= self.state.seq:
+                continue
+            for (_, _), bucket in self.log[seq].commits.items():
+                if len(bucket) >= self.q:
+                    self._start_state_transfer(sorted(bucket))
+                    return
+
+    def _on_fetch_state(self, request: FetchState) -> None:
+        if request.executed_seq >= self.state.seq:
+            # nothing to offer, but say so: the requester moves on at once
+            self._send(request.sender, StateReply(self.id, None, (), ()))
+            return
+        snapshot = None
+        proof: tuple[Checkpoint, ...] = ()
+        start = request.executed_seq + 1
+        if request.executed_seq < self.low:
+            summary = self.summaries.get(self.low)
+            if summary is None:
+                self._send(request.sender, StateReply(self.id, None, (), ()))
+                return
+            snapshot = self.state.snapshot(summary)
+            proof = self.stable_proof
+            start = self.low + 1
+        batches: list[CommittedProof] = []
+        for seq in range(start, self.state.seq + 1):
+            slot = self.log.get(seq)
+            if slot is None or slot.committed is None or len(batches) >= FETCH_BATCHES_MAX:
+                break
+            batches.append(CommittedProof(*slot.committed))
+        self._send(request.sender, StateReply(self.id, snapshot, proof, tuple(batches)))
+
+    def _on_state_reply(self, reply: StateReply) -> None:
+        sender = reply.sender
+        if reply.snapshot is not None and reply.snapshot.seq > self.state.seq:
+            snapshot = reply.snapshot
+            if snapshot.seq % self.params.checkpoint_interval_batches:
+                raise ByzantineMessageError(sender, "bad-state", f"snapshot at seq {snapshot.seq} is off the interval")
+            state_digest = snapshot_digest(snapshot)
+            if not check_checkpoint_proof(self.config, self._verifier, snapshot.seq, state_digest, reply.checkpoint_proof):
+                raise ByzantineMessageError(sender, "bad-state", f"snapshot at seq {snapshot.seq} lacks a valid checkpoint quorum")
+            self._install_snapshot(snapshot, state_digest, reply.checkpoint_proof)
+        for proof in reply.batches:
+            seq = proof.pre_prepare.seq
+            if seq <= self.state.seq:
+                continue
+            if seq != self.state.seq + 1:
+                break
+            self._check_committed_proof(sender, proof)
+            slot = self._slot(seq)
+            slot.contents.setdefault(proof.pre_prepare.header.batch_digest, proof.pre_prepare)
+            slot.committed = (proof.pre_prepare, proof.commits)
+            self._execute(slot, proof.pre_prepare, proof.commits, True)
+        self._execute_ready()
+        if self.fetching_state_since is not None and self.fetch_targets and self.fetch_targets[0] == sender:
+            progressed = bool(reply.batches) or reply.snapshot is not None
+            self.fetching_state_since = None
+            if len(reply.batches) >= FETCH_BATCHES_MAX:
+                self._start_state_transfer([sender])  # there is more where that came from
+            elif not progressed and len(self.fetch_targets) > 1:
+                self._start_state_transfer(self.fetch_targets[1:])  # ask the next one
+        self._recheck_waiting()
+        self._try_propose()
+
+    def _check_committed_proof(self, sender: int, proof: CommittedProof) -> None:
+        pp = proof.pre_prepare
+        header = pp.header
+        if (header.group_id, header.epoch, header.config_digest) != (self.config.group_id, self.config.epoch, self.config.digest):
+            raise ByzantineMessageError(sender, "bad-state", f"batch {header.seq} names another group or epoch")
+        if not proposal_matches_header(header, pp.proposal):
+            raise ByzantineMessageError(sender, "bad-state", f"batch {header.seq} does not match its header")
+        signers: set[int] = set()
+        for commit in proof.commits:
+            key = self.config.public_key(commit.sender)
+            if (
+                key is None
+                or commit.sender in signers
+                or (commit.view, commit.seq, commit.batch_digest, commit.epoch) != (header.view, header.seq, header.batch_digest, self.config.epoch)
+                or not self._verifier.verify(key, commit.statement(self.config.group_id).message(), commit.signature)
+            ):
+                raise ByzantineMessageError(sender, "bad-state", f"batch {header.seq} has an invalid commit")
+            signers.add(commit.sender)
+        if len(signers) < self.q:
+            raise ByzantineMessageError(sender, "bad-state", f"batch {header.seq} has too few commits")
+
+    def _install_snapshot(self, snapshot, state_digest: bytes, proof: tuple[Checkpoint, ...]) -> None:  # type: ignore[no-untyped-def]
+        self.state = ReplicatedState.from_snapshot(self.config, snapshot)
+        self.summaries[snapshot.seq] = self.state.summary()
+        self.low, self.stable_digest, self.stable_proof = snapshot.seq, state_digest, tuple(proof)
+        self._persist(StableCheckpointRecord(snapshot, 0, tuple(proof)))
+        self._ready.events.append(Event("state-installed", f"snapshot at seq {snapshot.seq}"))
+        self._truncate(snapshot.seq)
+        if self.next_seq <= snapshot.seq:
+            self.next_seq = snapshot.seq + 1
+        for key in list(self.pending):
+            if self.pending[key].request_key in self.state.executed:
+                self._forget_pending(key)
+        for key in list(self.pending):
+            self._queue_for_inference(key)
+
+    # =====================================================================================
+    # fetching votes
+    # =====================================================================================
+
+    def _on_fetch_votes(self, request: FetchVotes) -> None:
+        for ref in request.refs[: self.params.proposal_size_max]:
+            stored = self.vote_batches.get((ref.voter, ref.batch_no))
+            if stored is not None:
+                self._send(request.sender, stored.batch)
+            for variant in self.vote_batch_variants.get((ref.voter, ref.batch_no), ()):
+                self._send(request.sender, variant.batch)
+
+    def _recheck_waiting(self) -> None:
+        for key, (pp, _) in sorted(self.waiting.items()):
+            if pp.view != self.view or not self.view_active or not self._in_window(pp.seq):
+                del self.waiting[key]
+                continue
+            if self.state.seq < pp.seq - self.params.log_window_batches:
+                continue
+            try:
+                missing = self._validate_proposal(pp)
+            except ByzantineMessageError as exc:
+                del self.waiting[key]
+                self._ready.events.append(Event("rejected", str(exc)))
+                continue
+            if not missing:
+                del self.waiting[key]
+                self._accept_pre_prepare(pp)
+
+    def _check_waiting(self) -> None:
+        """Vote batches a proposal needs did not come from the primary: ask their voters."""
+        for key, (pp, deadline) in list(self.waiting.items()):
+            if self.now < deadline:
+                continue
+            if pp.view != self.view or self.state.seq < pp.seq - self.params.log_window_batches:
+                self.waiting[key] = (pp, self.now + self.params.relay_timeout_ticks)
+                continue
+            try:
+                missing = self._validate_proposal(pp)
+            except ByzantineMessageError as exc:
+                del self.waiting[key]
+                self._ready.events.append(Event("rejected", str(exc)))
+                continue
+            by_voter: dict[int, list[VoteRef]] = {}
+            for ref in missing:
+                by_voter.setdefault(ref.voter, []).append(ref)
+            for voter, refs in sorted(by_voter.items()):
+                target = voter if voter != self.id else pp.sender
+                self._send(target, FetchVotes(self.id, tuple(sorted(refs, key=lambda r: r.batch_no))))
+            self.waiting[key] = (pp, self.now + self.params.relay_timeout_ticks)
+
+    # =====================================================================================
+    # timers: view change, relay, retransmission
+    # =====================================================================================
+
+    def _view_change_timeout(self) -> int:
+        # timers back off exponentially so that correct replicas eventually overlap in a view
+        # long enough to finish a view change (section 4.5.2)
+        return self.params.view_change_timeout_ticks * (2 ** min(self.view_change_attempts, 6))
+
+    def _check_timers(self) -> None:
+        params = self.params
+        if self.fetching_state_since is not None and self.now - self.fetching_state_since > params.relay_timeout_ticks:
+            # the replica asked did not answer: ask the next one; after the last, give up until
+            # something shows again that this replica is behind
+            targets = self.fetch_targets[1:]
+            self.fetching_state_since = None
+            self._start_state_transfer(targets)
+        if self.view_active:
+            oldest = next(iter(self.eligible), None)
+            if oldest is not None:
+                pending = self.pending.get(oldest)
+                if pending is None or pending.request_key in self.state.executed:
+                    self._forget_pending(oldest)
+                elif self.now - (pending.quorum_tick or 0) > self._view_change_timeout():
+                    self._start_view_change(self.view + 1, "a request with a quorum of votes was not committed in time")
+        elif self.view_change_deadline is not None and self.now >= self.view_change_deadline:
+            if len(self.view_changes.get(self.view, {})) >= self.q:
+                self.view_change_attempts += 1
+                self._start_view_change(self.view + 1, f"no NEW-VIEW for view {self.view} in time")
+            else:
+                # not enough replicas want this view yet: repeat the request rather than escalate
+                own = self.signed.get((StatementKind.VIEW_CHANGE, (self.view,)))
+                if own is not None:
+                    self._send(None, own)
+                self.view_change_deadline = self.now + self._view_change_timeout()
+        if self.now >= self.retransmit_deadline:
+            self.retransmit_deadline = self.now + params.relay_timeout_ticks
+            self._retransmit()
+            self._maybe_fetch_committed()
+
+    def _retransmit(self) -> None:
+        """Messages can be lost: resend what an old, unfinished piece of work depends on."""
+        threshold = self.now - self.params.relay_timeout_ticks
+        resent_batches: set[int] = set()
+        for pending in list(self.pending.values()):
+            if pending.request is None or pending.request_key in self.state.executed:
+                continue
+            if pending.last_relay_tick > threshold:
+                continue
+            pending.last_relay_tick = self.now
+            if len(pending.votes) < self.n:
+                # peers may never have seen the request: relay it so every model answers
+                self._send(None, RequestMessage(self.id, pending.request))
+            for version, batch_no in pending.votes.get(self.id, {}).items():
+                if batch_no not in resent_batches and (self.id, batch_no) in self.vote_batches:
+                    resent_batches.add(batch_no)
+                    self._send(None, self.vote_batches[(self.id, batch_no)].batch)
+        for seq, slot in sorted(self.log.items()):
+            if slot.executed or slot.progress_tick > threshold:
+                continue
+            for kind in (StatementKind.PRE_PREPARE, StatementKind.PREPARE, StatementKind.COMMIT):
+                message = self.signed.get((kind, (self.view, seq)))
+                if message is not None:
+                    self._send(None, message)
+        own = self.signed.get((StatementKind.CHECKPOINT, (self._last_checkpoint_seq(),)))
+        if own is not None and own.seq > self.low:  # type: ignore[union-attr]
+            self._send(None, own)
+
+    def _last_checkpoint_seq(self) -> int:
+        interval = self.params.checkpoint_interval_batches
+        return (self.state.seq // interval) * interval
+
+    # =====================================================================================
+    # view change (section 4.4)
+    # =====================================================================================
+
+    def _start_view_change(self, new_view: int, reason: str) -> None:
+        if new_view <= self.view and not self.view_active:
+            return
+        if new_view < self.view:
+            return
+        self.view = new_view
+        self.view_active = False
+        self.waiting.clear()
+        self._ready.events.append(Event("view-change", f"moving to view {new_view}: {reason}"))
+        previous = self.signed.get((StatementKind.VIEW_CHANGE, (new_view,)))
+        if isinstance(previous, ViewChange):
+            vc = previous
+        else:
+            prepared = tuple(
+                slot.prepared_proof
+                for seq, slot in sorted(self.log.items())
+                if seq > self.low and slot.prepared_proof is not None
+            )
+            vc = ViewChange(self.id, self.config.epoch, new_view, self.low, self.stable_digest, self.stable_proof, prepared, b"")
+            signature = self._sign(vc.statement(self.config.group_id))
+            vc = ViewChange(self.id, self.config.epoch, new_view, self.low, self.stable_digest, self.stable_proof, prepared, signature)
+            self._record_signed(StatementKind.VIEW_CHANGE, (new_view,), vc)
+        self._send(None, vc)
+        self.view_changes.setdefault(new_view, {})[self.id] = vc
+        self.view_change_deadline = self.now + self._view_change_timeout()
+        self._maybe_new_view(new_view)
+
+    def _on_view_change(self, vc: ViewChange) -> None:
+        if vc.new_view <= self.view and (self.view_active or vc.new_view < self.view):
+            # a replica behind us: the primary of our view helps it catch up with its NEW-VIEW
+            if self.view_active and self.is_primary and self.view in self.new_views:
+                self._send(vc.sender, self.new_views[self.view])
+            return
+        if vc.new_view > self.view + FUTURE_VIEWS_MAX * 4:
+            raise ByzantineMessageError(vc.sender, "outside-window", f"view change to far view {vc.new_view}")
+        existing = self.view_changes.get(vc.new_view, {}).get(vc.sender)
+        if existing is not None:
+            if existing.content() != vc.content():
+                check_view_change(self.config, self._verifier, vc)
+                self._equivocation(
+                    existing.statement(self.config.group_id), existing.signature, vc.statement(self.config.group_id), vc.signature
+                )
+                raise ByzantineMessageError(vc.sender, "equivocation", f"two view changes to view {vc.new_view}")
+            return
+        check_view_change(self.config, self._verifier, vc)
+        self.view_changes.setdefault(vc.new_view, {})[vc.sender] = vc
+        # liveness (section 4.5.2): f+1 replicas want a later view, so at least one correct
+        # replica timed out: join the smallest such view rather than wait for our own timer
+        asking: dict[int, int] = {}  # sender -> the smallest view above ours it asked for
+        for view, bucket in self.view_changes.items():
+            if view > self.view:
+                for s in bucket:
+                    if s != self.id:
+                        asking[s] = min(asking.get(s, view), view)
+        if len(asking) >= self.config.f + 1:
+            self._start_view_change(min(asking.values()), f"{len(asking)} replicas asked for a later view")
+        self._maybe_new_view(vc.new_view)
+
+    def _maybe_new_view(self, view: int) -> None:
+        if view != self.view or self.view_active or self.config.primary(view) != self.id:
+            return
+        bucket = self.view_changes.get(view, {})
+        if len(bucket) < self.q or view in self.new_views:
+            return
+        chosen = tuple(vc for _, vc in sorted(bucket.items())[: self.q])
+        plan = plan_new_view(chosen)
+        pre_prepares: list[PrePrepare] = []
+        for seq, prepared in plan.batches:
+            if prepared is not None:
+                header, proposal = prepared.header.with_view(view), prepared.proposal
+            else:
+                header, proposal = null_header(self.config, view, seq), Proposal((), ())
+            pp = self._signed_pre_prepare(header, proposal)
+            if pp is None:
+                return
+            pre_prepares.append(pp)
+        nv = NewView(self.id, self.config.epoch, view, chosen, tuple(pre_prepares), b"")
+        nv = NewView(self.id, self.config.epoch, view, chosen, tuple(pre_prepares), self._sign(nv.statement(self.config.group_id)))
+        self._record_signed(StatementKind.NEW_VIEW, (view,), nv)
+        self.new_views[view] = nv
+        self._send(None, nv)
+        self._enter_view(nv, plan.min_seq, plan.stable_digest, plan.checkpoint_proof)
+
+    def _on_new_view(self, nv: NewView) -> None:
+        sender = nv.sender
+        if nv.view < self.view or (nv.view == self.view and self.view_active):
+            return  # already there
+        if sender != self.config.primary(nv.view):
+            raise ByzantineMessageError(sender, "not-primary", f"new-view for view {nv.view} from a non-primary")
+        if nv.epoch != self.config.epoch:
+            raise ByzantineMessageError(sender, "wrong-epoch", f"new-view for epoch {nv.epoch}")
+        self._verify(sender, nv.statement(self.config.group_id), nv.signature, "new-view")
+        senders = [vc.sender for vc in nv.view_changes]
+        if len(set(senders)) != len(senders) or len(senders) < self.q:
+            raise ByzantineMessageError(sender, "bad-new-view", "new-view without a quorum of distinct view changes")
+        for vc in nv.view_changes:
+            if vc.new_view != nv.view:
+                raise ByzantineMessageError(sender, "bad-new-view", f"new-view carries a view change to view {vc.new_view}")
+            check_view_change(self.config, self._verifier, vc)
+        plan = plan_new_view(nv.view_changes)
+        if len(plan.batches) != len(nv.pre_prepares):
+            raise ByzantineMessageError(sender, "bad-new-view", "new-view re-proposes the wrong sequence numbers")
+        for (seq, prepared), pp in zip(plan.batches, nv.pre_prepares):
+            expected = prepared.header.with_view(nv.view) if prepared is not None else null_header(self.config, nv.view, seq)
+            if pp.header != expected or pp.sender != sender or pp.epoch != self.config.epoch:
+                raise ByzantineMessageError(sender, "bad-new-view", f"new-view proposes the wrong batch for seq {seq}")
+            if prepared is not None and pp.proposal != prepared.proposal:
+                raise ByzantineMessageError(sender, "bad-new-view", f"new-view changes the content of seq {seq}")
+            if not check_pre_prepare_signature(self.config, self._verifier, pp):
+                raise ByzantineMessageError(sender, "bad-signature", f"new-view pre-prepare for seq {seq}")
+        self.view_changes.setdefault(nv.view, {}).update({vc.sender: vc for vc in nv.view_changes})
+        self.new_views[nv.view] = nv
+        self._enter_view(nv, plan.min_seq, plan.stable_digest, plan.checkpoint_proof)
+
+    def _enter_view(self, nv: NewView, min_seq: int, stable_digest: bytes, proof: tuple[Checkpoint, ...]) -> None:
+        view = nv.view
+        self.view = view
+        self.view_active = True
+        self.view_change_deadline = None
+        self._persist(ViewRecord(view))
+        self._ready.events.append(Event("new-view", f"view {view} with primary {self.config.primary(view)}"))
+        for v in [v for v in self.view_changes if v <= view]:
+            del self.view_changes[v]
+        for v in [v for v in self.new_views if v < view]:
+            del self.new_views[v]
+        # requests proposed in older views are free again unless the new view re-proposes them
+        self.proposed.clear()
+        for slot in self.log.values():
+            slot.pre_prepare = None
+            slot.drop_views_below(view)
+        max_seq = max((pp.seq for pp in nv.pre_prepares), default=min_seq)
+        self.next_seq = max(max_seq, self.state.seq, min_seq) + 1
+        for pp in nv.pre_prepares:
+            if pp.seq <= self.low:
+                continue
+            self._accept_pre_prepare(pp)
+        # a stable checkpoint this replica lacks: fetch the state it stands for
+        if min_seq > self.state.seq:
+            signers = sorted({c.sender for c in proof})
+            self._start_state_transfer(signers)
+        for key in list(self.eligible):
+            pending = self.pending.get(key)
+            if pending is not None:
+                pending.quorum_tick = self.now  # give the new primary a full timeout
+        self._try_propose()
+
+    # =====================================================================================
+    # signing, verification, evidence, persistence
+    # =====================================================================================
+
+    def _sign(self, statement: Statement) -> bytes:
+        return self._signer.sign(statement.message())
+
+    def _verify(self, sender: int, statement: Statement, signature: bytes, what: str) -> None:
+        public_key = self.config.public_key(sender)
+        if public_key is None or not self._verifier.verify(public_key, statement.message(), signature):
+            raise ByzantineMessageError(sender, "bad-signature", f"{what} with an invalid signature")
+
+    def _equivocation(self, first: Statement, first_sig: bytes, second: Statement, second_sig: bytes) -> None:
+        self._ready.evidence.append(Equivocation(SignedStatement(first, first_sig), SignedStatement(second, second_sig)))
+
+    def _record_signed(self, kind: StatementKind, slot: tuple[int, ...], message: PeerMessage) -> None:
+        self.signed[(kind, slot)] = message
+        self._persist(SignedRecord(message))
+
+    def _persist(self, record: PersistRecord) -> None:
+        self._ready.persist.append(record)
+
+    def _send(self, to: int | None, message: PeerMessage) -> None:
+        self._ready.messages.append(Outbound(to, message))
+
+    # =====================================================================================
+    # restart
+    # =====================================================================================
+
+    def _restore(self, records: Sequence[PersistRecord]) -> None:
+        """Rebuild from what was persisted: the stable checkpoint, the batches committed after it,
+        what this replica signed (so it never signs a different thing for the same slot) and
+        the batches it prepared (so its view-change messages still report them)."""
+        committed: list[CommittedRecord] = []
+        active_view = 0
+        for record in records:
+            if isinstance(record, StableCheckpointRecord):
+                if record.snapshot.seq >= self.low:
+                    self.state = ReplicatedState.from_snapshot(self.config, record.snapshot)
+                    self.low = record.snapshot.seq
+                    self.stable_proof = record.proof
+                    self.stable_digest = self.state.state_digest()
+                    self.summaries = {self.low: self.state.summary()}
+            elif isinstance(record, ViewRecord):
+                active_view = max(active_view, record.view)
+        for record in records:
+            if isinstance(record, SignedRecord):
+                self._restore_signed(record.message)
+            elif isinstance(record, PreparedRecord):
+                if record.pre_prepare.seq > self.low:
+                    slot = self._slot(record.pre_prepare.seq)
+                    proof = PreparedProof(record.pre_prepare, record.prepares)
+                    if slot.prepared_proof is None or slot.prepared_proof.pre_prepare.view <= record.pre_prepare.view:
+                        slot.prepared_proof = proof
+                    slot.contents.setdefault(record.pre_prepare.header.batch_digest, record.pre_prepare)
+            elif isinstance(record, CommittedRecord):
+                committed.append(record)
+        for record in sorted(committed, key=lambda r: r.batch.header.seq):
+            batch = record.batch
+            if batch.header.seq != self.state.seq + 1:
+                continue
+            pp = PrePrepare(self.config.primary(batch.header.view), self.config.epoch, batch.header, batch.proposal, b"")
+            slot = self._slot(batch.header.seq)
+            slot.contents.setdefault(batch.header.batch_digest, pp)
+            slot.committed = (pp, batch.commits)
+            slot.executed = True
+            _, activations = self.state.apply(batch.header, batch.proposal)
+            if batch.header.seq % self.params.checkpoint_interval_batches == 0:
+                self.summaries[batch.header.seq] = self.state.summary()
+        self.view = active_view
+        self.view_active = True
+        own_changes = [v for (kind, slot_key) in self.signed if kind is StatementKind.VIEW_CHANGE for v in slot_key]
+        if own_changes and max(own_changes) > active_view:
+            self.view = max(own_changes)
+            self.view_active = False
+            self.view_change_deadline = self.now + self._view_change_timeout()
+            vc = self.signed[(StatementKind.VIEW_CHANGE, (self.view,))]
+            self.view_changes.setdefault(self.view, {})[self.id] = vc  # type: ignore[assignment]
+        self.next_seq = self.state.seq + 1
+        for (kind, slot_key), message in self.signed.items():
+            if kind is StatementKind.PRE_PREPARE and slot_key[0] == self.view:
+                self.next_seq = max(self.next_seq, slot_key[1] + 1)
+        # checkpoint messages this replica sent before the crash still count
+        for (kind, slot_key), message in self.signed.items():
+            if kind is StatementKind.CHECKPOINT and isinstance(message, Checkpoint) and message.seq > self.low:
+                self._add_checkpoint(message)
+        self._ready = Ready()  # nothing restored needs persisting again
+
+    def _restore_signed(self, message: PeerMessage) -> None:
+        if isinstance(message, VoteBatch):
+            self.vote_batch_no = max(self.vote_batch_no, message.batch_no)
+            self.signed[(StatementKind.VOTE_BATCH, (message.batch_no,))] = message
+        elif isinstance(message, PrePrepare):
+            if message.seq > self.low:
+                self.signed[(StatementKind.PRE_PREPARE, (message.view, message.seq))] = message
+                self._slot(message.seq).contents.setdefault(message.header.batch_digest, message)
+        elif isinstance(message, (Prepare, Commit)):
+            if message.seq > self.low:
+                kind = StatementKind.PREPARE if isinstance(message, Prepare) else StatementKind.COMMIT
+                self.signed[(kind, (message.view, message.seq))] = message
+        elif isinstance(message, Checkpoint):
+            if message.seq >= self.low:
+                self.signed[(StatementKind.CHECKPOINT, (message.seq,))] = message
+        elif isinstance(message, ViewChange):
+            self.signed[(StatementKind.VIEW_CHANGE, (message.new_view,))] = message
+        elif isinstance(message, NewView):
+            self.signed[(StatementKind.NEW_VIEW, (message.view,))] = message
+            self.new_views[message.view] = message

@@ -1,0 +1,156 @@
+"""One simulated run: a safety phase under faults, then a liveness phase after healing, then the
+checkers. `run_seed(seed)` raises SimulationFailure (whose message starts with `seed=...`) on
+any violation; `python -m tests.sim.run --seed N` replays it exactly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from certs.policy import NO_AGREEMENT, PolicyKind, decide
+
+from tests.sim.world import World
+
+SAFETY_TICKS = 600
+LIVENESS_TICKS = 2400
+
+
+class SimulationFailure(AssertionError):
+    pass
+
+
+@dataclass
+class SimResult:
+    seed: int
+    n: int
+    byzantine: dict[int, str]
+    committed_requests: int
+    highest_seq: int
+    view_changes: int
+    crashes: int
+    rejected: dict[str, int]
+    evidence: int
+    summary: str
+
+
+def run_seed(seed: int, *, faults: bool = True, byzantine: bool = True, requests: int | None = None) -> SimResult:
+    world = World(seed, faults=faults, byzantine=byzantine)
+    try:
+        _drive(world, requests)
+        _check(world)
+    except SimulationFailure:
+        raise
+    except Exception as exc:  # any crash of the real code is a finding too
+        tail = "\n".join(world.trace[-15:])
+        raise SimulationFailure(f"seed={seed}: {type(exc).__name__}: {exc}\n{tail}") from exc
+    reference = world.committed[world.correct[0]]
+    return SimResult(
+        seed=seed,
+        n=world.n,
+        byzantine=dict(world.byzantine),
+        committed_requests=sum(len(b.proposal.entries) - len(b.duplicate_entries) for b in reference.values()),
+        highest_seq=max((node.executed_seq for node in world.nodes.values() if node is not None), default=0),
+        view_changes=world.stats.view_changes,
+        crashes=world.stats.crashes,
+        rejected=dict(world.stats.rejected),
+        evidence=len(world.evidence),
+        summary=f"seed={seed} n={world.n} policy={world.config.policy.describe(world.f)} byzantine={world.byzantine} {world.fault_summary}",
+    )
+
+
+def _drive(world: World, requests: int | None) -> None:
+    rng = world.rng
+    count = requests if requests is not None else rng.randint(20, 80)
+    everyone = list(range(world.n))
+    for index in range(count):
+        when = rng.randint(0, SAFETY_TICKS - 50)
+        request = world.make_request(index)
+        if rng.random() < 0.6:
+            targets, disseminate = everyone, False  # a gateway fans out to all replicas
+        else:
+            targets, disseminate = [rng.choice(everyone)], True  # a client talks to one replica
+        world.at(when, lambda request=request, targets=targets, d=disseminate: world.submit(request, targets, d))
+    if rng.random() < 0.3:
+        # an owner updates its model while the group serves
+        owner = rng.choice(world.correct)
+        world.constant_after_update[owner] = rng.randrange(10)
+        world.at(rng.randint(50, 300), lambda: world.submit_update(owner, 2))
+    if world.crashes_enabled:
+        budget = max(1, world.f - len(world.byzantine)) if rng.random() < 0.7 else world.f + 1
+        for victim in rng.sample(world.correct, min(budget, len(world.correct))):
+            down = rng.randint(20, SAFETY_TICKS - 100)
+            world.at(down, lambda v=victim: world.crash(v))
+            world.at(down + rng.randint(20, 200), lambda v=victim: world.restart(v))
+    if world.partitions_enabled:
+        for _ in range(rng.randint(1, 3)):
+            start = rng.randint(0, SAFETY_TICKS - 100)
+            side = set(rng.sample(everyone, rng.randint(1, world.n // 2)))
+            links = {(a, b) for a in everyone for b in everyone if (a in side) != (b in side)}
+            world.at(start, lambda links=links: world.cut.update(links))
+            world.at(start + rng.randint(30, 150), lambda links=links: world.cut.difference_update(links))
+    world.run_until(SAFETY_TICKS)
+    # heal: no more loss, partitions or crashes; everyone restarts
+    world.cut.clear()
+    world.loss = 0.0
+    world.duplication = 0.0
+    world.delay_max_ticks = 2
+    for r in range(world.n):
+        world.restart(r)
+    late = [world.make_request(count + i) for i in range(5)]
+    for request in late:
+        world.submit(request, everyone, False)
+    world.run_until(SAFETY_TICKS + LIVENESS_TICKS)
+
+
+def _fail(world: World, message: str) -> None:
+    tail = "\n".join(world.trace[-20:])
+    raise SimulationFailure(f"seed={world.seed}: {message}\n(world: n={world.n} byzantine={world.byzantine})\n{tail}")
+
+
+def _check(world: World) -> None:
+    config = world.config
+    q = config.quorum_size
+    # agreement: no two correct replicas commit different batches at one sequence number
+    chosen: dict[int, bytes] = {}
+    for r in world.correct:
+        for seq, batch in world.committed[r].items():
+            digest = batch.header.batch_digest
+            if chosen.setdefault(seq, digest) != digest:
+                _fail(world, f"agreement violated at seq {seq}: replica {r} committed another batch")
+    # validity and exactly-once, on every correct replica's log
+    for r in world.correct:
+        seen: set[tuple[str, str]] = set()
+        for seq in sorted(world.committed[r]):
+            batch = world.committed[r][seq]
+            duplicates = set(batch.duplicate_entries)
+            for index, entry in enumerate(batch.proposal.entries):
+                leaf = entry.leaf
+                key = (leaf.client_id, leaf.request_id)
+                if (key in seen) != (index in duplicates):
+                    _fail(world, f"exactly-once violated at seq {seq} for {key} on replica {r}")
+                seen.add(key)
+                voters = [v.replica_id for v in leaf.votes]
+                if len(voters) < q or voters != sorted(set(voters)):
+                    _fail(world, f"seq {seq}: decision for {key} rests on voters {voters}")
+                classes = len(leaf.label_space) or len(config.task.class_labels)
+                if decide(config.policy, config.f, q, leaf.votes, min(config.task.top_k, classes)) != leaf.decision:
+                    _fail(world, f"seq {seq}: decision for {key} does not follow from its votes")
+                request = world.requests.get(key)
+                for vote in leaf.votes:
+                    if vote.replica_id in world.correct and request is not None:
+                        expected = world.model_output(vote.replica_id, request, vote.model_version, leaf.label_space)
+                        if vote.output != expected:
+                            _fail(world, f"seq {seq}: vote of correct replica {vote.replica_id} for {key} was altered")
+                if (
+                    config.policy.kind is PolicyKind.PLURALITY
+                    and config.policy.effective_min_support(config.f) >= config.f + 1
+                    and leaf.decision.label != NO_AGREEMENT
+                    and not set(leaf.decision.support) & set(world.correct)
+                ):
+                    _fail(world, f"seq {seq}: label {leaf.decision.label} for {key} has no correct supporter")
+    # liveness: after healing, every request a correct replica received is executed everywhere
+    for r in world.correct:
+        node = world.nodes[r]
+        assert node is not None
+        missing = [key for key in world.submitted_to_correct if key not in node.state.executed]
+        if missing:
+            _fail(world, f"liveness: replica {r} (seq {node.executed_seq}, view {node.view}, active {node.view_active}) never executed {len(missing)} requests, e.g. {missing[:3]}")
