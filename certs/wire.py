@@ -39,6 +39,8 @@ def parse_canonical(message_type: type[M], data: bytes, what: str) -> M:
         message.ParseFromString(bytes(data))
     except (ProtobufDecodeError, RuntimeError, ValueError, TypeError, UnicodeDecodeError) as exc:
         raise DecodeError(f"{what}: not a valid protobuf encoding ({exc})") from exc
+    # protobuf keeps unknown fields and writes them back out; drop them so they fail the comparison
+    message.DiscardUnknownFields()
     if message.SerializeToString(deterministic=True) != bytes(data):
         raise DecodeError(f"{what}: non-canonical encoding (unknown fields or re-encoded values)")
     return message
