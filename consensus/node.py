@@ -155,6 +155,8 @@ class ConsensusNode:
         self.fetch_targets: list[int] = []
 
         self._ready = Ready()
+        self.restored = False
+        self.reported_equivocations: set[tuple[int, StatementKind, tuple[int, ...]]] = set()
         self._handlers: dict[type, Callable[[PeerMessage], None]] = {
             RequestMessage: self._on_request,  # type: ignore[dict-item]
             ControlMessage: self._on_control,  # type: ignore[dict-item]
@@ -272,9 +274,21 @@ class ConsensusNode:
                 self._queue_for_inference(key)
         self._maybe_batch_inference()
 
-    def step(self, message: PeerMessage) -> None:
+    def step(self, message: PeerMessage, via: int | None = None) -> None:
         """Handle a message from a peer. Raises ByzantineMessageError (naming the sender) for a
-        message a correct peer would not send; the node's state is unaffected by it."""
+        message a correct peer would not send; the node's state is unaffected by it.
+
+        `via` is the peer that transmitted the message when the runtime knows it. Signed
+        messages are relayed (vote batches on request, proofs inside other messages), so an
+        invalid signature is blamed on whoever handed it over, not on the replica it names."""
+        try:
+            self._step(message)
+        except ByzantineMessageError as exc:
+            if via is not None and via != exc.sender and exc.kind == "bad-signature":
+                raise ByzantineMessageError(via, exc.kind, f"relayed {exc.reason}") from exc
+            raise
+
+    def _step(self, message: PeerMessage) -> None:
         handler = self._handlers.get(type(message))
         if handler is None:
             raise LocalProtocolError(f"not a peer message: {type(message).__name__}")
@@ -290,6 +304,12 @@ class ConsensusNode:
         handler(message)
 
     def tick(self) -> None:
+        if self.restored:
+            # after a restart the group may have moved on: ask a peer straight away
+            self.restored = False
+            peers = [r for r in self.config.replica_ids if r != self.id]
+            start = self.id % len(peers)
+            self._start_state_transfer(peers[start:] + peers[:start])
         self.now += 1
         self._maybe_batch_inference()
         self._try_propose()
@@ -585,8 +605,8 @@ class ConsensusNode:
             seq = self.next_seq
             if not self._in_window(seq) or seq - self.state.seq > params.pipeline_depth:
                 return
-            if self.state.seq < seq - params.log_window_batches:
-                return  # the version table for seq is not known yet
+            if self.state.seq < seq - params.log_window_batches or not self._knows_batches_before(seq):
+                return  # the version table or the batches before seq are not known yet
             table = self.state.versions_at(seq)
             entries: list[ProposalEntry] = []
             taken: set[tuple[str, str]] = set()
@@ -629,6 +649,25 @@ class ConsensusNode:
                 if self.now - oldest < 1:
                     return  # let a few more join; the pipeline is busy anyway
             self._propose(seq, Proposal(tuple(entries), ops), table)
+
+    def _rebuild_proposed(self) -> None:
+        self.proposed.clear()
+        for seq, slot in self.log.items():
+            if slot.executed:
+                continue
+            for pp in (slot.pre_prepare, slot.committed[0] if slot.committed else None):
+                if pp is not None:
+                    for entry in pp.proposal.entries:
+                        self.proposed[(entry.leaf.client_id, entry.leaf.request_id)] = seq
+
+    def _knows_batches_before(self, seq: int) -> bool:
+        """A primary must know every batch between what it executed and `seq`, or it could
+        propose a request a quorum already ordered there."""
+        for s in range(self.state.seq + 1, seq):
+            slot = self.log.get(s)
+            if slot is None or (slot.pre_prepare is None and slot.committed is None):
+                return False
+        return True
 
     def _op_in_flight(self, op: ControlOp) -> bool:
         for slot in self.log.values():
@@ -1318,6 +1357,11 @@ class ConsensusNode:
         self._maybe_new_view(new_view)
 
     def _on_view_change(self, vc: ViewChange) -> None:
+        if vc.stable_seq < self.low and vc.epoch == self.config.epoch:
+            # the sender is behind our stable checkpoint, perhaps stuck asking for a view change
+            # nobody else needs: show it the checkpoint so it fetches the state (section 4.3)
+            for checkpoint in self.stable_proof:
+                self._send(vc.sender, checkpoint)
         if vc.new_view <= self.view and (self.view_active or vc.new_view < self.view):
             # a replica behind us: the primary of our view helps it catch up with its NEW-VIEW
             if self.view_active and self.is_primary and self.view in self.new_views:
@@ -1415,8 +1459,6 @@ class ConsensusNode:
             del self.view_changes[v]
         for v in [v for v in self.new_views if v < view]:
             del self.new_views[v]
-        # requests proposed in older views are free again unless the new view re-proposes them
-        self.proposed.clear()
         for slot in self.log.values():
             slot.pre_prepare = None
             slot.drop_views_below(view)
@@ -1426,6 +1468,9 @@ class ConsensusNode:
             if pp.seq <= self.low:
                 continue
             self._accept_pre_prepare(pp)
+        # requests proposed in older views are free again unless the new view re-proposes them
+        # or a quorum already committed them
+        self._rebuild_proposed()
         # a stable checkpoint this replica lacks: fetch the state it stands for
         if min_seq > self.state.seq:
             signers = sorted({c.sender for c in proof})
@@ -1449,6 +1494,11 @@ class ConsensusNode:
             raise ByzantineMessageError(sender, "bad-signature", f"{what} with an invalid signature")
 
     def _equivocation(self, first: Statement, first_sig: bytes, second: Statement, second_sig: bytes) -> None:
+        slot = (first.signer, first.kind, first.slot)
+        if slot in self.reported_equivocations:
+            return  # one proof per slot is enough
+        if len(self.reported_equivocations) < 100_000:
+            self.reported_equivocations.add(slot)
         self._ready.evidence.append(Equivocation(SignedStatement(first, first_sig), SignedStatement(second, second_sig)))
 
     def _record_signed(self, kind: StatementKind, slot: tuple[int, ...], message: PeerMessage) -> None:
@@ -1516,13 +1566,17 @@ class ConsensusNode:
             self.view_changes.setdefault(self.view, {})[self.id] = vc  # type: ignore[assignment]
         self.next_seq = self.state.seq + 1
         for (kind, slot_key), message in self.signed.items():
-            if kind is StatementKind.PRE_PREPARE and slot_key[0] == self.view:
+            if kind is StatementKind.PRE_PREPARE and slot_key[0] == self.view and isinstance(message, PrePrepare):
                 self.next_seq = max(self.next_seq, slot_key[1] + 1)
+                if self.view_active and message.seq > self.state.seq:
+                    self._slot(message.seq).pre_prepare = message
+        self._rebuild_proposed()
         # checkpoint messages this replica sent before the crash still count
         for (kind, slot_key), message in self.signed.items():
             if kind is StatementKind.CHECKPOINT and isinstance(message, Checkpoint) and message.seq > self.low:
                 self._add_checkpoint(message)
         self._ready = Ready()  # nothing restored needs persisting again
+        self.restored = True
 
     def _restore_signed(self, message: PeerMessage) -> None:
         if isinstance(message, VoteBatch):

@@ -233,9 +233,9 @@ class World:
             delay = 1 + self.rng.randint(0, self.delay_max_ticks - 1) + extra_delay
             if self.byzantine.get(sender) == "slow":
                 delay += self.rng.randint(30, 200)
-            self.at(self.now + delay, lambda to=to, message=message: self._deliver(to, message))
+            self.at(self.now + delay, lambda to=to, message=message: self._deliver(sender, to, message))
 
-    def _deliver(self, to: int, message: PeerMessage) -> None:
+    def _deliver(self, via: int, to: int, message: PeerMessage) -> None:
         node = self.nodes[to]
         if node is None:
             return
@@ -243,7 +243,7 @@ class World:
         if self.byzantine.get(to) == "replay" and len(self.received_log) < 5000:
             self.received_log.append(message)
         try:
-            node.step(message)
+            node.step(message, via=via)
         except ByzantineMessageError as exc:
             self.stats.rejected[exc.kind] = self.stats.rejected.get(exc.kind, 0) + 1
             if exc.sender in self.correct and to in self.correct and exc.kind not in ("stale", "outside-window"):
