@@ -23,6 +23,7 @@ from typing import Callable
 
 from certs.batch import BatchHeader, Leaf, VoteEntry, ops_digest
 from certs.config import GroupConfig
+from certs.evidence import Equivocation
 from certs.keys import SignatureVerifier, Signer
 from certs.merkle import root_of_hashes
 from certs.outputs import ModelOutput, decision_space
@@ -58,7 +59,6 @@ from consensus.ready import (
     Activation,
     CommittedBatch,
     CommittedRecord,
-    Equivocation,
     Event,
     InferenceBatch,
     Outbound,
@@ -222,6 +222,10 @@ class ConsensusNode:
             pending.last_relay_tick = self.now
         self._maybe_batch_inference()
         return SubmitOutcome("pending" if known is not None else "accepted")
+
+    def check_control(self, op: ControlOp) -> None:
+        """Raise RequestRejectedError unless the group would order `op` now."""
+        self._check_control(op)
 
     def submit_control(self, op: ControlOp) -> None:
         """An owner's model update reached this replica: check it and have it ordered."""

@@ -20,7 +20,7 @@ from typing import Union
 
 from certs.batch import BatchHeader
 from certs.request import InferenceRequest
-from certs.statements import SignedStatement
+from certs.evidence import Equivocation
 
 from consensus.messages import (
     Checkpoint,
@@ -66,14 +66,6 @@ class Activation:
     version: int
     weights_digest: bytes
     from_seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class Equivocation:
-    """Two valid signed statements of one replica for one slot with different contents."""
-
-    first: SignedStatement
-    second: SignedStatement
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +130,7 @@ class Ready:
     committed: list[CommittedBatch] = field(default_factory=list)
     activations: list[Activation] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
-    evidence: list[Equivocation] = field(default_factory=list)
+    evidence: list[Equivocation] = field(default_factory=list)  # proofs that a peer equivocated
 
     def __bool__(self) -> bool:
         return bool(

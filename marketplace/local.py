@@ -1,0 +1,324 @@
+"""A whole group on one machine: keys, models, configs and one process per replica.
+
+Used by `quorumserve up`, the demo, the process-level tests and the benchmarks. Each replica is
+a separate `quorumserve replica` process (its own Triton, its own SQLite, gRPC to the others),
+started in its own process group so that stopping it also stops its tritonserver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import grpc
+
+from certs.config import GroupConfig, Member, ProtocolParams, TaskSchema, save_group_config
+from certs.keys import KeyPair, load_private_key, save_private_key
+from certs.policy import AgreementPolicy
+from replica.config import ReplicaConfig, TritonPorts, render_replica_config
+
+log = logging.getLogger("quorumserve.local")
+
+
+class LocalGroupError(RuntimeError):
+    pass
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports the OS considers free right now (held open together so they are distinct)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind((host, 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@dataclass
+class ReplicaProcess:
+    replica_id: int
+    config_path: Path
+    config: ReplicaConfig
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return self.config.listen
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+@dataclass
+class LocalGroup:
+    """n = 3f+1 replica processes of one group under `data_dir`."""
+
+    data_dir: Path
+    f: int = 1
+    group_id: str = "digits"
+    model_packages: Sequence[Path] | None = None  # one per replica; trained digits models if None
+    misbehave: dict[int, str] = field(default_factory=dict)
+    params: ProtocolParams = field(default_factory=ProtocolParams)
+    policy: AgreementPolicy = field(default_factory=AgreementPolicy)
+    price_per_request: int = 1
+    host: str = "127.0.0.1"
+    log_level: str = "INFO"
+    progress: bool = False
+    config: GroupConfig | None = None
+    replicas: list[ReplicaProcess] = field(default_factory=list)
+    trained: list[object] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return 3 * self.f + 1
+
+    @property
+    def group_config_path(self) -> Path:
+        return self.data_dir / "group.json"
+
+    def owner_key_path(self, replica_id: int) -> Path:
+        return self.data_dir / "keys" / f"owner-{replica_id}.key"
+
+    def owner_key(self, replica_id: int) -> KeyPair:
+        return load_private_key(self.owner_key_path(replica_id))
+
+    # -- preparing ------------------------------------------------------------------------------
+    def prepare(self) -> GroupConfig:
+        """Keys, models, the group config and one TOML per replica (reused when present)."""
+        from replica.model_spec import weights_digest
+
+        self.data_dir = Path(self.data_dir).resolve()
+        keys_dir = self.data_dir / "keys"
+        keys_dir.mkdir(parents=True, exist_ok=True)
+        packages = self._packages()
+        existing = self._existing_replica_configs()
+        ports = free_ports(5 * self.n, self.host)
+        members = []
+        self.replicas = []
+        for i in range(self.n):
+            replica_key = self._key(keys_dir / f"replica-{i}.key")
+            owner_key = self._key(self.owner_key_path(i))
+            if i in existing:
+                replica_config = existing[i]
+            else:
+                base = 5 * i
+                replica_config = ReplicaConfig(
+                    group_config=self.group_config_path,
+                    replica_id=i,
+                    key_file=keys_dir / f"replica-{i}.key",
+                    listen=f"{self.host}:{ports[base]}",
+                    data_dir=self.data_dir / f"replica-{i}",
+                    model_package=Path(packages[i]).resolve(),
+                    model_version=1,
+                    triton=TritonPorts(ports[base + 1], ports[base + 2], ports[base + 3]),
+                    metrics_port=ports[base + 4],
+                )
+            replica_config = replace(replica_config, misbehave=self.misbehave.get(i, "none"))
+            members.append(
+                Member(
+                    replica_id=i,
+                    owner_id=f"owner-{i}",
+                    public_key=replica_key.public_key,
+                    owner_public_key=owner_key.public_key,
+                    address=replica_config.listen,
+                    model_version=1,
+                    weights_digest=weights_digest(Path(packages[i])),
+                )
+            )
+            config_path = self.data_dir / f"replica-{i}.toml"
+            config_path.write_text(render_replica_config(replica_config))
+            self.replicas.append(ReplicaProcess(i, config_path, replica_config, self.data_dir / f"replica-{i}.log"))
+        from marketplace.models import digits_task
+
+        task: TaskSchema = digits_task()
+        self.config = GroupConfig(
+            group_id=self.group_id,
+            epoch=0,
+            f=self.f,
+            members=tuple(members),
+            task=task,
+            policy=self.policy,
+            params=self.params,
+            price_per_request=self.price_per_request,
+        )
+        save_group_config(self.config, self.group_config_path)
+        return self.config
+
+    def _existing_replica_configs(self) -> dict[int, ReplicaConfig]:
+        from replica.config import ReplicaConfigError, load_replica_config
+
+        found: dict[int, ReplicaConfig] = {}
+        for i in range(self.n):
+            path = self.data_dir / f"replica-{i}.toml"
+            if path.exists() and self.group_config_path.exists():
+                try:
+                    found[i] = load_replica_config(path)
+                except ReplicaConfigError:
+                    continue
+        return found
+
+    @staticmethod
+    def _key(path: Path) -> KeyPair:
+        if path.exists():
+            return load_private_key(path)
+        key = KeyPair.generate()
+        save_private_key(key, path)
+        return key
+
+    def _packages(self) -> list[Path]:
+        if self.model_packages is not None:
+            if len(self.model_packages) != self.n:
+                raise LocalGroupError(f"{len(self.model_packages)} model packages for {self.n} replicas")
+            return [Path(p) for p in self.model_packages]
+        models_dir = self.data_dir / "models"
+        manifest = models_dir / "manifest.json"
+        if manifest.exists():
+            paths = [Path(p) for p in json.loads(manifest.read_text())["packages"]]
+            if len(paths) >= self.n and all(p.exists() for p in paths[: self.n]):
+                return paths[: self.n]
+        from marketplace.models import train_digits_models
+
+        trained = train_digits_models(models_dir, count=self.n, seed=0, progress=self.progress)
+        self.trained = list(trained)
+        paths = [Path(t.package_dir) for t in trained]  # type: ignore[attr-defined]
+        manifest.write_text(json.dumps({"packages": [str(p) for p in paths]}, indent=2))
+        return paths
+
+    # -- running --------------------------------------------------------------------------------
+    def start(self, *, timeout_s: float = 180.0) -> None:
+        if self.config is None:
+            self.prepare()
+        for replica in self.replicas:
+            self.start_replica(replica.replica_id, wait=False)
+        self.wait_ready(timeout_s=timeout_s)
+
+    def start_replica(self, replica_id: int, *, wait: bool = True, timeout_s: float = 120.0) -> None:
+        replica = self.replicas[replica_id]
+        if replica.running:
+            return
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        handle = open(replica.log_path, "ab")
+        replica.process = subprocess.Popen(
+            [sys.executable, "-m", "marketplace.cli", "replica", "--config", str(replica.config_path), "--log-level", self.log_level],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopping it stops its Triton too
+            env=env,
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )
+        handle.close()
+        if wait:
+            self.wait_ready([replica_id], timeout_s=timeout_s)
+
+    def wait_ready(self, replica_ids: Sequence[int] | None = None, *, timeout_s: float = 180.0) -> None:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        ids = list(range(self.n)) if replica_ids is None else list(replica_ids)
+        deadline = time.monotonic() + timeout_s
+        for rid in ids:
+            replica = self.replicas[rid]
+            while True:
+                if replica.process is not None and replica.process.poll() is not None:
+                    raise LocalGroupError(f"replica {rid} exited with {replica.process.returncode}; see {replica.log_path}:\n{self.log_tail(rid)}")
+                try:
+                    with grpc.insecure_channel(replica.address) as channel:
+                        reply = health_pb2_grpc.HealthStub(channel).Check(
+                            health_pb2.HealthCheckRequest(service="quorumserve.v1.Replica"), timeout=1.0
+                        )
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        break
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise LocalGroupError(f"replica {rid} not ready after {timeout_s:.0f} s; see {replica.log_path}:\n{self.log_tail(rid)}")
+                time.sleep(0.25)
+
+    def log_tail(self, replica_id: int, lines: int = 30) -> str:
+        path = self.replicas[replica_id].log_path
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def signal(self, replica_id: int, sig: int) -> None:
+        process = self.replicas[replica_id].process
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, sig)
+
+    def kill(self, replica_id: int) -> None:
+        """kill -9 the replica and its Triton, as a crash would."""
+        process = self.replicas[replica_id].process
+        if process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def pause(self, replica_id: int) -> None:
+        self.signal(replica_id, signal.SIGSTOP)
+
+    def resume(self, replica_id: int) -> None:
+        self.signal(replica_id, signal.SIGCONT)
+
+    def stop_replica(self, replica_id: int, timeout_s: float = 30.0) -> None:
+        process = self.replicas[replica_id].process
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGCONT)
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("replica %d did not stop in %.0f s; killing it", replica_id, timeout_s)
+        # whatever is left of its process group (Triton) goes too
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def stop(self) -> None:
+        for replica in self.replicas:
+            process = replica.process
+            if process is not None and process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGCONT)
+                    os.killpg(process.pid, signal.SIGTERM)
+        for replica in self.replicas:
+            self.stop_replica(replica.replica_id)
+
+    @property
+    def addresses(self) -> list[str]:
+        return [r.address for r in self.replicas]
+
+    def __enter__(self) -> LocalGroup:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def local_group(data_dir: Path, **kwargs: object) -> Iterator[LocalGroup]:
+    group = LocalGroup(Path(data_dir), **kwargs)  # type: ignore[arg-type]
+    try:
+        group.start()
+        yield group
+    finally:
+        group.stop()

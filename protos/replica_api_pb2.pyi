@@ -1,0 +1,157 @@
+from protos import common_pb2 as _common_pb2
+from protos import consensus_pb2 as _consensus_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SubmitStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SUBMIT_STATUS_UNSPECIFIED: _ClassVar[SubmitStatus]
+    CERTIFIED: _ClassVar[SubmitStatus]
+    REJECTED: _ClassVar[SubmitStatus]
+    TIMEOUT: _ClassVar[SubmitStatus]
+SUBMIT_STATUS_UNSPECIFIED: SubmitStatus
+CERTIFIED: SubmitStatus
+REJECTED: SubmitStatus
+TIMEOUT: SubmitStatus
+
+class SubmitRequest(_message.Message):
+    __slots__ = ("request", "fanout", "timeout_ms")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    FANOUT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    request: _common_pb2.InferenceRequest
+    fanout: int
+    timeout_ms: int
+    def __init__(self, request: _Optional[_Union[_common_pb2.InferenceRequest, _Mapping]] = ..., fanout: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class SubmitReply(_message.Message):
+    __slots__ = ("client_id", "request_id", "status", "error", "certificate", "seq", "replica_id")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    request_id: str
+    status: SubmitStatus
+    error: str
+    certificate: bytes
+    seq: int
+    replica_id: int
+    def __init__(self, client_id: _Optional[str] = ..., request_id: _Optional[str] = ..., status: _Optional[_Union[SubmitStatus, str]] = ..., error: _Optional[str] = ..., certificate: _Optional[bytes] = ..., seq: _Optional[int] = ..., replica_id: _Optional[int] = ...) -> None: ...
+
+class SubmitBatchRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[SubmitRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[SubmitRequest, _Mapping]]] = ...) -> None: ...
+
+class SubmitBatchReply(_message.Message):
+    __slots__ = ("replies",)
+    REPLIES_FIELD_NUMBER: _ClassVar[int]
+    replies: _containers.RepeatedCompositeFieldContainer[SubmitReply]
+    def __init__(self, replies: _Optional[_Iterable[_Union[SubmitReply, _Mapping]]] = ...) -> None: ...
+
+class GetCertificateRequest(_message.Message):
+    __slots__ = ("client_id", "request_id")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    request_id: str
+    def __init__(self, client_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelVersionInfo(_message.Message):
+    __slots__ = ("replica_id", "version", "weights_digest")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    replica_id: int
+    version: int
+    weights_digest: bytes
+    def __init__(self, replica_id: _Optional[int] = ..., version: _Optional[int] = ..., weights_digest: _Optional[bytes] = ...) -> None: ...
+
+class StatusReply(_message.Message):
+    __slots__ = ("group_id", "epoch", "config_digest", "replica_id", "view", "primary", "state", "executed_seq", "stable_seq", "pending_requests", "versions", "loaded_versions")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    EXECUTED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    STABLE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    PENDING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    LOADED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    group_id: str
+    epoch: int
+    config_digest: bytes
+    replica_id: int
+    view: int
+    primary: int
+    state: str
+    executed_seq: int
+    stable_seq: int
+    pending_requests: int
+    versions: _containers.RepeatedCompositeFieldContainer[ModelVersionInfo]
+    loaded_versions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, group_id: _Optional[str] = ..., epoch: _Optional[int] = ..., config_digest: _Optional[bytes] = ..., replica_id: _Optional[int] = ..., view: _Optional[int] = ..., primary: _Optional[int] = ..., state: _Optional[str] = ..., executed_seq: _Optional[int] = ..., stable_seq: _Optional[int] = ..., pending_requests: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[ModelVersionInfo, _Mapping]]] = ..., loaded_versions: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ModelUpdateRequest(_message.Message):
+    __slots__ = ("update", "package_path", "package_archive")
+    UPDATE_FIELD_NUMBER: _ClassVar[int]
+    PACKAGE_PATH_FIELD_NUMBER: _ClassVar[int]
+    PACKAGE_ARCHIVE_FIELD_NUMBER: _ClassVar[int]
+    update: _consensus_pb2.ModelUpdate
+    package_path: str
+    package_archive: bytes
+    def __init__(self, update: _Optional[_Union[_consensus_pb2.ModelUpdate, _Mapping]] = ..., package_path: _Optional[str] = ..., package_archive: _Optional[bytes] = ...) -> None: ...
+
+class ModelUpdateReply(_message.Message):
+    __slots__ = ("status", "error", "version", "weights_digest")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    error: str
+    version: int
+    weights_digest: bytes
+    def __init__(self, status: _Optional[str] = ..., error: _Optional[str] = ..., version: _Optional[int] = ..., weights_digest: _Optional[bytes] = ...) -> None: ...
+
+class EvidenceRequest(_message.Message):
+    __slots__ = ("after_id", "limit")
+    AFTER_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    after_id: int
+    limit: int
+    def __init__(self, after_id: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class EvidenceItem(_message.Message):
+    __slots__ = ("id", "evidence", "summary")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    evidence: bytes
+    summary: str
+    def __init__(self, id: _Optional[int] = ..., evidence: _Optional[bytes] = ..., summary: _Optional[str] = ...) -> None: ...
+
+class EvidenceReply(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[EvidenceItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[EvidenceItem, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,155 @@
+"""A replica's own configuration (`quorumserve replica --config FILE.toml`).
+
+Example:
+
+    group_config = "group.json"          # the group's config (JSON), shared by all members
+    replica_id = 0
+    key_file = "keys/replica-0.key"      # the replica's Ed25519 key (mode 0600)
+    listen = "127.0.0.1:7100"            # gRPC: peers and clients
+    data_dir = "data/replica-0"          # SQLite state, Triton workspace, logs
+    metrics_port = 9100                  # Prometheus; 0 disables
+
+    [model]
+    package = "models/replica-0"         # TorchScript + spec (replica/model_spec.py)
+    version = 1                          # must match this member's genesis version and digest
+
+    [triton]
+    grpc_port = 8101
+    http_port = 8100
+    metrics_port = 8102
+    torch_threads = 1
+
+    [misbehave]                          # tests only: make this replica faulty on purpose
+    mode = "none"                        # none | wrong-labels | equivocate | silent
+
+Relative paths are relative to the config file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MISBEHAVIOURS = ("none", "wrong-labels", "equivocate", "silent")
+
+
+class ReplicaConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class TritonPorts:
+    grpc_port: int
+    http_port: int
+    metrics_port: int
+    torch_threads: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaConfig:
+    group_config: Path
+    replica_id: int
+    key_file: Path
+    listen: str
+    data_dir: Path
+    model_package: Path
+    model_version: int
+    triton: TritonPorts
+    metrics_port: int = 0
+    misbehave: str = "none"
+    request_timeout_s: float = 30.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def listen_port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
+def _path(base: Path, value: Any, name: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ReplicaConfigError(f"{name} must be a non-empty path")
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else (base / path)
+
+
+def _int(table: dict[str, Any], name: str, default: int | None = None) -> int:
+    value = table.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ReplicaConfigError(f"{name} must be an integer")
+    return value
+
+
+def load_replica_config(path: str | os.PathLike[str]) -> ReplicaConfig:
+    source = Path(path)
+    try:
+        data = tomllib.loads(source.read_text())
+    except FileNotFoundError as exc:
+        raise ReplicaConfigError(f"{source}: no such file") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ReplicaConfigError(f"{source}: not valid TOML ({exc})") from exc
+    base = source.resolve().parent
+    try:
+        model = data.get("model", {})
+        triton = data.get("triton", {})
+        misbehave = data.get("misbehave", {}).get("mode", "none")
+        if misbehave not in MISBEHAVIOURS:
+            raise ReplicaConfigError(f"misbehave.mode must be one of {', '.join(MISBEHAVIOURS)}")
+        listen = data.get("listen")
+        if not isinstance(listen, str) or ":" not in listen:
+            raise ReplicaConfigError("listen must be host:port")
+        return ReplicaConfig(
+            group_config=_path(base, data.get("group_config"), "group_config"),
+            replica_id=_int(data, "replica_id"),
+            key_file=_path(base, data.get("key_file"), "key_file"),
+            listen=listen,
+            data_dir=_path(base, data.get("data_dir"), "data_dir"),
+            model_package=_path(base, model.get("package"), "model.package"),
+            model_version=_int(model, "version", 1),
+            triton=TritonPorts(
+                grpc_port=_int(triton, "grpc_port"),
+                http_port=_int(triton, "http_port"),
+                metrics_port=_int(triton, "metrics_port"),
+                torch_threads=_int(triton, "torch_threads", 1),
+            ),
+            metrics_port=_int(data, "metrics_port", 0),
+            misbehave=misbehave,
+            request_timeout_s=float(data.get("request_timeout_s", 30.0)),
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ReplicaConfigError(f"{source}: {exc}") from exc
+
+
+def render_replica_config(config: ReplicaConfig) -> str:
+    """TOML text for a config (used by `quorumserve up` to write one file per replica)."""
+
+    def q(value: object) -> str:
+        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    return "\n".join(
+        [
+            f"group_config = {q(config.group_config)}",
+            f"replica_id = {config.replica_id}",
+            f"key_file = {q(config.key_file)}",
+            f"listen = {q(config.listen)}",
+            f"data_dir = {q(config.data_dir)}",
+            f"metrics_port = {config.metrics_port}",
+            f"request_timeout_s = {config.request_timeout_s}",
+            "",
+            "[model]",
+            f"package = {q(config.model_package)}",
+            f"version = {config.model_version}",
+            "",
+            "[triton]",
+            f"grpc_port = {config.triton.grpc_port}",
+            f"http_port = {config.triton.http_port}",
+            f"metrics_port = {config.triton.metrics_port}",
+            f"torch_threads = {config.triton.torch_threads}",
+            "",
+            "[misbehave]",
+            f"mode = {q(config.misbehave)}",
+            "",
+        ]
+    )

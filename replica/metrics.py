@@ -1,0 +1,57 @@
+"""Prometheus metrics of one replica (served on `metrics_port`)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class ReplicaMetrics:
+    def __init__(self, replica_id: int, group_id: str) -> None:
+        self.registry = CollectorRegistry()
+        labels = {"replica": str(replica_id), "group": group_id}
+        r = self.registry
+
+        def counter(name: str, doc: str, extra: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, doc, ("replica", "group", *extra), registry=r)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, ("replica", "group"), registry=r)
+
+        self._labels = labels
+        self.requests = counter("quorumserve_requests_total", "client requests received", ("outcome",))
+        self.certified = counter("quorumserve_certified_requests_total", "requests certified by this replica")
+        self.batches = counter("quorumserve_committed_batches_total", "ordered batches executed")
+        self.inference_batches = counter("quorumserve_inference_batches_total", "Triton calls (one per inference batch)")
+        self.inference_requests = counter("quorumserve_inference_requests_total", "requests run through the model")
+        self.disagreeing_votes = counter(
+            "quorumserve_disagreeing_votes_total", "votes in certified decisions that named another label", ("voter",)
+        )
+        self.rejected = counter("quorumserve_rejected_messages_total", "peer messages rejected", ("reason",))
+        self.evidence = counter("quorumserve_evidence_total", "equivocation proofs collected", ("accused",))
+        self.view_changes = counter("quorumserve_view_changes_total", "view changes started")
+        self.view = gauge("quorumserve_view", "current view")
+        self.seq = gauge("quorumserve_executed_seq", "highest executed sequence number")
+        self.stable_seq = gauge("quorumserve_stable_seq", "last stable checkpoint")
+        self.pending = gauge("quorumserve_pending_requests", "requests known but not yet executed")
+        self.model_version = gauge("quorumserve_model_version", "this replica's model version in effect")
+        self.commit_latency = Histogram(
+            "quorumserve_commit_latency_seconds", "client request received to certificate ready",
+            ("replica", "group"), buckets=_LATENCY_BUCKETS_S, registry=r,
+        )
+        self.triton_latency = Histogram(
+            "quorumserve_triton_latency_seconds", "one Triton call (an inference batch)",
+            ("replica", "group"), buckets=_LATENCY_BUCKETS_S, registry=r,
+        )
+        self.persist_latency = Histogram(
+            "quorumserve_persist_latency_seconds", "one durable write of consensus records",
+            ("replica", "group"), buckets=_LATENCY_BUCKETS_S, registry=r,
+        )
+
+    def labels(self, metric, **extra: str):  # type: ignore[no-untyped-def]
+        return metric.labels(**self._labels, **extra)
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+        if port:
+            start_http_server(port, addr=host, registry=self.registry)

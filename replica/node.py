@@ -1,0 +1,489 @@
+"""The replica runtime: drives the pure consensus core and does all of its I/O.
+
+One asyncio loop (uvloop) owns the core; nothing else touches it. Every call into the core is
+followed by `_drain`, which queues the core's `Ready`. A single consumer task handles the queued
+Readies strictly in order, and for each group of them:
+
+1. persists their records in ONE SQLite transaction (fsync) on a worker thread: the durability
+   rule is that nothing a record protects (a signed message, a vote batch number, a prepared
+   proof) leaves this process before that record is on disk, so a replica restarted after
+   kill -9 never signs two different things for one slot;
+2. sends their messages;
+3. starts their inference batches (one Triton call each);
+4. builds certificates for their committed batches, stores them (by client and request id) and
+   answers the clients waiting for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from certs.certificate import (
+    QuorumSignature,
+    SignedVoteBatch,
+    build_certificates,
+    decode_certificate,
+    encode_certificate,
+)
+from certs.config import GroupConfig, load_group_config
+from certs.evidence import describe_evidence, encode_evidence
+from certs.keys import Ed25519Verifier, load_private_key
+from certs.outputs import ModelOutput, map_probabilities, quantise
+from certs.policy import NO_AGREEMENT
+from certs.request import InferenceRequest
+from consensus.errors import ByzantineMessageError, ConsensusError, RequestRejectedError
+from consensus.messages import ModelUpdate, PeerMessage, VoteBatch
+from consensus.node import ConsensusNode, SubmitOutcome
+from consensus.ready import CommittedBatch, InferenceBatch, Ready
+from replica.config import ReplicaConfig
+from replica.metrics import ReplicaMetrics
+from replica.storage import CertificateRow, ReplicaStore
+from replica.transport import PeerTransport
+
+log = logging.getLogger("quorumserve.replica")
+
+
+class ReplicaError(Exception):
+    pass
+
+
+class RequestTimeoutError(ReplicaError, TimeoutError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Certified:
+    """What a client gets back: the committed decision's certificate and where it sits."""
+
+    client_id: str
+    request_id: str
+    seq: int
+    certificate: bytes  # encoded certs.certificate.Certificate (with vote proofs when available)
+    compact_certificate: bytes
+
+
+@dataclass
+class _Waiters:
+    futures: list[asyncio.Future[Certified]] = field(default_factory=list)
+    received_s: float = 0.0
+
+
+class ReplicaNode:
+    def __init__(self, config: ReplicaConfig, backend: object | None = None) -> None:
+        self.config = config
+        self.group: GroupConfig = load_group_config(config.group_config)
+        member = self.group.member(config.replica_id)
+        if member is None:
+            raise ReplicaError(f"replica {config.replica_id} is not a member of group {self.group.group_id}")
+        self.member = member
+        self.replica_id = config.replica_id
+        self.key = load_private_key(config.key_file)
+        if self.key.public_key != member.public_key:
+            raise ReplicaError(f"{config.key_file} is not replica {config.replica_id}'s key in the group config")
+        self.verifier = Ed25519Verifier()
+        self.metrics = ReplicaMetrics(config.replica_id, self.group.group_id)
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = ReplicaStore(config.data_dir / "replica.sqlite")
+        self.core = ConsensusNode(self.group, self.replica_id, self.key.signer(), self.verifier, self.store.load_records())
+        self.backend = backend
+        self.transport = PeerTransport(
+            self.replica_id,
+            {m.replica_id: m.address for m in self.group.members},
+            self._on_peer_messages,
+            self._on_reject,
+        )
+        self._io = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"replica-{self.replica_id}-io")
+        self._ready_queue: asyncio.Queue[Ready] = asyncio.Queue()
+        self._waiters: dict[tuple[str, str], _Waiters] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._inference_tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self.models_file = config.data_dir / "models.json"
+        self.started_s = 0.0
+        self.log_rate: dict[str, float] = {}
+
+    # =====================================================================================
+    # lifecycle
+    # =====================================================================================
+
+    async def start(self) -> None:
+        self.started_s = time.monotonic()
+        self.metrics.serve(self.config.metrics_port)
+        if self.backend is not None:
+            await self._load_models()
+        self.transport.start()
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._consume_ready(), name="ready"))
+        self._tasks.append(loop.create_task(self._tick_loop(), name="tick"))
+        log.info(
+            "replica %d of group %s started: view %d, executed seq %d, model version %d",
+            self.replica_id, self.group.group_id, self.core.view, self.core.executed_seq, self.core.model_version,
+        )
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._tasks + list(self._inference_tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._inference_tasks, return_exceptions=True)
+        await self.transport.stop()
+        for waiters in self._waiters.values():
+            for future in waiters.futures:
+                if not future.done():
+                    future.set_exception(ReplicaError("replica stopping"))
+        self._io.shutdown(wait=True)
+        self.store.close()
+
+    def model_packages(self) -> dict[int, dict[str, str]]:
+        """version -> {"package": path, "digest": hex}: where each of this replica's versions lives."""
+        packages = {self.config.model_version: {"package": str(self.config.model_package), "digest": self.member.weights_digest.hex()}}
+        if self.models_file.exists():
+            for version, entry in json.loads(self.models_file.read_text()).items():
+                packages[int(version)] = entry
+        return packages
+
+    def record_model_package(self, version: int, package: Path, digest: bytes) -> None:
+        packages = {str(v): e for v, e in self.model_packages().items()}
+        packages[str(version)] = {"package": str(package), "digest": digest.hex()}
+        tmp = self.models_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(packages, indent=2))
+        tmp.replace(self.models_file)
+
+    async def _load_models(self) -> None:
+        """Load the version in effect, and any newer one already ordered for later activation."""
+        backend = self.backend
+        packages = self.model_packages()
+        current = self.core.model_version
+        wanted = sorted(v for v in packages if v >= current and v <= self.core.state.latest_version(self.replica_id))
+        for version in wanted or [current]:
+            entry = packages.get(version)
+            if entry is None:
+                raise ReplicaError(f"no model package recorded for version {version} of replica {self.replica_id}")
+            await backend.load_async(version, entry["package"], expected_digest=bytes.fromhex(entry["digest"]))  # type: ignore[attr-defined]
+            log.info("replica %d: model version %d loaded from %s", self.replica_id, version, entry["package"])
+        self.metrics.labels(self.metrics.model_version).set(current)
+
+    async def _tick_loop(self) -> None:
+        interval_s = self.group.params.tick_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval_s)
+            self.core.tick()
+            self._drain()
+
+    # =====================================================================================
+    # into the core
+    # =====================================================================================
+
+    def _drain(self) -> None:
+        if self.core.has_ready():
+            self._ready_queue.put_nowait(self.core.ready())
+
+    def _on_peer_messages(self, sender: int, messages: list[PeerMessage]) -> None:
+        for message in messages:
+            try:
+                self.core.step(message, via=sender)
+            except ByzantineMessageError as exc:
+                self._on_reject(exc.kind, str(exc))
+            except ConsensusError as exc:
+                self._on_reject("local", f"message from {sender}: {exc}")
+        self._drain()
+
+    def _on_reject(self, reason: str, detail: str) -> None:
+        self.metrics.labels(self.metrics.rejected, reason=reason).inc()
+        now = time.monotonic()
+        if now - self.log_rate.get(reason, 0.0) > 5.0:  # at most one line per reason every 5 s
+            self.log_rate[reason] = now
+            log.warning("replica %d rejected a message (%s): %s", self.replica_id, reason, detail)
+
+    def submit(self, request: InferenceRequest, *, fanout: bool) -> tuple[SubmitOutcome, asyncio.Future[Certified]]:
+        """Hand a client request to consensus; the future resolves with its certificate.
+        Raises RequestRejectedError for a request the group will not take."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Certified] = loop.create_future()
+        outcome = self.core.submit(request, disseminate=not fanout)
+        self.metrics.labels(self.metrics.requests, outcome=outcome.status).inc()
+        if outcome.status == "executed":
+            self._resolve_from_store(request.client_id, request.request_id, future)
+        else:
+            waiters = self._waiters.setdefault(request.key, _Waiters(received_s=time.monotonic()))
+            waiters.futures.append(future)
+            log.debug("request %s/%s accepted (%s)", request.client_id, request.request_id, outcome.status)
+        self._drain()
+        return outcome, future
+
+    def _resolve_from_store(self, client_id: str, request_id: str, future: asyncio.Future[Certified]) -> None:
+        async def fetch() -> None:
+            certified = await self.get_certificate(client_id, request_id)
+            if future.done():
+                return
+            if certified is None:
+                future.set_exception(ReplicaError(f"{client_id}/{request_id} was executed before this replica's records start; ask another replica"))
+            else:
+                future.set_result(certified)
+
+        task = asyncio.get_running_loop().create_task(fetch())
+        self._inference_tasks.add(task)
+        task.add_done_callback(self._inference_tasks.discard)
+
+    def submit_control(self, op: ModelUpdate) -> None:
+        self.core.submit_control(op)
+        self._drain()
+
+    async def list_evidence(self, after_id: int, limit: int) -> list[tuple[int, bytes, str]]:
+        """Stored evidence items (id, encoded certs.evidence.Evidence, one-line summary)."""
+        return await asyncio.get_running_loop().run_in_executor(self._io, self.store.list_evidence, after_id, min(limit, 1000))
+
+    async def get_certificate(self, client_id: str, request_id: str) -> Certified | None:
+        return await asyncio.get_running_loop().run_in_executor(self._io, self._load_certified, client_id, request_id)
+
+    def _load_certified(self, client_id: str, request_id: str) -> Certified | None:
+        full = self.store.get_certificate(client_id, request_id)
+        if full is None:
+            return None
+        certificate = decode_certificate(full)
+        compact = encode_certificate(certificate.compact()) if certificate.vote_proofs else full
+        return Certified(client_id, request_id, certificate.header.seq, full, compact)
+
+    # =====================================================================================
+    # out of the core
+    # =====================================================================================
+
+    async def _consume_ready(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            readies = [await self._ready_queue.get()]
+            while not self._ready_queue.empty():
+                readies.append(self._ready_queue.get_nowait())  # group commit: one fsync for all
+            records = [record for ready in readies for record in ready.persist]
+            if records:
+                started = time.monotonic()
+                await loop.run_in_executor(self._io, self.store.persist, records)
+                self.metrics.labels(self.metrics.persist_latency).observe(time.monotonic() - started)
+            for ready in readies:
+                try:
+                    self._handle(ready)
+                except Exception:  # a bug here must not stop the replica from ordering
+                    log.exception("replica %d: failed to handle a ready batch", self.replica_id)
+            committed = [batch for ready in readies for batch in ready.committed]
+            if committed:
+                await self._certify(committed)
+
+    def _handle(self, ready: Ready) -> None:
+        for event in ready.events:
+            level = logging.WARNING if event.kind in ("view-change", "state-divergence", "rejected") else logging.INFO
+            log.log(level, "replica %d %s: %s", self.replica_id, event.kind, event.detail)
+            if event.kind == "view-change":
+                self.metrics.labels(self.metrics.view_changes).inc()
+        if ready.evidence:
+            rows = []
+            for item in ready.evidence:
+                accused = item.first.statement.signer
+                summary = describe_evidence(item, item.accused)
+                self.metrics.labels(self.metrics.evidence, accused=str(accused)).inc()
+                log.warning("replica %d holds evidence: %s", self.replica_id, summary)
+                rows.append((encode_evidence(item), summary))
+            self._io.submit(self.store.put_evidence, rows)
+        if self.config.misbehave == "silent":
+            pass  # a silent replica sends nothing at all
+        else:
+            for out in ready.messages:
+                self._send(out.to, out.message)
+        for batch in ready.inference:
+            task = asyncio.get_running_loop().create_task(self._infer(batch))
+            self._inference_tasks.add(task)
+            task.add_done_callback(self._inference_tasks.discard)
+        for activation in ready.activations:
+            if activation.replica_id == self.replica_id:
+                self.metrics.labels(self.metrics.model_version).set(activation.version)
+                self._after_activation(activation.version)
+        if ready.activations:
+            self.store.put_activations(ready.activations)
+        core = self.core
+        self.metrics.labels(self.metrics.view).set(core.view)
+        self.metrics.labels(self.metrics.seq).set(core.executed_seq)
+        self.metrics.labels(self.metrics.stable_seq).set(core.low)
+        self.metrics.labels(self.metrics.pending).set(len(core.pending))
+
+    def _send(self, to: int | None, message: PeerMessage) -> None:
+        if self.config.misbehave == "equivocate" and isinstance(message, VoteBatch) and to is None:
+            # tests only: sign a second, different batch under the same number for half the peers
+            peers = self.transport.peer_ids
+            half = peers[: len(peers) // 2]
+            other = _flip_labels(message, len(self.group.task.class_labels))
+            other = VoteBatch(other.sender, other.epoch, other.batch_no, other.model_version, other.entries,
+                              self.key.signer().sign(other.statement(self.group.group_id).message()))
+            from replica.codec import encode_peer_message
+
+            self.transport.send_encoded(half, encode_peer_message(other))
+            self.transport.send_encoded([p for p in peers if p not in half], encode_peer_message(message))
+            return
+        self.transport.send(to, message)
+
+    def _after_activation(self, version: int) -> None:
+        """This replica's new model version is in effect: the older ones can go."""
+        backend = self.backend
+        if backend is None:
+            return
+        older = [v for v in backend.loaded_versions() if v < version]  # type: ignore[attr-defined]
+
+        async def unload() -> None:
+            for v in older:
+                try:
+                    await backend.unload_async(v)  # type: ignore[attr-defined]
+                    log.info("replica %d: model version %d unloaded after version %d took effect", self.replica_id, v, version)
+                except Exception as exc:
+                    log.warning("replica %d: could not unload model version %d: %s", self.replica_id, v, exc)
+
+        task = asyncio.get_running_loop().create_task(unload())
+        self._inference_tasks.add(task)
+        task.add_done_callback(self._inference_tasks.discard)
+
+    # =====================================================================================
+    # inference
+    # =====================================================================================
+
+    async def _infer(self, batch: InferenceBatch) -> None:
+        task = self.group.task
+        started = time.monotonic()
+        try:
+            dtype = np.dtype(_NUMPY_DTYPES[task.input_datatype])
+            rows = np.stack(
+                [np.frombuffer(r.inputs[0].data, dtype=dtype).reshape(task.input_shape) for r in batch.requests]
+            )
+            probabilities = await self.backend.infer(batch.model_version, rows)  # type: ignore[attr-defined]
+            outputs: list[ModelOutput] = []
+            for request, space, row in zip(batch.requests, batch.label_spaces, probabilities):
+                if space:
+                    _, mapped = map_probabilities(row[None, :], task.class_labels, dict(request.label_mapping))
+                    row = mapped[0]
+                classes = len(space) or len(task.class_labels)
+                if self.config.misbehave == "wrong-labels":
+                    row = np.roll(row, 1)  # tests only: every answer shifted to the next class
+                outputs.append(quantise(row, min(task.top_k, classes)))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("replica %d: inference batch %d failed: %s", self.replica_id, batch.batch_id, exc)
+            self.core.inference_failed(batch.batch_id)
+            self._drain()
+            return
+        self.metrics.labels(self.metrics.triton_latency).observe(time.monotonic() - started)
+        self.metrics.labels(self.metrics.inference_batches).inc()
+        self.metrics.labels(self.metrics.inference_requests).inc(len(batch.requests))
+        self.core.executed(batch.batch_id, outputs)
+        self._drain()
+
+    # =====================================================================================
+    # certificates
+    # =====================================================================================
+
+    async def _certify(self, batches: Sequence[CommittedBatch]) -> None:
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(self._io, self._build_and_store, list(batches))
+        now = time.monotonic()
+        for certified in results:
+            waiters = self._waiters.pop((certified.client_id, certified.request_id), None)
+            if waiters is None:
+                continue
+            self.metrics.labels(self.metrics.commit_latency).observe(now - waiters.received_s)
+            for future in waiters.futures:
+                if not future.done():
+                    future.set_result(certified)
+        for batch in batches:
+            self.metrics.labels(self.metrics.batches).inc()
+            log.info(
+                "replica %d committed seq %d (view %d): %d requests%s",
+                self.replica_id, batch.header.seq, batch.header.view,
+                len(batch.proposal.entries) - len(batch.duplicate_entries),
+                " (state transfer)" if batch.via_state_transfer else "",
+            )
+
+    def _build_and_store(self, batches: list[CommittedBatch]) -> list[Certified]:
+        """On the I/O thread: certificates for every request of the batches, stored by id."""
+        out: list[Certified] = []
+        for batch in batches:
+            entries = batch.proposal.entries
+            if not entries:
+                continue
+            leaves = [e.leaf for e in entries]
+            quorum = [QuorumSignature(c.sender, c.signature) for c in batch.commits]
+            vote_batches = [
+                SignedVoteBatch(vb.sender, vb.batch_no, vb.model_version, tuple(e.hash for e in vb.entries), vb.signature)
+                for vb in batch.vote_batches
+            ]
+            try:
+                certificates = build_certificates(batch.header, leaves, quorum, vote_batches)
+            except ValueError:
+                # a vote batch is missing (the batch arrived by state transfer): compact only
+                certificates = build_certificates(batch.header, leaves, quorum)
+            duplicates = set(batch.duplicate_entries)
+            rows: list[CertificateRow] = []
+            for index, (leaf, certificate) in enumerate(zip(leaves, certificates)):
+                if index in duplicates:
+                    continue
+                full = encode_certificate(certificate)
+                compact = encode_certificate(certificate.compact()) if certificate.vote_proofs else full
+                rows.append(CertificateRow(leaf.client_id, leaf.request_id, leaf.request_digest, full))
+                out.append(Certified(leaf.client_id, leaf.request_id, batch.header.seq, full, compact))
+                for vote in leaf.votes:
+                    if leaf.decision.label != NO_AGREEMENT and vote.output.label != leaf.decision.label:
+                        self.metrics.labels(self.metrics.disagreeing_votes, voter=str(vote.replica_id)).inc()
+                log.debug("request %s/%s certified at seq %d: label %d", leaf.client_id, leaf.request_id, batch.header.seq, leaf.decision.label)
+            self.store.put_certificates(batch.header.seq, rows)
+            self.metrics.labels(self.metrics.certified).inc(len(rows))
+        return out
+
+    # =====================================================================================
+    # status
+    # =====================================================================================
+
+    def status(self) -> dict[str, object]:
+        core = self.core
+        state = "normal" if core.view_active else "view-change"
+        if core.fetching_state_since is not None:
+            state = "state-transfer"
+        versions = core.state.versions_at(core.executed_seq + 1)
+        loaded = tuple(self.backend.loaded_versions()) if self.backend is not None else ()  # type: ignore[attr-defined]
+        return {
+            "group_id": self.group.group_id,
+            "epoch": self.group.epoch,
+            "config_digest": self.group.digest,
+            "replica_id": self.replica_id,
+            "view": core.view,
+            "primary": core.primary,
+            "state": state,
+            "executed_seq": core.executed_seq,
+            "stable_seq": core.low,
+            "pending_requests": len(core.pending),
+            "versions": sorted((rid, v, wd) for rid, (v, wd) in versions.items()),
+            "loaded_versions": loaded,
+        }
+
+
+_NUMPY_DTYPES = {
+    "BOOL": "bool", "UINT8": "uint8", "INT8": "int8", "UINT16": "uint16", "INT16": "int16",
+    "FP16": "float16", "UINT32": "uint32", "INT32": "int32", "FP32": "float32",
+    "UINT64": "uint64", "INT64": "int64", "FP64": "float64",
+}
+
+
+def _flip_labels(batch: VoteBatch, num_classes: int) -> VoteBatch:
+    from certs.batch import VoteEntry
+
+    entries = []
+    for entry in batch.entries:
+        top = entry.output.top
+        classes = len(entry.label_space) or num_classes
+        cls = (top[0][0] + 1) % classes
+        entries.append(VoteEntry(entry.client_id, entry.request_id, entry.request_digest, entry.label_space, ModelOutput(((cls, 10_000),))))
+    return VoteBatch(batch.sender, batch.epoch, batch.batch_no, batch.model_version, tuple(entries), b"")
+
+

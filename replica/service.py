@@ -1,0 +1,230 @@
+"""The replica's client API (protos/replica_api.proto): submit requests, fetch certificates,
+status, model updates. Every replica serves it, so clients need no gateway.
+
+Requests arrive as raw bytes and are decoded here, so malformed protobuf, a wrong shape or
+dtype, or an unknown group gets a precise gRPC status and a metric, never an exception that
+escapes into gRPC's logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import tarfile
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+from google.protobuf.message import Message
+
+from certs.errors import CertificateError
+from certs.wire import request_from_proto
+from consensus.errors import RequestRejectedError
+from protos import replica_api_pb2 as api
+from replica.codec import model_update_from_proto
+from replica.node import Certified, ReplicaError, ReplicaNode
+
+log = logging.getLogger("quorumserve.replica.api")
+
+REPLICA_SERVICE = "quorumserve.v1.Replica"
+SUBMIT_BATCH_MAX = 4096
+PACKAGE_ARCHIVE_MAX_BYTES = 1 << 30
+
+
+class ReplicaService:
+    def __init__(self, node: ReplicaNode, on_model_update: Callable[..., Any] | None = None) -> None:
+        self.node = node
+        self.on_model_update = on_model_update
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _parse(self, message_type: type[Message], raw: bytes) -> Any:
+        message = message_type()
+        try:
+            message.ParseFromString(raw)
+        except (ProtobufDecodeError, RuntimeError, ValueError) as exc:
+            self.node.metrics.labels(self.node.metrics.requests, outcome="malformed").inc()
+            raise _Invalid(f"malformed {message_type.__name__}: {exc}") from exc
+        return message
+
+    def _reply(self, certified: Certified, compact: bool) -> api.SubmitReply:
+        return api.SubmitReply(
+            client_id=certified.client_id,
+            request_id=certified.request_id,
+            status=api.CERTIFIED,
+            certificate=certified.compact_certificate if compact else certified.certificate,
+            seq=certified.seq,
+            replica_id=self.node.replica_id,
+        )
+
+    async def _submit_one(self, message: api.SubmitRequest) -> api.SubmitReply:
+        ids = {"client_id": message.request.client_id, "request_id": message.request.request_id, "replica_id": self.node.replica_id}
+        try:
+            request = request_from_proto(message.request)
+        except CertificateError as exc:
+            self.node.metrics.labels(self.node.metrics.requests, outcome="rejected").inc()
+            return api.SubmitReply(status=api.REJECTED, error=str(exc), **ids)
+        try:
+            _, future = self.node.submit(request, fanout=bool(message.fanout))
+        except RequestRejectedError as exc:
+            self.node.metrics.labels(self.node.metrics.requests, outcome="rejected").inc()
+            return api.SubmitReply(status=api.REJECTED, error=str(exc), **ids)
+        timeout_s = message.timeout_ms / 1000 if message.timeout_ms else self.node.config.request_timeout_s
+        try:
+            certified = await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except asyncio.TimeoutError:
+            return api.SubmitReply(status=api.TIMEOUT, error=f"not committed within {timeout_s:.1f} s; retry with the same ids", **ids)
+        except ReplicaError as exc:
+            return api.SubmitReply(status=api.TIMEOUT, error=str(exc), **ids)
+        return self._reply(certified, compact=True)
+
+    # -- RPCs --------------------------------------------------------------------------------
+    async def submit(self, raw: bytes, context: grpc.aio.ServicerContext) -> api.SubmitReply:
+        message = await self._checked(context, api.SubmitRequest, raw)
+        reply = await self._submit_one(message)
+        if reply.status == api.REJECTED:
+            await context.abort(_status_for(reply.error), reply.error)
+        return reply
+
+    async def submit_batch(self, raw: bytes, context: grpc.aio.ServicerContext) -> api.SubmitBatchReply:
+        message = await self._checked(context, api.SubmitBatchRequest, raw)
+        if len(message.requests) > SUBMIT_BATCH_MAX:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"at most {SUBMIT_BATCH_MAX} requests per batch")
+        replies = await asyncio.gather(*(self._submit_one(r) for r in message.requests))
+        return api.SubmitBatchReply(replies=replies)
+
+    async def submit_stream(self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[api.SubmitReply]:
+        replies: asyncio.Queue[api.SubmitReply | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(message: api.SubmitRequest) -> None:
+            await replies.put(await self._submit_one(message))
+
+        async def reader() -> None:
+            async for raw in request_iterator:
+                try:
+                    message = self._parse(api.SubmitRequest, raw)
+                except _Invalid as exc:
+                    await replies.put(api.SubmitReply(status=api.REJECTED, error=str(exc), replica_id=self.node.replica_id))
+                    continue
+                task = asyncio.get_running_loop().create_task(one(message))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            await asyncio.gather(*list(tasks))
+            await replies.put(None)
+
+        reading = asyncio.get_running_loop().create_task(reader())
+        try:
+            while True:
+                reply = await replies.get()
+                if reply is None:
+                    break
+                yield reply
+        finally:
+            reading.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    async def get_certificate(self, raw: bytes, context: grpc.aio.ServicerContext) -> api.SubmitReply:
+        message = await self._checked(context, api.GetCertificateRequest, raw)
+        certified = await self.node.get_certificate(message.client_id, message.request_id)
+        if certified is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no certificate for {message.client_id}/{message.request_id} at replica {self.node.replica_id}")
+        return self._reply(certified, compact=False)
+
+    async def status(self, raw: bytes, context: grpc.aio.ServicerContext) -> api.StatusReply:
+        await self._checked(context, api.StatusRequest, raw)
+        s = self.node.status()
+        return api.StatusReply(
+            group_id=s["group_id"], epoch=s["epoch"], config_digest=s["config_digest"], replica_id=s["replica_id"],
+            view=s["view"], primary=s["primary"], state=s["state"], executed_seq=s["executed_seq"],
+            stable_seq=s["stable_seq"], pending_requests=s["pending_requests"],
+            versions=[api.ModelVersionInfo(replica_id=r, version=v, weights_digest=d) for r, v, d in s["versions"]],  # type: ignore[attr-defined]
+            loaded_versions=list(s["loaded_versions"]),  # type: ignore[call-overload]
+        )
+
+    async def update_model(self, raw: bytes, context: grpc.aio.ServicerContext) -> api.ModelUpdateReply:
+        message = await self._checked(context, api.ModelUpdateRequest, raw)
+        if self.on_model_update is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this replica does not take model updates")
+        try:
+            update = model_update_from_proto(message.update)
+        except CertificateError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed model update: {exc}")
+        if update.replica_id != self.node.replica_id:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this is replica {self.node.replica_id}; the update is for replica {update.replica_id}",
+            )
+        try:
+            package = _package_location(message, self.node.config.data_dir)
+            digest = await self.on_model_update(update, package)  # type: ignore[misc]
+        except RequestRejectedError as exc:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED if "signed" in str(exc) else grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except (ValueError, OSError, ReplicaError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return api.ModelUpdateReply(status="ordered", version=update.new_version, weights_digest=digest)
+
+    async def list_evidence(self, raw: bytes, context: grpc.aio.ServicerContext) -> api.EvidenceReply:
+        message = await self._checked(context, api.EvidenceRequest, raw)
+        items = await self.node.list_evidence(message.after_id, message.limit or 100)
+        return api.EvidenceReply(items=[api.EvidenceItem(id=i, evidence=e, summary=s) for i, e, s in items])
+
+    async def _checked(self, context: grpc.aio.ServicerContext, message_type: type[Message], raw: bytes) -> Any:
+        try:
+            return self._parse(message_type, raw)
+        except _Invalid as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        def unary(fn: Callable[..., Any], response: type[Message]) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=None, response_serializer=response.SerializeToString)
+
+        return grpc.method_handlers_generic_handler(
+            REPLICA_SERVICE,
+            {
+                "Submit": unary(self.submit, api.SubmitReply),
+                "SubmitBatch": unary(self.submit_batch, api.SubmitBatchReply),
+                "SubmitStream": grpc.stream_stream_rpc_method_handler(
+                    self.submit_stream, request_deserializer=None, response_serializer=api.SubmitReply.SerializeToString
+                ),
+                "GetCertificate": unary(self.get_certificate, api.SubmitReply),
+                "Status": unary(self.status, api.StatusReply),
+                "UpdateModel": unary(self.update_model, api.ModelUpdateReply),
+                "ListEvidence": unary(self.list_evidence, api.EvidenceReply),
+            },
+        )
+
+
+class _Invalid(ValueError):
+    pass
+
+
+def _status_for(error: str) -> grpc.StatusCode:
+    if "exceeds" in error:
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if "is for group" in error:
+        return grpc.StatusCode.NOT_FOUND
+    if "already in use" in error:
+        return grpc.StatusCode.ALREADY_EXISTS
+    return grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _package_location(message: api.ModelUpdateRequest, data_dir: Path) -> Path:
+    """Where the new model package is: a local path, or an uploaded tar archive unpacked under
+    the replica's data directory (member names checked so an archive cannot write elsewhere)."""
+    if message.package_path:
+        return Path(message.package_path)
+    if not message.package_archive:
+        raise ValueError("a model update needs package_path or package_archive")
+    if len(message.package_archive) > PACKAGE_ARCHIVE_MAX_BYTES:
+        raise ValueError("model package archive is too large")
+    target = Path(tempfile.mkdtemp(prefix="model-", dir=data_dir))
+    with tarfile.open(fileobj=io.BytesIO(message.package_archive)) as archive:
+        archive.extractall(target, filter="data")
+    entries = [p for p in target.iterdir()]
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else target
