@@ -156,6 +156,8 @@ class ConsensusNode:
 
         self._ready = Ready()
         self.restored = False
+        self.stable_ahead: tuple[int, list[int]] | None = None  # a quorum's checkpoint above our state
+        self.last_execute_tick = 0
         self.reported_equivocations: set[tuple[int, StatementKind, tuple[int, ...]]] = set()
         self._handlers: dict[type, Callable[[PeerMessage], None]] = {
             RequestMessage: self._on_request,  # type: ignore[dict-item]
@@ -979,6 +981,7 @@ class ConsensusNode:
         header, proposal = pp.header, pp.proposal
         duplicates, activations = self.state.apply(header, proposal)
         slot.executed = True
+        self.last_execute_tick = self.now
         refs = {(r.voter, r.batch_no) for e in proposal.entries for r in e.refs}
         vote_batches = tuple(self.vote_batches[ref].batch for ref in sorted(refs) if ref in self.vote_batches)
         batch = CommittedBatch(header, proposal, commits, vote_batches, tuple(duplicates), via_state_transfer)
@@ -1052,9 +1055,13 @@ class ConsensusNode:
                 self._ready.events.append(Event("state-divergence", f"checkpoint {checkpoint.seq} differs from a quorum"))
                 return
             self._make_stable(checkpoint.seq, checkpoint.state_digest, proof)
-        elif checkpoint.seq > self.state.seq + self.params.pipeline_depth:
-            # a quorum is well ahead of this replica: fetch the state it missed (section 4.3)
-            self._start_state_transfer(sorted(bucket))
+        elif checkpoint.seq > self.state.seq:
+            # a quorum is ahead of this replica. Usually the commits are on their way; if this
+            # replica stops making progress, it fetches the state it missed (section 4.3)
+            if self.stable_ahead is None or checkpoint.seq > self.stable_ahead[0]:
+                self.stable_ahead = (checkpoint.seq, sorted(bucket))
+            if checkpoint.seq > self.state.seq + self.params.pipeline_depth:
+                self._start_state_transfer(sorted(bucket))
 
     def _make_stable(self, seq: int, state_digest: bytes, proof: tuple[Checkpoint, ...]) -> None:
         if seq <= self.low:
@@ -1292,6 +1299,12 @@ class ConsensusNode:
                 if own is not None:
                     self._send(None, own)
                 self.view_change_deadline = self.now + self._view_change_timeout()
+        if (
+            self.stable_ahead is not None
+            and self.stable_ahead[0] > self.state.seq
+            and self.now - self.last_execute_tick > params.relay_timeout_ticks
+        ):
+            self._start_state_transfer(self.stable_ahead[1])
         if self.now >= self.retransmit_deadline:
             self.retransmit_deadline = self.now + params.relay_timeout_ticks
             self._retransmit()
@@ -1370,6 +1383,12 @@ class ConsensusNode:
             # a replica behind us: the primary of our view helps it catch up with its NEW-VIEW
             if self.view_active and self.is_primary and self.view in self.new_views:
                 self._send(vc.sender, self.new_views[self.view])
+            # we moved past that view; our own view change for it may never have reached the
+            # sender, which may be waiting for it to complete a quorum
+            if vc.new_view < self.view:
+                own = self.signed.get((StatementKind.VIEW_CHANGE, (vc.new_view,)))
+                if own is not None:
+                    self._send(vc.sender, own)
             return
         if vc.new_view > self.view + FUTURE_VIEWS_MAX * 4:
             raise ByzantineMessageError(vc.sender, "outside-window", f"view change to far view {vc.new_view}")

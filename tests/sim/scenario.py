@@ -6,7 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from certs.certificate import QuorumSignature, SignedVoteBatch, build_certificates, decode_certificate, encode_certificate
+from certs.errors import CertificateError
 from certs.policy import NO_AGREEMENT, PolicyKind, decide
+from certs.verify import verify
+from consensus.messages import ModelUpdate
 
 from tests.sim.world import World
 
@@ -147,6 +151,8 @@ def _check(world: World) -> None:
                     and not set(leaf.decision.support) & set(world.correct)
                 ):
                     _fail(world, f"seq {seq}: label {leaf.decision.label} for {key} has no correct supporter")
+    _check_model_versions(world)
+    _check_certificates(world)
     # liveness: after healing, every request a correct replica received is executed everywhere
     for r in world.correct:
         node = world.nodes[r]
@@ -154,3 +160,52 @@ def _check(world: World) -> None:
         missing = [key for key in world.submitted_to_correct if key not in node.state.executed]
         if missing:
             _fail(world, f"liveness: replica {r} (seq {node.executed_seq}, view {node.view}, active {node.view_active}) never executed {len(missing)} requests, e.g. {missing[:3]}")
+
+
+def _check_model_versions(world: World) -> None:
+    """Every vote carries the version the ordered log puts in effect at its batch: an update
+    ordered at seq t is in effect from t + log_window_batches on, never earlier or later."""
+    config = world.config
+    window = config.params.log_window_batches
+    log = world.committed[world.correct[0]]
+    versions = {m.replica_id: m.model_version for m in config.members}
+    scheduled: list[tuple[int, int, int]] = []
+    for seq in sorted(log):
+        for activation_seq, rid, version in [x for x in scheduled if x[0] <= seq]:
+            versions[rid] = version
+            scheduled.remove((activation_seq, rid, version))
+        batch = log[seq]
+        for entry in batch.proposal.entries:
+            for vote in entry.leaf.votes:
+                if vote.model_version != versions[vote.replica_id]:
+                    _fail(world, f"seq {seq}: replica {vote.replica_id} voted with version {vote.model_version}, "
+                          f"the log has version {versions[vote.replica_id]} in effect")
+        for op in batch.proposal.ops:
+            if isinstance(op, ModelUpdate) and op.new_version > max([versions[op.replica_id]] + [v for _, r, v in scheduled if r == op.replica_id]):
+                scheduled.append((seq + window, op.replica_id, op.new_version))
+
+
+def _check_certificates(world: World) -> None:
+    """Certificates built from committed batches verify offline against the group config and
+    the client's request, in compact form and with every voter's signed vote."""
+    config = world.config
+    r = world.correct[0]
+    for seq, batch in sorted(world.committed[r].items()):
+        if not batch.proposal.entries:
+            continue
+        leaves = [e.leaf for e in batch.proposal.entries]
+        quorum = [QuorumSignature(c.sender, c.signature) for c in batch.commits]
+        vote_batches = [
+            SignedVoteBatch(vb.sender, vb.batch_no, vb.model_version, tuple(e.hash for e in vb.entries), vb.signature)
+            for vb in batch.vote_batches
+        ]
+        try:
+            certificates = build_certificates(batch.header, leaves, quorum, vote_batches)
+        except ValueError:
+            certificates = build_certificates(batch.header, leaves, quorum)  # arrived by state transfer
+        for leaf, certificate in zip(leaves, certificates):
+            request = world.requests.get((leaf.client_id, leaf.request_id))
+            try:
+                verify(decode_certificate(encode_certificate(certificate)), config, request, verifier=world.verifier)
+            except CertificateError as exc:
+                _fail(world, f"seq {seq}: certificate for {leaf.client_id}/{leaf.request_id} does not verify: {exc}")
