@@ -12,7 +12,7 @@ from certs.policy import NO_AGREEMENT, PolicyKind, decide
 from certs.verify import verify
 from consensus.messages import ModelUpdate
 
-from tests.sim.world import World
+from tests.sim.world import World, lost_with_crashes
 
 SAFETY_TICKS = 600
 LIVENESS_TICKS = 2400
@@ -99,6 +99,8 @@ def _drive(world: World, requests: int | None) -> None:
     world.delay_max_ticks = 2
     for r in range(world.n):
         world.restart(r)
+    for request in lost_with_crashes(world):
+        world.submit(request, everyone, False)  # the client's retry after a timeout
     late = [world.make_request(count + i) for i in range(5)]
     for request in late:
         world.submit(request, everyone, False)

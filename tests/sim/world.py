@@ -172,6 +172,8 @@ class World:
         self.committed: dict[int, dict[int, CommittedBatch]] = {r: {} for r in range(self.n)}
         self.requests: dict[tuple[str, str], InferenceRequest] = {}
         self.submitted_to_correct: dict[tuple[str, str], int] = {}  # key -> tick first sent to a correct replica
+        self.recipients: dict[tuple[str, str], list[tuple[int, int]]] = {}  # key -> (replica, tick)
+        self.crash_ticks: dict[int, list[int]] = {r: [] for r in range(self.n)}
         self.stats = SimStats()
         self.evidence: list[object] = []
         self.model_versions: dict[int, int] = {r: 1 for r in range(self.n)}
@@ -280,6 +282,7 @@ class World:
             if node is None:
                 continue
             node.submit(request, disseminate=disseminate)
+            self.recipients.setdefault(request.key, []).append((r, self.now))
             if r in self.correct:
                 self.submitted_to_correct.setdefault(request.key, self.now)
             self._drain(r)
@@ -297,6 +300,7 @@ class World:
         if self.nodes[r] is None:
             return
         self.nodes[r] = None
+        self.crash_ticks[r].append(self.now)
         self.stats.crashes += 1
         self.trace.append(f"t={self.now} r{r} crashed")
 
@@ -404,3 +408,13 @@ def load_like_store(records: list[PersistRecord]) -> list[PersistRecord]:
         out.append(StableCheckpointRecord(merge_snapshots(parts), 0, checkpoints[-1].proof))
     out.extend(r for r in records if isinstance(r, (SignedRecord, PreparedRecord, CommittedRecord, ViewRecord)))
     return out
+
+
+def lost_with_crashes(world: World) -> list[InferenceRequest]:
+    """Requests whose every recipient crashed after receiving them: nothing in the system need
+    hold them any more, so their clients retry (with the same ids: exactly-once)."""
+    lost = []
+    for key, recipients in world.recipients.items():
+        if all(any(t >= tick for t in world.crash_ticks[r]) for r, tick in recipients):
+            lost.append(world.requests[key])
+    return lost
