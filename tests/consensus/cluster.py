@@ -186,15 +186,20 @@ class Cluster:
             self.deliver(envelope)
         return True
 
+    def run_one_inference(self, r: int) -> InferenceBatch:
+        """Run the oldest queued inference batch of replica r."""
+        batch = self.inference[r].pop(0)
+        outputs = [self.model(r, req, batch.model_version, space) for req, space in zip(batch.requests, batch.label_spaces)]
+        self.nodes[r].executed(batch.batch_id, outputs)
+        self.drain(r)
+        return batch
+
     def run_inference(self, r: int | None = None) -> int:
         """Run every queued inference batch (of one replica or all); returns how many ran."""
         ran = 0
         for rid in [r] if r is not None else list(range(self.n)):
             while self.inference[rid] and rid not in self.down:
-                batch = self.inference[rid].pop(0)
-                outputs = [self.model(rid, req, batch.model_version, space) for req, space in zip(batch.requests, batch.label_spaces)]
-                self.nodes[rid].executed(batch.batch_id, outputs)
-                self.drain(rid)
+                self.run_one_inference(rid)
                 ran += 1
         return ran
 

@@ -1,0 +1,587 @@
+"""Messages a faulty peer may send, one test per kind the consensus issue lists.
+
+Each test hands a replica a faulty message and checks three things: the typed error
+(ByzantineMessageError naming the peer at fault, with a stable `kind`), that the replica's state
+is unchanged (nothing new in its log, no prepare sent), and that it carries on serving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+
+from certs.outputs import ModelOutput
+from certs.policy import Decision, Vote
+
+from consensus.errors import ByzantineMessageError, RequestRejectedError
+from consensus.messages import (
+    Checkpoint,
+    Commit,
+    ControlMessage,
+    FetchVotes,
+    ModelUpdate,
+    NewView,
+    PeerMessage,
+    PrePrepare,
+    Prepare,
+    Proposal,
+    ProposalEntry,
+    RequestMessage,
+    ViewChange,
+    VoteBatch,
+    VoteRef,
+)
+from tests.consensus.cluster import (
+    Cluster,
+    Envelope,
+    checkpoint,
+    commit,
+    fingerprint,
+    flip_signature,
+    header_for,
+    model_update,
+    null_pre_prepare,
+    pre_prepare,
+    prepare,
+    resigned,
+    sign,
+    view_change,
+    vote_batch,
+)
+
+TARGET = 3  # the replica under test; replica 0 is the primary of view 0
+
+
+def _of(kind: type, to: int = TARGET, via: int | None = None) -> Callable[[Envelope], bool]:
+    return lambda e: isinstance(e.message, kind) and e.to == to and (via is None or e.via == via)
+
+
+def _staged(cluster: Cluster) -> PrePrepare:
+    """One request proposed and committed by replicas 0-2; its pre-prepare (and the commits)
+    held back from the replica under test, which has every vote batch."""
+    cluster.hold(_of(PrePrepare))
+    cluster.hold(_of(Commit))
+    cluster.submit(cluster.new_request())
+    cluster.settle()
+    (pp,) = [e.message for e in cluster.held if isinstance(e.message, PrePrepare)]
+    assert isinstance(pp, PrePrepare)
+    return pp
+
+
+def _rejects(cluster: Cluster, message: PeerMessage, sender: int, kind: str, *, via: int | None = None) -> None:
+    """The replica under test refuses `message` with (sender, kind) and is left unchanged."""
+    node = cluster.nodes[TARGET]
+    before = fingerprint(node)
+    sent_before, disk_before = len(cluster.sent[TARGET]), len(cluster.disks[TARGET])
+    with pytest.raises(ByzantineMessageError) as info:
+        cluster.step(TARGET, message, via=message.sender if via is None else via)
+    assert (info.value.sender, info.value.kind) == (sender, kind), info.value
+    assert fingerprint(node) == before
+    assert len(cluster.sent[TARGET]) == sent_before, "a rejected message made the replica send"
+    assert len(cluster.disks[TARGET]) == disk_before, "a rejected message made the replica persist"
+
+
+def _carries_on(cluster: Cluster) -> None:
+    """Whatever was held is delivered, and the replica under test commits a fresh request."""
+    cluster.release()
+    cluster.settle()
+    before = len(cluster.committed[TARGET])
+    request = cluster.serve_one(to=[r for r in range(cluster.n) if r not in cluster.down])
+    assert request.key in cluster.nodes[TARGET].state.executed
+    assert len(cluster.committed[TARGET]) > before
+
+
+def _with_entry(pp: PrePrepare, change: Callable[[ProposalEntry], ProposalEntry]) -> Proposal:
+    entries = (change(pp.proposal.entries[0]),) + pp.proposal.entries[1:]
+    return Proposal(entries, pp.proposal.ops)
+
+
+def _with_leaf(**fields: object) -> Callable[[ProposalEntry], ProposalEntry]:
+    return lambda entry: ProposalEntry(replace(entry.leaf, **fields), entry.refs)
+
+
+# =====================================================================================
+# signatures
+# =====================================================================================
+
+
+@pytest.mark.parametrize("kind", ["pre-prepare", "prepare", "commit", "vote-batch", "checkpoint", "view-change"])
+def test_bad_signature(kind: str) -> None:
+    cluster = Cluster()
+    config = cluster.config
+    pp = _staged(cluster)
+    digest = pp.header.batch_digest
+    forged: PeerMessage
+    sender = 0 if kind == "pre-prepare" else 2
+    if kind == "pre-prepare":
+        forged = flip_signature(pp)
+    elif kind == "prepare":
+        forged = flip_signature(prepare(config, 2, 0, 1, digest))
+    elif kind == "commit":
+        forged = flip_signature(commit(config, 2, 0, 1, digest))
+    elif kind == "vote-batch":
+        original = cluster.sent_of(2, VoteBatch)[0]
+        forged = flip_signature(replace(original, batch_no=original.batch_no + 1))
+    elif kind == "checkpoint":
+        forged = flip_signature(checkpoint(config, 2, cluster.params.checkpoint_interval_batches, bytes(32)))
+    else:
+        forged = flip_signature(view_change(config, 2, 1))
+    _rejects(cluster, forged, sender, "bad-signature")
+    _carries_on(cluster)
+
+
+def test_bad_signature_on_new_view() -> None:
+    cluster = Cluster()
+    cluster.crash(0)
+    cluster.hold(_of(NewView))
+    cluster.submit(cluster.new_request(), to=[1, 2, 3])
+    cluster.tick_until(lambda: bool(cluster.held), 200)
+    genuine = cluster.held[0].message
+    assert isinstance(genuine, NewView) and cluster.nodes[TARGET].view == 1
+    _rejects(cluster, flip_signature(genuine), 1, "bad-signature")
+    _carries_on(cluster)
+
+
+def test_bad_signature_on_a_relayed_message_is_blamed_on_the_relayer() -> None:
+    """Vote batches are relayed (answers to FetchVotes): a broken signature on one is the fault
+    of whoever handed it over, not of the replica it names."""
+    cluster = Cluster()
+    _staged(cluster)
+    original = cluster.sent_of(2, VoteBatch)[0]
+    forged = flip_signature(replace(original, batch_no=original.batch_no + 1))
+    _rejects(cluster, forged, 1, "bad-signature", via=1)
+    _carries_on(cluster)
+
+
+# =====================================================================================
+# views, epochs, watermarks
+# =====================================================================================
+
+
+@pytest.mark.parametrize("case", ["not-primary", "old-view", "far-future-view"])
+def test_wrong_view(case: str) -> None:
+    cluster = Cluster()
+    config = cluster.config
+    if case == "not-primary":
+        _staged(cluster)
+        message: PeerMessage = null_pre_prepare(config, 2, 0, 2)  # replica 2 is not primary of view 0
+        _rejects(cluster, message, 2, "not-primary")
+    elif case == "old-view":
+        cluster.crash(0)
+        cluster.serve_one(to=[1, 2, 3])  # through a view change to view 1
+        assert cluster.nodes[TARGET].view == 1
+        _rejects(cluster, null_pre_prepare(config, 0, 0, 2), 0, "stale")
+    else:
+        _staged(cluster)
+        _rejects(cluster, prepare(config, 2, 1000, 1, bytes(32)), 2, "outside-window")
+    _carries_on(cluster)
+
+
+@pytest.mark.parametrize("kind", ["pre-prepare", "prepare", "commit", "vote-batch", "checkpoint", "view-change"])
+def test_wrong_epoch(kind: str) -> None:
+    cluster = Cluster()
+    config = cluster.config
+    pp = _staged(cluster)
+    digest = pp.header.batch_digest
+    epoch = config.epoch + 1
+    message: PeerMessage
+    sender = 0 if kind == "pre-prepare" else 2
+    if kind == "pre-prepare":
+        header = header_for(config, 0, 2, pp.proposal, pp.header.model_versions_digest, epoch=epoch)
+        message = pre_prepare(config, 0, header, pp.proposal, epoch=epoch)
+    elif kind == "prepare":
+        message = prepare(config, 2, 0, 1, digest, epoch=epoch)
+    elif kind == "commit":
+        message = commit(config, 2, 0, 1, digest, epoch=epoch)
+    elif kind == "vote-batch":
+        original = cluster.sent_of(2, VoteBatch)[0]
+        message = vote_batch(config, 2, original.batch_no + 1, original.model_version, original.entries, epoch=epoch)
+    elif kind == "checkpoint":
+        unsigned = Checkpoint(2, epoch, cluster.params.checkpoint_interval_batches, bytes(32), b"")
+        message = replace(unsigned, signature=sign(2, unsigned.statement(config.group_id)))
+    else:
+        unsigned_vc = ViewChange(2, epoch, 1, 0, bytes(32), (), (), b"")
+        message = replace(unsigned_vc, signature=sign(2, unsigned_vc.statement(config.group_id)))
+    _rejects(cluster, message, sender, "wrong-epoch")
+    _carries_on(cluster)
+
+
+@pytest.mark.parametrize("kind", ["pre-prepare", "prepare", "commit"])
+def test_sequence_number_above_the_high_watermark(kind: str) -> None:
+    cluster = Cluster()
+    config = cluster.config
+    _staged(cluster)
+    beyond = cluster.params.log_window_batches + 1
+    message: PeerMessage
+    if kind == "pre-prepare":
+        message = null_pre_prepare(config, 0, 0, beyond)
+    elif kind == "prepare":
+        message = prepare(config, 2, 0, beyond, bytes(32))
+    else:
+        message = commit(config, 2, 0, beyond, bytes(32))
+    _rejects(cluster, message, message.sender, "outside-window")
+    _carries_on(cluster)
+
+
+# =====================================================================================
+# who votes
+# =====================================================================================
+
+
+@pytest.mark.parametrize("kind", ["prepare", "vote-batch", "request"])
+def test_message_from_a_non_member(kind: str) -> None:
+    cluster = Cluster()
+    _staged(cluster)
+    outsider = cluster.n + 3
+    message: PeerMessage
+    if kind == "prepare":
+        message = Prepare(outsider, 0, 0, 1, bytes(32), bytes(64))
+    elif kind == "vote-batch":
+        original = cluster.sent_of(2, VoteBatch)[0]
+        message = replace(original, sender=outsider)
+    else:
+        message = RequestMessage(outsider, cluster.new_request())
+    _rejects(cluster, message, outsider, "non-member")
+    _carries_on(cluster)
+
+
+def test_proposal_with_a_vote_from_a_non_member() -> None:
+    cluster = Cluster()
+    pp = _staged(cluster)
+    outsider = cluster.n + 3
+
+    def add_outsider(entry: ProposalEntry) -> ProposalEntry:
+        output = entry.leaf.votes[0].output
+        votes = entry.leaf.votes + (Vote(outsider, 1, output),)
+        return ProposalEntry(replace(entry.leaf, votes=votes), entry.refs + (VoteRef(outsider, 1),))
+
+    _rejects(cluster, resigned(cluster.config, pp, _with_entry(pp, add_outsider)), 0, "non-member-vote")
+    _carries_on(cluster)
+
+
+def test_proposal_with_a_duplicate_voter() -> None:
+    cluster = Cluster()
+    pp = _staged(cluster)
+
+    def repeat_voter(entry: ProposalEntry) -> ProposalEntry:
+        votes = entry.leaf.votes[:2] + (entry.leaf.votes[1],)
+        refs = entry.refs[:2] + (entry.refs[1],)
+        return ProposalEntry(replace(entry.leaf, votes=votes), refs)
+
+    _rejects(cluster, resigned(cluster.config, pp, _with_entry(pp, repeat_voter)), 0, "duplicate-voter")
+    _carries_on(cluster)
+
+
+def test_vote_batch_voting_twice_on_one_request() -> None:
+    cluster = Cluster()
+    _staged(cluster)
+    original = cluster.sent_of(2, VoteBatch)[0]
+    doubled = vote_batch(cluster.config, 2, original.batch_no + 1, original.model_version, original.entries * 2)
+    _rejects(cluster, doubled, 2, "duplicate-entry")
+    _carries_on(cluster)
+
+
+# =====================================================================================
+# proposals whose content does not hold up
+# =====================================================================================
+
+
+def _too_few(entry: ProposalEntry) -> ProposalEntry:
+    return ProposalEntry(replace(entry.leaf, votes=entry.leaf.votes[:2]), entry.refs[:2])
+
+
+def _wrong_version(entry: ProposalEntry) -> ProposalEntry:
+    votes = (replace(entry.leaf.votes[0], model_version=7),) + entry.leaf.votes[1:]
+    return ProposalEntry(replace(entry.leaf, votes=votes), entry.refs)
+
+
+def _other_decision(entry: ProposalEntry) -> ProposalEntry:
+    decision = entry.leaf.decision
+    label = (decision.label + 1) % 10
+    return ProposalEntry(replace(entry.leaf, decision=Decision(label, ((label, 9000),), decision.support)), entry.refs)
+
+
+@pytest.mark.parametrize(
+    ("case", "kind"),
+    [
+        ("decision-does-not-recompute", "bad-decision"),
+        ("other-policy", "bad-decision"),
+        ("too-few-votes", "too-few-votes"),
+        ("vote-with-wrong-model-version", "wrong-version"),
+        ("request-twice", "duplicate-request"),
+        ("leaves-do-not-match-header", "bad-proposal"),
+        ("wrong-version-table", "bad-versions"),
+    ],
+)
+def test_proposal_that_does_not_check_out(case: str, kind: str) -> None:
+    cluster = Cluster()
+    config = cluster.config
+    pp = _staged(cluster)
+    forged: PrePrepare
+    if case == "decision-does-not-recompute":
+        forged = resigned(config, pp, _with_entry(pp, _other_decision))
+    elif case == "other-policy":
+        forged = resigned(config, pp, _with_entry(pp, _with_leaf(policy="trimmed_mean(trim=1)")))
+    elif case == "too-few-votes":
+        forged = resigned(config, pp, _with_entry(pp, _too_few))
+    elif case == "vote-with-wrong-model-version":
+        forged = resigned(config, pp, _with_entry(pp, _wrong_version))
+    elif case == "request-twice":
+        forged = resigned(config, pp, Proposal(pp.proposal.entries * 2, ()))
+    elif case == "leaves-do-not-match-header":
+        # the primary's genuine signature over the header, with other leaves
+        forged = PrePrepare(0, pp.epoch, pp.header, _with_entry(pp, _other_decision), pp.signature)
+    else:
+        header = replace(pp.header, model_versions_digest=bytes(32))
+        forged = pre_prepare(config, 0, header, pp.proposal)
+    _rejects(cluster, forged, 0, kind)
+    _carries_on(cluster)
+
+
+def test_proposal_replaying_an_executed_request() -> None:
+    cluster = Cluster()
+    cluster.serve_one()
+    first = cluster.committed[0][0]
+    pp = _staged(cluster)
+    assert pp.seq == 2
+    replay = resigned(cluster.config, pp, first.proposal)
+    _rejects(cluster, replay, 0, "replayed-request")
+    _carries_on(cluster)
+
+
+def test_proposal_referencing_vote_batches_the_replica_lacks_is_fetched_then_accepted() -> None:
+    """No error: the replica asks the primary for the missing vote batches, waits without
+    preparing, and accepts the proposal once they arrive."""
+    cluster = Cluster()
+    cluster.hold(_of(VoteBatch, via=2))  # replica 2's own broadcast of its votes
+    late = cluster.hold(_of(PrePrepare))
+    cluster.submit(cluster.new_request())
+    cluster.settle()
+    cluster.release(late)
+    (envelope,) = [e for e in cluster.queue]
+    pp = envelope.message
+    assert isinstance(pp, PrePrepare)
+    cluster.deliver_next()  # the pre-prepare reaches the replica under test
+    node = cluster.nodes[TARGET]
+    assert cluster.rejections == []
+    assert node.log.get(1) is None or node.log[1].pre_prepare is None
+    assert cluster.sent_of(TARGET, Prepare) == []
+    (fetch,) = cluster.sent_of(TARGET, FetchVotes)
+    assert [(ref.voter, ref.batch_no) for ref in fetch.refs] == [(2, 1)]
+    assert cluster.queue[-1].to == 0, "asked the primary, which built its proposal on them"
+    cluster.settle()  # the primary answers with replica 2's signed batch
+    assert cluster.rejections == []
+    assert node.log[1].pre_prepare == pp
+    assert [p.batch_digest for p in cluster.sent_of(TARGET, Prepare)] == [pp.header.batch_digest]
+    assert node.executed_seq == 1
+    _carries_on(cluster)
+
+
+@pytest.mark.xfail(strict=True, reason="a proposal with a vote the voter never signed is left waiting forever, never rejected naming the primary")
+def test_proposal_with_a_vote_its_voter_never_signed_is_rejected() -> None:
+    """The leaf says replica 2 voted otherwise than it signed (the decision recomputed to
+    match): once the primary's copies of the vote batches are fetched, the proposal is refused
+    naming the primary."""
+    cluster = Cluster()
+    pp = _staged(cluster)
+
+    def change_vote(entry: ProposalEntry) -> ProposalEntry:
+        leaf = entry.leaf
+        label = (leaf.votes[2].output.label + 1) % 10
+        votes = leaf.votes[:2] + (Vote(2, leaf.votes[2].model_version, ModelOutput(((label, 10_000),))),) + leaf.votes[3:]
+        from certs.policy import decide
+
+        decision = decide(cluster.config.policy, cluster.config.f, cluster.config.quorum_size, votes, 10)
+        return ProposalEntry(replace(leaf, votes=votes, decision=decision), entry.refs)
+
+    forged = resigned(cluster.config, pp, _with_entry(pp, change_vote))
+    errors: list[ByzantineMessageError] = []
+    try:
+        cluster.step(TARGET, forged, via=0)
+    except ByzantineMessageError as exc:
+        errors.append(exc)
+    cluster.settle()  # FetchVotes to the primary and its answer
+    cluster.tick(2 * cluster.params.relay_timeout_ticks)
+    assert cluster.sent_of(TARGET, Prepare) == [] or all(
+        p.batch_digest != forged.header.batch_digest for p in cluster.sent_of(TARGET, Prepare)
+    )
+    rejected = [(e.sender, e.kind) for e in errors] + [
+        (0, event.kind) for event in cluster.events[TARGET] if event.kind == "rejected" and "replica 0" in event.detail
+    ]
+    assert rejected, "the forged proposal was never rejected"
+
+
+# =====================================================================================
+# replays
+# =====================================================================================
+
+
+@pytest.mark.parametrize("kind", ["pre-prepare", "prepare", "commit", "checkpoint"])
+def test_replay_below_the_low_watermark_is_stale_or_ignored(kind: str) -> None:
+    """Old messages replayed after a stable checkpoint: protocol messages for a discarded slot
+    are rejected as stale, an old checkpoint is ignored; nothing changes."""
+    cluster = Cluster()
+    k = cluster.params.checkpoint_interval_batches
+    for _ in range(k + 1):
+        cluster.serve_one()
+    assert cluster.nodes[TARGET].low == k
+    old_pp = next(pp for pp in cluster.sent_of(0, PrePrepare) if pp.seq == 2)
+    old: PeerMessage = {
+        "pre-prepare": old_pp,
+        "prepare": next(p for p in cluster.sent_of(2, Prepare) if p.seq == 2),
+        "commit": next(c for c in cluster.sent_of(2, Commit) if c.seq == 2),
+        "checkpoint": next(c for c in cluster.sent_of(2, Checkpoint) if c.seq == k),
+    }[kind]
+    if kind == "checkpoint":
+        node = cluster.nodes[TARGET]
+        before = fingerprint(node)
+        cluster.step(TARGET, old, via=2)
+        assert fingerprint(node) == before
+    else:
+        _rejects(cluster, old, old.sender, "stale")
+    _carries_on(cluster)
+
+
+@pytest.mark.parametrize("kind", ["pre-prepare", "prepare", "commit", "vote-batch", "request", "own-message"])
+def test_replay_of_a_recent_message_changes_nothing(kind: str) -> None:
+    """Retransmissions and replays inside the window are accepted silently and change nothing:
+    no second prepare, no second inference, no second execution."""
+    cluster = Cluster()
+    served = cluster.serve_one()
+    pp = cluster.sent_of(0, PrePrepare)[0]
+    message: PeerMessage = {
+        "pre-prepare": pp,
+        "prepare": cluster.sent_of(2, Prepare)[0],
+        "commit": cluster.sent_of(2, Commit)[0],
+        "vote-batch": cluster.sent_of(2, VoteBatch)[0],
+        "request": RequestMessage(2, served),
+        "own-message": cluster.sent_of(TARGET, Prepare)[0],
+    }[kind]
+    node = cluster.nodes[TARGET]
+    before = fingerprint(node)
+    sent_before = len(cluster.sent[TARGET])
+    cluster.step(TARGET, message, via=2)
+    assert fingerprint(node) == before
+    assert cluster.inference[TARGET] == []
+    assert not any(isinstance(m, (Prepare, Commit, VoteBatch)) for m in cluster.sent[TARGET][sent_before:])
+    assert len(cluster.committed[TARGET]) == 1
+    _carries_on(cluster)
+
+
+@pytest.mark.xfail(strict=True, reason="a conflicting pre-prepare for an executed slot is ignored silently: no error, no evidence")
+def test_conflicting_pre_prepare_for_an_executed_slot_is_refused_as_equivocation() -> None:
+    """A primary's second, different pre-prepare for a slot this replica already executed is
+    still two signed contents for one slot: proof of equivocation."""
+    cluster = Cluster()
+    cluster.serve_one()
+    pp = cluster.sent_of(0, PrePrepare)[0]
+    node = cluster.nodes[TARGET]
+    assert node.log[1].executed
+    other = null_pre_prepare(cluster.config, 0, 0, 1)
+    assert other.header.batch_digest != pp.header.batch_digest
+    _rejects(cluster, other, 0, "equivocation")
+    assert cluster.evidence[TARGET], "no evidence of the equivocation"
+    _carries_on(cluster)
+
+
+# =====================================================================================
+# sizes and malformed outputs
+# =====================================================================================
+
+
+def test_oversized_proposal() -> None:
+    cluster = Cluster()
+    pp = _staged(cluster)
+    size_max = cluster.params.proposal_size_max
+    entry = pp.proposal.entries[0]
+    _rejects(cluster, resigned(cluster.config, pp, Proposal((entry,) * (size_max + 1), ())), 0, "oversized")
+    _carries_on(cluster)
+
+
+def test_oversized_vote_batch() -> None:
+    cluster = Cluster()
+    _staged(cluster)
+    original = cluster.sent_of(2, VoteBatch)[0]
+    entry = original.entries[0]
+    size_max = cluster.params.inference_batch_max
+    entries = [replace(entry, request_digest=bytes([i]) * 32, request_id=f"x-{i}") for i in range(size_max + 1)]
+    _rejects(cluster, vote_batch(cluster.config, 2, original.batch_no + 1, 1, entries), 2, "oversized")
+    _carries_on(cluster)
+
+
+def test_empty_vote_batch() -> None:
+    cluster = Cluster()
+    _staged(cluster)
+    _rejects(cluster, vote_batch(cluster.config, 2, 5, 1, ()), 2, "empty")
+    _carries_on(cluster)
+
+
+@pytest.mark.parametrize(
+    "top",
+    [
+        pytest.param(((10, 9000),), id="class-outside-label-space"),
+        pytest.param(((-1, 9000),), id="negative-class"),
+        pytest.param(((3, 0),), id="zero-probability"),
+        pytest.param(((3, 10_001),), id="probability-above-one"),
+        pytest.param(((3, 2000), (4, 7000)), id="not-in-canonical-order"),
+        pytest.param(((3, 5000), (3, 4000)), id="class-twice"),
+        pytest.param(((3, 6000), (4, 6000)), id="sums-above-one"),
+        pytest.param((), id="no-classes"),
+    ],
+)
+def test_vote_batch_with_malformed_output(top: tuple[tuple[int, int], ...]) -> None:
+    cluster = Cluster()
+    _staged(cluster)
+    original = cluster.sent_of(2, VoteBatch)[0]
+    entry = replace(original.entries[0], output=ModelOutput(top))
+    _rejects(cluster, vote_batch(cluster.config, 2, original.batch_no + 1, 1, [entry]), 2, "bad-vote")
+    _carries_on(cluster)
+
+
+# =====================================================================================
+# model updates
+# =====================================================================================
+
+
+@pytest.mark.parametrize("case", ["signed-by-replica-key", "signed-by-another-owner", "other-group", "not-a-member"])
+def test_model_update_not_signed_by_the_replicas_owner(case: str) -> None:
+    cluster = Cluster()
+    config = cluster.config
+    op: ModelUpdate
+    if case == "signed-by-replica-key":
+        op = model_update(config, 2, 2, replica_key=True)
+    elif case == "signed-by-another-owner":
+        op = model_update(config, 2, 2, signed_by=1)
+    elif case == "other-group":
+        op = replace(model_update(config, 2, 2), group_id="other")
+    else:
+        op = model_update(config, 1, 2)
+        op = replace(op, replica_id=9)
+    node = cluster.nodes[TARGET]
+    with pytest.raises(RequestRejectedError):
+        node.submit_control(op)
+    assert not node.has_ready() and node.pending_ops == {}
+    _rejects(cluster, ControlMessage(1, op), 1, "bad-control")
+    # nor may a primary order it
+    pp = _staged(cluster)
+    carrying = resigned(config, pp, Proposal(pp.proposal.entries, (op,)))
+    _rejects(cluster, carrying, 0, "bad-control")
+    _carries_on(cluster)
+    assert all(cluster.nodes[r].state.latest_version(2) == 1 for r in range(cluster.n))
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_replayed_or_older_model_update(version: int) -> None:
+    cluster = Cluster()
+    cluster.submit_update(2, 2)
+    cluster.settle()
+    assert all(cluster.nodes[r].state.latest_version(2) == 2 for r in range(cluster.n))
+    op = model_update(cluster.config, 2, version)
+    node = cluster.nodes[TARGET]
+    with pytest.raises(RequestRejectedError, match="already ordered"):
+        node.submit_control(op)
+    _rejects(cluster, ControlMessage(2, op), 2, "bad-control")
+    _carries_on(cluster)
+
