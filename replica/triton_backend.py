@@ -17,8 +17,9 @@ per inference batch. Choices, and why:
   access token by default; the backend keeps the token and sends it in the gRPC header. Triton
   listens on 127.0.0.1 only: the model never leaves the owner's replica.
 - The model runs in this process: pytriton proxies each request from Triton's Python backend to
-  a handler thread here, which runs TorchScript under `torch.inference_mode` with a bounded
-  number of torch threads (several replicas share a few cores). No dynamic batcher: the replica
+  a handler thread here, which runs TorchScript under `torch.inference_mode`, without the
+  optimising executor (it stalls on every new batch shape), with a bounded number of torch
+  threads (several replicas share a few cores). No dynamic batcher: the replica
   batches requests itself, so one `infer()` is one Triton request and one model execution.
 - Triton's own output goes to `<workspace>/tritonserver.log`, not the console. The Python-backend
   stub must load this interpreter's libpython, so its LIBDIR leads LD_LIBRARY_PATH for Triton.
@@ -368,9 +369,14 @@ class TritonBackend:
             try:
                 if triton is not None:
                     pid = triton.server_pid()
+                    # pytriton would stop each model's proxy after the server, one after another,
+                    # about a second each; the backend stops them side by side, while the server stops
+                    cleaners = _start_cleaning(triton.detach_models())
                     try:
                         triton.stop()
                     finally:
+                        for cleaner in cleaners:
+                            cleaner.join()
                         # pytriton waits 30 s and then kills; make sure nothing is left either way
                         if pid is not None and _process_exists(pid):
                             LOGGER.warning("tritonserver pid %d outlived stop(); killing it", pid)
@@ -590,7 +596,9 @@ class _TorchCallable:
     def run(self, batch: np.ndarray) -> np.ndarray:
         # Triton may hand over read-only shared memory; torch wants a writable array
         array = batch if batch.flags.writeable else np.array(batch)
-        with torch.inference_mode():
+        # TorchScript's optimising executor re-profiles on new batch shapes (100+ ms stalls);
+        # a replica votes on a deadline, so steady latency is worth more than fused kernels
+        with torch.jit.optimized_execution(False), torch.inference_mode():
             out = self._module(torch.from_numpy(array).to(self._device))
             if not isinstance(out, torch.Tensor):
                 raise ValueError(f"model returned {type(out).__name__}, expected one tensor")
@@ -697,6 +705,12 @@ class _QuorumTriton(Triton):
         running = None if server is None else server._tritonserver_running_cmd
         return None if running is None or not server.is_alive() else int(running.pid)
 
+    def detach_models(self) -> list[Any]:
+        """Take every bound model out of pytriton, uncleaned, so that stop() leaves them alone."""
+        models = list(self._model_manager._models.values())
+        self._model_manager._models.clear()
+        return models
+
     def forget(self, model_name: str, version: int) -> None:
         """Drop one bound model from pytriton and stop its proxy (pytriton has no public call)."""
         model = self._model_manager._models.pop((model_name.lower(), version), None)
@@ -755,6 +769,13 @@ def _short_message(exc: BaseException) -> str:
     line = lines[-1] if lines else type(exc).__name__
     status = exc.status() if isinstance(exc, InferenceServerException) else None
     return f"[{status}] {line}" if status else line
+
+
+def _start_cleaning(models: Sequence[Any]) -> list[threading.Thread]:
+    threads = [threading.Thread(target=model.clean, name=f"clean-{model.model_name}") for model in models]
+    for thread in threads:
+        thread.start()
+    return threads
 
 
 def _process_exists(pid: int) -> bool:
