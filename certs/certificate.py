@@ -379,13 +379,15 @@ def certificate_to_json(cert: Certificate, config: GroupConfig | None = None) ->
     by_label = _by_label(names, decision.probabilities) if named else None
     if by_label is not None:
         summary["probabilities_by_label"] = by_label
-    quorum = [{"replica_id": q.replica_id, "signature": q.signature.hex()} for q in cert.quorum]
+    quorum: list[dict[str, Any]] = []
+    keys: dict[str, str] = {}
+    for q in cert.quorum:
+        entry: dict[str, Any] = {"replica_id": q.replica_id, "signature": q.signature.hex()}
+        public_key = None if config is None else config.public_key(q.replica_id)
+        if public_key is not None:
+            entry["key_id"] = keys[str(q.replica_id)] = key_id(public_key)
+        quorum.append(entry)
     if config is not None:
-        keys: dict[str, str] = {}
-        for item_q in quorum:
-            public_key = config.public_key(item_q["replica_id"])
-            if public_key is not None:
-                item_q["key_id"] = keys[str(item_q["replica_id"])] = key_id(public_key)
         summary["signer_key_ids"] = keys
 
     return {

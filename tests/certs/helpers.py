@@ -147,7 +147,8 @@ def make_batch(
         for voter in voter_ids:
             favourite = truth if rng.random() < agreement else rng.randrange(num_classes)
             output = quantise(model_probabilities(rng, num_classes, favourite, rng.uniform(0.5, 0.99)), top_k)
-            votes.append(Vote(voter, config.member(voter).model_version if config.is_member(voter) else 1, output))
+            member = config.member(voter)
+            votes.append(Vote(voter, 1 if member is None else member.model_version, output))
             entries[voter].append(
                 VoteEntry(request.client_id, request.request_id, request.digest, space, output)
             )
