@@ -11,9 +11,11 @@ Certificates travel as protobuf (protos/certificate.proto) and are shown to peop
 Both decoders are strict: they either return a Certificate or raise `DecodeError`. Decoding
 checks structure only; `certs.verify.verify` decides whether a certificate is valid.
 
-The header does not sign the number of leaves, so `tree_size` is vouched for only by the audit
-path: any size with the same path shape verifies too. The leaf and everything it says are fully
-bound; see `tree_size_ambiguity` in the tests and the note in certs/verify.py.
+The header signs the decisions root but not the number of leaves, so `tree_size` is vouched for
+only by the shape of the audit path: another size with the same shape (leaf 0 of 3 or of 4)
+verifies too. What the certificate proves (this leaf, at this index, under this signed root) is
+fully bound; signing the leaf count in the header, as RFC 6962 tree heads do, would bind the
+size as well.
 """
 
 from __future__ import annotations

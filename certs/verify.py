@@ -253,6 +253,8 @@ def verify(
     """Check a certificate against a pinned config (and the client's request, if given)."""
     if not isinstance(certificate, Certificate):
         raise CertificateError(f"expected a Certificate, got {type(certificate).__name__}")
+    if request is not None and not isinstance(request, InferenceRequest):
+        raise CertificateError(f"expected an InferenceRequest, got {type(request).__name__}")
     try:
         return _verify(certificate, config, request, verifier or _DEFAULT_VERIFIER)
     except CertificateError:

@@ -304,7 +304,7 @@ def test_random_json_raises_only_decode_error(value: Any) -> None:
         pass
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_random_values_in_valid_json_raise_only_decode_error(data: st.DataObject) -> None:
     document = json_round_trip(certificate_to_json(cached_batch(1, 5).accountable[2]))

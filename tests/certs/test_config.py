@@ -84,7 +84,7 @@ def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return found
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.data())
 def test_random_values_anywhere_in_a_config_raise_only_config_errors(data: st.DataObject) -> None:
     document = make_group(1).config.to_json()

@@ -31,13 +31,13 @@ def normalise(value: Any) -> Any:
     return (type(value).__name__, value)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(values, values)
 def test_encoding_is_injective(a: Any, b: Any) -> None:
     assert (encode(Domain.LEAF, a) == encode(Domain.LEAF, b)) == (normalise(a) == normalise(b))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(values, max_size=4), st.lists(values, max_size=4))
 def test_field_sequences_are_prefix_free(a: list[Any], b: list[Any]) -> None:
     # encode(d, x, y) never equals encode(d, x') for a different split of the same bytes

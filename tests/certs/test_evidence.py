@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from typing import Any
 
@@ -217,6 +218,7 @@ def test_conflicting_commits_across_views_are_reported_as_a_safety_violation() -
 # -- encodings -------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1)
 def _examples() -> list[Equivocation | ConflictingCertificates]:
     group = make_group(1)
     a = make_batch(group, 3)

@@ -71,7 +71,7 @@ outputs = st.lists(st.integers(0, 4), min_size=1, max_size=5, unique=True).flatm
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(f=st.integers(1, 3), data=st.data())
 def test_trimmed_mean_stays_within_the_honest_range_whatever_f_votes_say(f: int, data: st.DataObject) -> None:
     n = 3 * f + 1

@@ -64,7 +64,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(json_values)
 def test_random_json_raises_only_decode_error(value: Any) -> None:
     try:
@@ -73,7 +73,7 @@ def test_random_json_raises_only_decode_error(value: Any) -> None:
         pass
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(key=st.sampled_from(["group_id", "client_id", "request_id", "inputs", "label_mapping"]), value=json_values)
 def test_random_field_values_raise_only_decode_error(key: str, value: Any) -> None:
     data = request_to_json(make_request("digits", 1))
