@@ -8,10 +8,20 @@ import stat
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from certs.certificate import certificate_to_json, encode_certificate
+from certs.certificate import certificate_from_json, certificate_to_json, decode_certificate, encode_certificate
+from certs.cli import InputError, decode_document
 from certs.config import save_group_config
-from certs.evidence import ConflictingCertificates, Equivocation, encode_evidence, evidence_to_json
+from certs.evidence import (
+    ConflictingCertificates,
+    Equivocation,
+    decode_evidence,
+    encode_evidence,
+    evidence_from_json,
+    evidence_to_json,
+)
 from certs.keys import load_private_key
 from certs.request import request_to_json
 from certs.statements import StatementKind
@@ -174,3 +184,19 @@ def test_evidence_that_proves_nothing_exits_1(
 def test_unreadable_evidence_exits_2(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["verify-evidence", str(files["garbage"]), "--config", str(files["group"])]) == 2
     assert "evidence is not readable" in capsys.readouterr().err
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=300) | st.text(max_size=200).map(str.encode))
+def test_any_file_content_is_either_read_or_reported_unreadable(data: bytes) -> None:
+    for from_binary, from_json in ((decode_certificate, certificate_from_json), (decode_evidence, evidence_from_json)):
+        try:
+            decode_document(data, "input", from_binary, from_json)
+        except InputError:
+            pass
+
+
+@pytest.mark.parametrize("junk", [b"{", b"{}", b"{" * 50_000, b"AAAA", b"\n\n", b""])
+def test_near_misses_are_reported_unreadable(junk: bytes) -> None:
+    with pytest.raises(InputError):
+        decode_document(junk, "certificate", decode_certificate, certificate_from_json)
