@@ -30,8 +30,9 @@ What is kept
 - certificates by (client_id, request_id), with the batch seq and the request digest.
 - activations: (replica_id, version, weights_digest, from_seq) of model versions.
 
-`prune_below(seq)` drops signed messages and prepared proofs at or below a stable checkpoint;
-committed batches, certificates and the executed table stay.
+`prune_below(seq)` drops signed messages and prepared proofs at or below a stable checkpoint
+(but the replica's own checkpoint message at that seq); committed batches, certificates and the
+executed table stay.
 """
 
 from __future__ import annotations
@@ -127,8 +128,13 @@ CREATE TABLE IF NOT EXISTS activations (
 );
 """
 
-# signed messages whose slot names a sequence number: pruned with the log below a checkpoint
-_SEQ_KINDS = ("pre-prepare", "prepare", "commit", "checkpoint")
+# Signed messages whose slot names a sequence number go with the log at or below a stable
+# checkpoint; the replica's own CHECKPOINT at the stable seq itself stays (the core restores it,
+# and it is part of what the replica can show for that checkpoint).
+_LOG_KINDS = ("pre-prepare", "prepare", "commit")
+_SIGNED_BELOW_WHERE = "(kind IN (?, ?, ?) AND seq <= ?) OR (kind = 'checkpoint' AND seq < ?)"
+_SIGNED_ABOVE = f"SELECT record FROM signed WHERE NOT ({_SIGNED_BELOW_WHERE})"
+_SIGNED_BELOW = f"DELETE FROM signed WHERE {_SIGNED_BELOW_WHERE}"
 _VIEW_KINDS = ("view-change", "new-view")
 
 
@@ -177,7 +183,10 @@ class ReplicaStore:
         self.path = Path(path)
         self._lock = threading.Lock()
         # isolation_level=None: transactions are ours (BEGIN IMMEDIATE ... COMMIT), never implicit
-        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        try:
+            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: cannot open: {exc}") from exc
         try:
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
@@ -185,6 +194,9 @@ class ReplicaStore:
             self._db.execute("PRAGMA synchronous=FULL")
             with self._transaction():
                 self._create_schema()
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise StorageError(f"{self.path}: {exc}") from exc
         except BaseException:
             self._db.close()
             raise
@@ -216,14 +228,19 @@ class ReplicaStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One all-or-nothing transaction; SQLite's own errors (disk full, I/O) become StorageError."""
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
         try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
 
     # -- persist ----------------------------------------------------------------------------
 
@@ -362,16 +379,13 @@ class ReplicaStore:
                 records.append(CommittedRecord(self._decode_batch(bytes(data))))
             for (data,) in db.execute("SELECT record FROM prepared WHERE seq > ? ORDER BY seq", (stable_seq,)):
                 records.append(self._decode(bytes(data), PreparedRecord, "prepared proof"))
-            placeholders = ",".join("?" * len(_SEQ_KINDS))
-            for (data,) in db.execute(
-                f"SELECT record FROM signed WHERE NOT (kind IN ({placeholders}) AND seq <= ?) ORDER BY rowid",
-                (*_SEQ_KINDS, stable_seq),
-            ):
+            for (data,) in db.execute(_SIGNED_ABOVE + " ORDER BY rowid", (*_LOG_KINDS, stable_seq, stable_seq)):
                 records.append(self._decode(bytes(data), SignedRecord, "signed message"))
             return records
 
     def prune_below(self, seq: int) -> None:
-        """Drop signed messages and prepared proofs at or below stable checkpoint `seq`.
+        """Drop signed messages and prepared proofs at or below stable checkpoint `seq` (but the
+        replica's own checkpoint message at `seq`).
 
         Vote batches and view-change messages are about no sequence number: a vote batch goes
         once a full checkpoint interval has passed since it was signed (its requests are ordered
@@ -385,8 +399,7 @@ class ReplicaStore:
                 stable = 0 if row is None else int(row[0])
                 raise StorageError(f"cannot prune below {seq}: the stable checkpoint is {stable}")
             prior_stable_seq = min(int(row[1]), seq)
-            placeholders = ",".join("?" * len(_SEQ_KINDS))
-            db.execute(f"DELETE FROM signed WHERE kind IN ({placeholders}) AND seq <= ?", (*_SEQ_KINDS, seq))
+            db.execute(_SIGNED_BELOW, (*_LOG_KINDS, seq, seq))
             db.execute(
                 "DELETE FROM signed WHERE kind = 'vote-batch' AND seq <= ? AND rowid != "
                 "(SELECT rowid FROM signed WHERE kind = 'vote-batch' ORDER BY epoch DESC, slot_a DESC LIMIT 1)",

@@ -201,6 +201,7 @@ def test_prune_drops_the_log_below_a_checkpoint_and_keeps_what_audits_need(store
                 SignedRecord(prepare(seq)),
                 PreparedRecord(pre_prepare(seq), ()),
                 CommittedRecord(committed(seq)),
+                SignedRecord(Checkpoint(1, 0, seq, d(60 + seq), SIG)),
             ]
         )
         store.put_certificates(seq, [certificate(f"r{seq}")])
@@ -219,6 +220,8 @@ def test_prune_drops_the_log_below_a_checkpoint_and_keeps_what_audits_need(store
         ("PrePrepare", 3),
         ("Prepare", 3),
         ("Prepare", 4),
+        ("Checkpoint", 2),  # its own checkpoint message at the stable seq stays
+        ("Checkpoint", 3),
     }
     # the highest vote batch number survives, so a restarted replica never reuses it
     assert max(m.batch_no for m in signed if isinstance(m, VoteBatch)) == 3
@@ -335,3 +338,11 @@ def test_kill_9_while_writing_keeps_every_completed_persist_whole(tmp_path: Path
     # every persist that returned is there; the one cut short is there whole or not at all
     assert batches == votes == prepares == commits
     assert batches in (set(range(1, reported + 1)), set(range(1, reported + 2)))
+
+
+def test_a_store_that_cannot_be_opened_raises_storage_error(tmp_path: Path) -> None:
+    (tmp_path / "not-a-db").write_bytes(b"this is not an SQLite database file, not at all" * 10)
+    with pytest.raises(StorageError):
+        ReplicaStore(tmp_path / "not-a-db")
+    with pytest.raises(StorageError):
+        ReplicaStore(tmp_path / "missing-dir" / "replica.db")
