@@ -203,6 +203,17 @@ def test_failed_inference_is_tried_again() -> None:
         cluster.nodes[1].executed(batch.batch_id, [])
 
 
+def test_executed_with_the_wrong_number_of_outputs_is_local_misuse() -> None:
+    cluster = Cluster(auto_inference=False)
+    cluster.submit(cluster.new_request(), to=[1])
+    (batch,) = cluster.inference[1]
+    with pytest.raises(LocalProtocolError, match="outputs"):
+        cluster.nodes[1].executed(batch.batch_id, [])
+    with pytest.raises(LocalProtocolError, match="unknown"):
+        cluster.nodes[1].executed(batch.batch_id + 100, [])
+    assert cluster.sent_of(1, VoteBatch) == []
+
+
 def test_primary_waits_up_to_the_vote_timeout_for_all_votes_then_proposes_with_a_quorum() -> None:
     cluster = Cluster()
     timeout = cluster.params.vote_timeout_ticks
@@ -226,6 +237,23 @@ def test_primary_proposes_at_once_when_every_vote_is_in() -> None:
     (pp,) = cluster.sent_of(0, PrePrepare)
     assert [v.replica_id for v in pp.proposal.entries[0].leaf.votes] == [0, 1, 2, 3]
     assert all(cluster.committed_requests(r) == [request.key] for r in range(4))
+
+
+def test_a_request_without_a_quorum_of_votes_is_relayed_not_blamed_on_the_primary() -> None:
+    """A request only some replicas received cannot be proposed (no 2f+1 votes): that is no
+    reason to replace the primary. The replicas that have it relay it, and it commits."""
+    cluster = Cluster()
+    relays = cluster.drop(lambda e: isinstance(e.message, RequestMessage))
+    request = cluster.new_request()
+    cluster.submit(request, to=[1, 2])
+    cluster.settle()
+    cluster.tick(3 * cluster.params.view_change_timeout_ticks)
+    assert all(cluster.nodes[r].view == 0 for r in range(4))
+    assert not any(e.kind == "view-change" for r in range(4) for e in cluster.events[r])
+    assert cluster.sent_of(1, RequestMessage), "the replica relays a request that lacks votes"
+    cluster.drop_rules.remove(relays)
+    cluster.tick_until(lambda: all(request.key in cluster.nodes[r].state.executed for r in range(4)), 100)
+    assert all(cluster.nodes[r].view == 0 for r in range(4))
 
 
 # =====================================================================================
