@@ -37,6 +37,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -78,6 +79,7 @@ _SOCKET_PATH_MAX = 107
 _SOCKET_SUFFIX = "_0_0-server.sock"
 _GRPC_TOKEN_HEADER = "triton-grpc-protocol-triton-access-token"
 _LOG_TAIL_CHARS = 2000
+_RAISED_LINE = re.compile(r"^[\w.]*(?:Error|Exception): \S")
 
 
 class BackendError(RuntimeError):
@@ -234,24 +236,24 @@ class TritonBackend:
             for port in (self._grpc_port, self._http_port, self._metrics_port):
                 _check_port_free(self._host, port)
             torch.set_num_threads(self._torch_threads)
-            triton_dir = self._triton_workspace()
-            self._log_sink = _LogSink(self.log_path)
-            self._log_sink.write(f"==== quorumserve backend starting tritonserver (pid {os.getpid()}) ====\n")
-            config = TritonConfig(
-                grpc_address=self._host,
-                grpc_port=self._grpc_port,
-                http_address=self._host,
-                http_port=self._http_port,
-                metrics_address=self._host,
-                metrics_port=self._metrics_port,
-                allow_gpu_metrics=torch.cuda.is_available(),
-                log_verbose=0,
-            )
-            self._triton = _QuorumTriton(config=config, workspace=triton_dir, log_sink=self._log_sink)
-            # pytriton registers its own atexit stop; ours also removes the short directory
+            # pytriton registers its own atexit stop; ours also kills a stuck server and tidies up
             atexit.register(self.stop)
             started = time.monotonic()
             try:
+                triton_dir = self._triton_workspace()
+                self._log_sink = _LogSink(self.log_path)
+                self._log_sink.write(f"==== quorumserve backend starting tritonserver (pid {os.getpid()}) ====\n")
+                config = TritonConfig(
+                    grpc_address=self._host,
+                    grpc_port=self._grpc_port,
+                    http_address=self._host,
+                    http_port=self._http_port,
+                    metrics_address=self._host,
+                    metrics_port=self._metrics_port,
+                    allow_gpu_metrics=torch.cuda.is_available(),
+                    log_verbose=0,
+                )
+                self._triton = _QuorumTriton(config=config, workspace=triton_dir, log_sink=self._log_sink)
                 self._triton.start_and_wait(self._startup_timeout_s)
             except BaseException as exc:
                 tail = self._log_tail()
@@ -381,6 +383,7 @@ class TritonBackend:
                         if pid is not None and _process_exists(pid):
                             LOGGER.warning("tritonserver pid %d outlived stop(); killing it", pid)
                             _kill_and_reap(pid)
+                        triton.release_launcher()
             finally:
                 if self._sync_client is not None:
                     self._sync_client.close()
@@ -665,6 +668,8 @@ class _QuorumTriton(Triton):
 
     def __init__(self, *, config: TritonConfig, workspace: Path, log_sink: _LogSink) -> None:
         self._log_sink = log_sink
+        self._release = threading.Event()
+        self._launcher: threading.Thread | None = None
         super().__init__(config=config, workspace=workspace)
         self.workspace_path = workspace
 
@@ -677,7 +682,28 @@ class _QuorumTriton(Triton):
 
     def start_and_wait(self, timeout_s: float) -> None:
         """Run tritonserver and wait for it, failing fast if the process dies during start-up."""
-        self._run_server()
+        launched = threading.Event()
+        failures: list[BaseException] = []
+
+        def launch_and_stay() -> None:
+            try:
+                self._run_server()
+            except BaseException as exc:  # handed to the calling thread below
+                failures.append(exc)
+                return
+            finally:
+                launched.set()
+            # pytriton asks the kernel to signal tritonserver when the *thread* that launched it
+            # exits (PR_SET_PDEATHSIG), so this thread lives exactly as long as the server. It
+            # has no event loop, which the `sh` library would otherwise tie the process to.
+            self._release.wait()
+
+        # daemon: interpreter exit runs atexit (which stops the server) before daemon threads end
+        self._launcher = threading.Thread(target=launch_and_stay, name="tritonserver-launcher", daemon=True)
+        self._launcher.start()
+        launched.wait()
+        if failures:
+            raise BackendStartError(f"tritonserver did not launch: {failures[0]}") from failures[0]
         deadline = time.monotonic() + timeout_s
         client = grpcclient.InferenceServerClient(self._grpc_url())
         try:
@@ -695,6 +721,13 @@ class _QuorumTriton(Triton):
         finally:
             client.close()
         self.connect()
+
+    def release_launcher(self) -> None:
+        """Let the launching thread end, once the server has exited."""
+        self._release.set()
+        if self._launcher is not None and self._launcher is not threading.current_thread():
+            self._launcher.join()
+        self._launcher = None
 
     def server_alive(self) -> bool:
         server = self._triton_server
@@ -766,7 +799,9 @@ def _short_message(exc: BaseException) -> str:
     """The useful line of an error: Triton relays a model's whole Python traceback."""
     text = exc.message() if isinstance(exc, InferenceServerException) else str(exc)
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    line = lines[-1] if lines else type(exc).__name__
+    # a relayed traceback: its last "SomeError: message" line says what the model raised
+    raised = [line for line in lines if _RAISED_LINE.match(line) and not line.endswith("(most recent call last):")]
+    line = raised[-1] if raised else lines[0] if lines else type(exc).__name__
     status = exc.status() if isinstance(exc, InferenceServerException) else None
     return f"[{status}] {line}" if status else line
 

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import socket
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -237,6 +238,40 @@ async def test_packages_that_cannot_serve_the_task_are_refused(
     assert triton_backend.loaded_versions() == (serving_version,)
 
 
+class _FailsAlone(torch.nn.Module):
+    """Answers batches of two or more, fails on a lone request, as Triton's warm-up sends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 1:
+            raise RuntimeError("this model cannot answer a lone request")
+        return self.linear(x)
+
+
+@pytest.mark.processes
+async def test_model_failing_in_triton_is_rolled_back_and_its_version_can_load_later(
+    triton_backend: TritonBackend, serving_version: int, lying_package: ModelPackage,
+    tmp_path: Path, fresh_version: Callable[[], int],
+) -> None:
+    failing = save_model_package(tmp_path / "fails-alone", _FailsAlone(), _spec(name="fails-alone"))
+    version = fresh_version()
+    loaded_before = triton_backend.loaded_versions()
+    with pytest.raises(ModelLoadError, match="cannot answer a lone request"):
+        await triton_backend.load_async(version, failing.directory)
+    assert triton_backend.loaded_versions() == loaded_before
+    features, _ = held_out_digits(0)
+    assert (await triton_backend.infer(serving_version, features[:2])).shape == (2, 10)
+    # nothing of the failed load lingers: the same version number loads a good package
+    await triton_backend.load_async(version, lying_package.directory)
+    try:
+        assert (await triton_backend.infer(version, features[:1])).argmax(axis=1).tolist() == [3]
+    finally:
+        await triton_backend.unload_async(version)
+
+
 @pytest.mark.processes
 async def test_bad_calls_fail_with_clear_errors(triton_backend: TritonBackend, serving_version: int) -> None:
     features, _ = held_out_digits(0)
@@ -265,7 +300,10 @@ async def test_stop_leaves_no_tritonserver_process(
 ) -> None:
     grpc_port, http_port, metrics_port = port_allocator(3)
     backend = TritonBackend(tmp_path / "ws", grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
-    backend.start()
+    # started from a worker thread that ends right after: the server must outlive that thread
+    launcher = ThreadPoolExecutor(max_workers=1)
+    launcher.submit(backend.start).result()
+    launcher.shutdown(wait=True)
     try:
         await backend.load_async(1, lying_package.directory)
         triton_dir = backend.triton_dir
