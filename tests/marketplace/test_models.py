@@ -48,9 +48,11 @@ def test_models_are_heterogeneous(trained: list[TrainedModel]) -> None:
     assert kinds == {"logits", "probabilities"}
 
 
-def test_training_is_reproducible_from_the_seed(trained: list[TrainedModel], tmp_path: Path) -> None:
-    again = train_digits_models(tmp_path, count=2, seed=0, progress=False)
-    assert [m.weights_digest for m in again] == [m.weights_digest for m in trained[:2]]
+def test_training_is_reproducible_from_the_seed(
+    trained: list[TrainedModel], digits_packages: list[Path], tmp_path: Path
+) -> None:
+    # digits_packages: the session's own training run with the same seed (tests/conftest.py)
+    assert [weights_digest(path) for path in digits_packages] == [m.weights_digest for m in trained]
     other = train_digits_models(tmp_path / "seed1", count=1, seed=1, progress=False)
     assert other[0].weights_digest != trained[0].weights_digest
 

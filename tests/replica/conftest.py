@@ -15,13 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from marketplace.models import (
-    TrainedModel,
-    constant_model_package,
-    digits_task,
-    train_digits_models,
-)
-from replica.model_spec import ModelPackage
+from marketplace.models import constant_model_package, digits_task
+from replica.model_spec import ModelPackage, load_model_package
 from replica.triton_backend import TritonBackend, triton_processes
 
 PortAllocator = Callable[[int], list[int]]
@@ -47,10 +42,11 @@ def port_allocator() -> PortAllocator:
 
 
 @pytest.fixture(scope="session")
-def digits_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TrainedModel]:
-    """The four demo models (seed 0), by architecture: logreg, mlp, wide-mlp, cnn."""
-    trained = train_digits_models(tmp_path_factory.mktemp("digits-models"), count=4, seed=0, progress=False)
-    return {model.architecture: model for model in trained}
+def digits_models(digits_packages: list[Path]) -> dict[str, ModelPackage]:
+    """The four demo model packages (trained once per session, see tests/conftest.py), by
+    architecture: logreg, mlp, wide-mlp, cnn."""
+    packages = [load_model_package(path) for path in digits_packages]
+    return {package.spec.name.removeprefix("digits-"): package for package in packages}
 
 
 @pytest.fixture(scope="session")
@@ -83,10 +79,10 @@ def triton_backend(
 
 
 @pytest.fixture(scope="session")
-def serving_version(triton_backend: TritonBackend, digits_models: dict[str, TrainedModel]) -> int:
+def serving_version(triton_backend: TritonBackend, digits_models: dict[str, ModelPackage]) -> int:
     """Version 1 of the shared backend: the MLP, loaded for the whole session."""
     model = digits_models["mlp"]
-    triton_backend.load(1, model.package_dir, expected_digest=model.weights_digest)
+    triton_backend.load(1, model.directory, expected_digest=model.weights_digest)
     return 1
 
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from certs.config import TaskSchema
-from marketplace.models import TrainedModel, digits_task, held_out_digits, predict
+from marketplace.models import digits_task, held_out_digits, predict
 from replica.model_spec import (
     MODEL_FILE_NAME,
     SPEC_FILE_NAME,
@@ -75,7 +75,7 @@ async def _requests_reaching(backend: TritonBackend, version: int, expected: int
 
 @pytest.mark.processes
 async def test_five_digits_get_probabilities_that_sum_to_one(
-    triton_backend: TritonBackend, serving_version: int, digits_models: dict[str, TrainedModel]
+    triton_backend: TritonBackend, serving_version: int, digits_models: dict[str, ModelPackage]
 ) -> None:
     features, _ = held_out_digits(0)
     probabilities = await triton_backend.infer(serving_version, features[:5])
@@ -83,20 +83,20 @@ async def test_five_digits_get_probabilities_that_sum_to_one(
     assert probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     assert (probabilities >= 0).all()
-    package = load_model_package(digits_models["mlp"].package_dir)
-    assert probabilities.argmax(axis=1).tolist() == predict(package, features[:5]).tolist()
+    assert probabilities.argmax(axis=1).tolist() == predict(digits_models["mlp"], features[:5]).tolist()
 
 
 @pytest.mark.processes
 async def test_triton_classifies_held_out_digits_as_the_model_does(
-    triton_backend: TritonBackend, serving_version: int, digits_models: dict[str, TrainedModel]
+    triton_backend: TritonBackend, serving_version: int, digits_models: dict[str, ModelPackage]
 ) -> None:
     features, labels = held_out_digits(0)
     answers = np.concatenate(
         [await triton_backend.infer(serving_version, features[i : i + 64]) for i in range(0, len(labels), 64)]
     )
     accuracy = float(np.mean(answers.argmax(axis=1) == labels))
-    assert accuracy == pytest.approx(digits_models["mlp"].accuracy, abs=0.01)
+    local_accuracy = float(np.mean(predict(digits_models["mlp"], features) == labels))
+    assert accuracy == pytest.approx(local_accuracy, abs=0.01)
     assert accuracy > 0.9
 
 
@@ -131,10 +131,10 @@ async def test_constant_model_answers_its_label_with_certainty(
 
 @pytest.mark.processes
 async def test_batch_above_max_batch_size_is_split_into_the_fewest_requests(
-    triton_backend: TritonBackend, digits_models: dict[str, TrainedModel], tmp_path: Path,
+    triton_backend: TritonBackend, digits_models: dict[str, ModelPackage], tmp_path: Path,
     fresh_version: Callable[[], int],
 ) -> None:
-    source = load_model_package(digits_models["logreg"].package_dir)
+    source = digits_models["logreg"]
     small = save_model_package(tmp_path / "small", source.load_module("cpu"), dataclasses.replace(source.spec, max_batch_size=8))
     version = fresh_version()
     await triton_backend.load_async(version, small.directory)
@@ -151,11 +151,11 @@ async def test_batch_above_max_batch_size_is_split_into_the_fewest_requests(
 
 @pytest.mark.processes
 async def test_new_version_loads_beside_the_old_one_which_serves_throughout(
-    triton_backend: TritonBackend, digits_models: dict[str, TrainedModel], fresh_version: Callable[[], int]
+    triton_backend: TritonBackend, digits_models: dict[str, ModelPackage], fresh_version: Callable[[], int]
 ) -> None:
     old, new = fresh_version(), fresh_version()
     features, _ = held_out_digits(0)
-    await triton_backend.load_async(old, digits_models["logreg"].package_dir)
+    await triton_backend.load_async(old, digits_models["logreg"].directory)
     loading = asyncio.Event()
     answered_during_load = 0
 
@@ -171,7 +171,7 @@ async def test_new_version_loads_beside_the_old_one_which_serves_throughout(
     try:
         loading.set()
         digest = await triton_backend.load_async(
-            new, digits_models["cnn"].package_dir, expected_digest=digits_models["cnn"].weights_digest
+            new, digits_models["cnn"].directory, expected_digest=digits_models["cnn"].weights_digest
         )
         loading.clear()
         assert not asker.done(), "a call to the old version failed while the new one loaded"
@@ -199,10 +199,10 @@ async def test_new_version_loads_beside_the_old_one_which_serves_throughout(
 
 @pytest.mark.processes
 async def test_corrupt_model_file_fails_to_load_and_the_loaded_version_keeps_serving(
-    triton_backend: TritonBackend, serving_version: int, digits_models: dict[str, TrainedModel],
+    triton_backend: TritonBackend, serving_version: int, digits_models: dict[str, ModelPackage],
     package_copy: Callable[[Path], Path], fresh_version: Callable[[], int],
 ) -> None:
-    damaged = package_copy(digits_models["wide-mlp"].package_dir)
+    damaged = package_copy(digits_models["wide-mlp"].directory)
     data = (damaged / MODEL_FILE_NAME).read_bytes()
     (damaged / MODEL_FILE_NAME).write_bytes(data[: len(data) // 2])
     loaded_before = triton_backend.loaded_versions()
@@ -217,12 +217,12 @@ async def test_corrupt_model_file_fails_to_load_and_the_loaded_version_keeps_ser
 
 @pytest.mark.processes
 async def test_packages_that_cannot_serve_the_task_are_refused(
-    triton_backend: TritonBackend, serving_version: int, digits_models: dict[str, TrainedModel],
+    triton_backend: TritonBackend, serving_version: int, digits_models: dict[str, ModelPackage],
     tmp_path: Path, fresh_version: Callable[[], int],
 ) -> None:
     mlp = digits_models["mlp"]
     with pytest.raises(WeightsDigestMismatchError, match="is not the expected"):
-        await triton_backend.load_async(fresh_version(), mlp.package_dir, expected_digest=bytes(32))
+        await triton_backend.load_async(fresh_version(), mlp.directory, expected_digest=bytes(32))
     shuffled = save_model_package(
         tmp_path / "shuffled", torch.nn.Linear(64, 10), _spec(class_labels=tuple(reversed(LABELS)))
     )
@@ -234,7 +234,7 @@ async def test_packages_that_cannot_serve_the_task_are_refused(
     with pytest.raises(ModelLoadError, match="no such model package"):
         await triton_backend.load_async(fresh_version(), tmp_path / "missing")
     with pytest.raises(ModelLoadError, match="already loaded"):
-        await triton_backend.load_async(serving_version, mlp.package_dir)
+        await triton_backend.load_async(serving_version, mlp.directory)
     assert triton_backend.loaded_versions() == (serving_version,)
 
 
