@@ -1,0 +1,195 @@
+"""The gateway and the SDK against in-process fake replicas: one faulty replica of any kind
+changes nothing, more than f faulty ones get the right error, and no lie gets through."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc.aio as triton_aio
+from tritonclient.utils import InferenceServerException
+
+from certs.config import GroupConfig
+from certs.request import InferenceRequest, TensorData
+from certs.verify import verify
+from marketplace.gateway import Gateway
+from marketplace.registry import GroupEntry, Registry
+from marketplace.sdk import (
+    AsyncClient,
+    AsyncReplicaClient,
+    CertificationTimeoutError,
+    InvalidCertificateError,
+    RequestRejectedError,
+    UnavailableError,
+)
+from tests.certs.helpers import Group, make_group
+from tests.marketplace.fakes import FakeReplica, true_label
+from tests.marketplace.kserve import pixels_input
+
+FAULTS = ("forge", "bad-signature", "other-request", "garbage", "silent", "reject", "timeout", "dead")
+
+
+@dataclass
+class FakeGroup:
+    group: Group
+    replicas: list[FakeReplica]
+    gateway: Gateway
+
+    @property
+    def config(self) -> GroupConfig:
+        return self.group.config
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gateway.port}"
+
+    def invalid_count(self, replica_id: int) -> float:
+        value = self.gateway.metrics.registry.get_sample_value(
+            "quorumserve_gateway_invalid_certificates_total", {"group": self.config.group_id, "replica": str(replica_id)}
+        )
+        return value or 0.0
+
+
+@pytest.fixture
+async def make_fakes() -> AsyncIterator[object]:
+    started: list[FakeGroup] = []
+
+    async def make(behaviours: Sequence[str], *, honest_delay_s: float = 0.0, timeout_s: float = 5.0) -> FakeGroup:
+        group = make_group(1)
+        replicas = [
+            FakeReplica(group, i, b, delay_s=honest_delay_s if b == "honest" else 0.0) for i, b in enumerate(behaviours)
+        ]
+        for replica in replicas:
+            await replica.start()
+        entry = GroupEntry.of(group.config, {r.replica_id: r.address for r in replicas})
+        gateway = Gateway(Registry([entry]), request_timeout_s=timeout_s)
+        await gateway.start("127.0.0.1:0")
+        fakes = FakeGroup(group, replicas, gateway)
+        started.append(fakes)
+        return fakes
+
+    yield make
+    for fakes in started:
+        await fakes.gateway.stop(0)
+        for replica in fakes.replicas:
+            await replica.stop()
+
+
+def images(count: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((count, 8, 8), dtype=np.float32)
+
+
+def row_request(config: GroupConfig, client_id: str, request_id: str, row: np.ndarray) -> InferenceRequest:
+    return InferenceRequest(config.group_id, client_id, request_id, (TensorData("image", "FP32", (8, 8), row.tobytes()),))
+
+
+async def kserve_infer(address: str, config: GroupConfig, rows: np.ndarray, request_id: str = "") -> object:
+    async with triton_aio.InferenceServerClient(address) as client:
+        return await client.infer(config.group_id, [pixels_input(rows, name="image")], request_id=request_id)
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+async def test_one_faulty_replica_changes_nothing(make_fakes: object, fault: str) -> None:
+    # honest replicas answer late, so the faulty one is heard first
+    fakes = await make_fakes(["honest", "honest", "honest", fault], honest_delay_s=0.05)  # type: ignore[operator]
+    rows = images(4)
+    request_id = uuid.uuid4().hex
+    result = await kserve_infer(fakes.address, fakes.config, rows, request_id)
+    response = result.get_response()  # type: ignore[attr-defined]
+    labels = result.as_numpy("label")  # type: ignore[attr-defined]
+    import base64
+
+    from certs.certificate import decode_certificate
+
+    for i, row in enumerate(rows):
+        request = row_request(fakes.config, "anonymous", f"{request_id}/{i}", row)
+        certificate = decode_certificate(base64.b64decode(response.parameters[f"certificate_{i}"].string_param))
+        verified = verify(certificate, fakes.config, request)
+        assert verified.label == labels[i] == true_label(request, 10)
+    if fault in ("forge", "bad-signature", "other-request", "garbage"):
+        assert fakes.invalid_count(3) >= 1  # counted (and logged), then ignored
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+async def test_the_sdk_over_the_gateway_and_straight_to_replicas_survives_one_fault(make_fakes: object, fault: str) -> None:
+    fakes = await make_fakes([fault, "honest", "honest", "honest"], honest_delay_s=0.05)  # type: ignore[operator]
+    rows = images(3, seed=1)
+    async with AsyncClient(fakes.address, fakes.config) as client:
+        results = await client.infer_batch(rows)
+        streamed = [r async for r in client.infer_stream(rows)]
+    async with AsyncReplicaClient({r.replica_id: r.address for r in fakes.replicas}, fakes.config) as direct:
+        direct_results = await direct.infer_batch(rows)
+    for got in (results, direct_results):
+        assert [r.label for r in got] == [true_label(r.request, 10) for r in got]
+        assert all(r.verified.request_checked for r in got)
+    assert all(not isinstance(r, Exception) for r in streamed), streamed
+    assert sorted(r.label for r in streamed) == sorted(r.label for r in results)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("behaviours", "code"),
+    [
+        (["forge"] * 4, grpc.StatusCode.UNAVAILABLE),
+        (["dead"] * 4, grpc.StatusCode.UNAVAILABLE),
+        (["garbage", "dead", "forge", "bad-signature"], grpc.StatusCode.UNAVAILABLE),
+        (["timeout"] * 4, grpc.StatusCode.DEADLINE_EXCEEDED),
+        (["silent"] * 4, grpc.StatusCode.DEADLINE_EXCEEDED),
+        (["reject", "reject", "honest", "honest"], grpc.StatusCode.INVALID_ARGUMENT),
+    ],
+)
+async def test_too_many_faults_get_a_clear_status_and_never_a_wrong_result(
+    make_fakes: object, behaviours: list[str], code: grpc.StatusCode
+) -> None:
+    # honest replicas are slow here, so f+1 rejections arrive first: one of them is correct
+    fakes = await make_fakes(behaviours, honest_delay_s=0.5, timeout_s=1.0)  # type: ignore[operator]
+    with pytest.raises(InferenceServerException) as failed:
+        await kserve_infer(fakes.address, fakes.config, images(2))
+    assert failed.value.status() == str(code)
+
+
+async def test_sdk_errors_name_what_went_wrong(make_fakes: object) -> None:
+    fakes = await make_fakes(["silent"] * 4, timeout_s=1.0)  # type: ignore[operator]
+    async with AsyncClient(fakes.address, fakes.config, timeout_s=1.0) as client:
+        with pytest.raises(CertificationTimeoutError):
+            await client.infer(images(1)[0])
+    dead = await make_fakes(["dead"] * 4)  # type: ignore[operator]
+    async with AsyncReplicaClient([r.address for r in dead.replicas], dead.config, timeout_s=2.0) as direct:
+        with pytest.raises(UnavailableError):
+            await direct.infer(images(1)[0])
+    rejecting = await make_fakes(["reject"] * 4)  # type: ignore[operator]
+    async with AsyncClient(rejecting.address, rejecting.config) as client:
+        with pytest.raises(RequestRejectedError, match="bogus"):
+            await client.infer(images(1)[0])
+
+
+async def test_the_sdk_refuses_certificates_that_do_not_match_its_pinned_config(make_fakes: object) -> None:
+    """The gateway serves a group whose keys differ from the config the client pinned (a gateway
+    or registry that lies about the group): every certificate is refused."""
+    fakes = await make_fakes(["honest"] * 4)  # type: ignore[operator]
+    impostor = make_group(1, salt="impostor").config
+    assert impostor.group_id == fakes.config.group_id and impostor.digest != fakes.config.digest
+    async with AsyncClient(fakes.address, impostor) as client:
+        with pytest.raises(InvalidCertificateError, match="config digest|signature"):
+            await client.infer(images(1)[0])
+    async with AsyncReplicaClient([r.address for r in fakes.replicas], impostor, timeout_s=2.0) as direct:
+        with pytest.raises(UnavailableError, match="invalid certificate"):
+            await direct.infer(images(1)[0])
+
+
+async def test_bad_input_is_refused_before_any_replica_sees_it(make_fakes: object) -> None:
+    fakes = await make_fakes(["honest"] * 4)  # type: ignore[operator]
+    async with triton_aio.InferenceServerClient(fakes.address) as client:
+        for inputs, code, words in [
+            ([pixels_input(images(2), name="pixels")], grpc.StatusCode.INVALID_ARGUMENT, "'pixels'"),
+            ([pixels_input(images(2).reshape(2, 64), name="image")], grpc.StatusCode.INVALID_ARGUMENT, "shape"),
+            ([pixels_input(images(2).astype(np.float64), name="image", datatype="FP64")], grpc.StatusCode.INVALID_ARGUMENT, "datatype"),
+        ]:
+            with pytest.raises(InferenceServerException) as refused:
+                await client.infer(fakes.config.group_id, inputs)
+            assert refused.value.status() == str(code)
+            assert words in refused.value.message()
+    assert sum(r.requests_seen for r in fakes.replicas) == 0
