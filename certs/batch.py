@@ -2,10 +2,13 @@
 
 The header is what the quorum signs (as COMMIT statements) and what a certificate carries:
 
-    group_id, epoch, config_digest, view, seq, decisions_root, ops_digest, model_versions_digest
+    group_id, epoch, config_digest, view, seq, decisions_root, leaf_count, ops_digest,
+    model_versions_digest
 
-`ops_digest` is not in the first design sketch: control operations (model updates, membership
-changes) change what later certificates mean, so the signed header must cover them too.
+Two fields are not in the first design sketch: `ops_digest`, because control operations (model
+updates, membership changes) change what later certificates mean, so the signed header must
+cover them; and `leaf_count`, the size of the decisions tree, as RFC 6962 signs tree heads, so
+an inclusion proof cannot be replayed against a different tree size.
 `batch_digest` leaves the view out: a batch re-proposed in a later view is the same batch.
 """
 
@@ -90,6 +93,7 @@ class BatchHeader:
     decisions_root: bytes
     ops_digest: bytes
     model_versions_digest: bytes
+    leaf_count: int  # leaves under decisions_root: signed, so a proof cannot claim another tree size
 
     @property
     def batch_digest(self) -> bytes:
@@ -100,6 +104,7 @@ class BatchHeader:
             self.config_digest,
             self.seq,
             self.decisions_root,
+            self.leaf_count,
             self.ops_digest,
             self.model_versions_digest,
         )
@@ -111,7 +116,7 @@ class BatchHeader:
     def with_view(self, view: int) -> BatchHeader:
         return BatchHeader(
             self.group_id, self.epoch, self.config_digest, view, self.seq,
-            self.decisions_root, self.ops_digest, self.model_versions_digest,
+            self.decisions_root, self.ops_digest, self.model_versions_digest, self.leaf_count,
         )
 
 

@@ -11,11 +11,8 @@ Certificates travel as protobuf (protos/certificate.proto) and are shown to peop
 Both decoders are strict: they either return a Certificate or raise `DecodeError`. Decoding
 checks structure only; `certs.verify.verify` decides whether a certificate is valid.
 
-The header signs the decisions root but not the number of leaves, so `tree_size` is vouched for
-only by the shape of the audit path: another size with the same shape (leaf 0 of 3 or of 4)
-verifies too. What the certificate proves (this leaf, at this index, under this signed root) is
-fully bound; signing the leaf count in the header, as RFC 6962 tree heads do, would bind the
-size as well.
+The tree size of the inclusion proof is the header's signed `leaf_count` (as RFC 6962 signs
+tree heads), so a proof cannot be replayed against another tree size.
 """
 
 from __future__ import annotations
@@ -90,9 +87,13 @@ class Certificate:
     quorum: tuple[QuorumSignature, ...]  # ascending replica ids
     leaf: Leaf
     leaf_index: int
-    tree_size: int
     proof: tuple[bytes, ...]  # audit path of leaf_index, bottom up
     vote_proofs: tuple[VoteProof, ...] = ()  # () = compact; else one per vote in leaf.votes
+
+    @property
+    def tree_size(self) -> int:
+        """Leaves under decisions_root: the signed header says so, the certificate cannot."""
+        return self.header.leaf_count
 
     @property
     def is_compact(self) -> bool:
@@ -104,7 +105,7 @@ class Certificate:
 
     def compact(self) -> Certificate:
         """The same certificate without vote proofs."""
-        return Certificate(self.header, self.quorum, self.leaf, self.leaf_index, self.tree_size, self.proof)
+        return Certificate(self.header, self.quorum, self.leaf, self.leaf_index, self.proof)
 
 
 def vote_entry(leaf: Leaf, vote: Vote) -> VoteEntry:
@@ -149,8 +150,8 @@ def build_certificates(
     belong together (a root that does not match the leaves, a duplicate signer, a missing vote).
     """
     tree = MerkleTree([leaf.hash for leaf in leaves])
-    if tree.root != header.decisions_root:
-        raise ValueError("the leaves do not hash to the header's decisions_root")
+    if tree.root != header.decisions_root or tree.size != header.leaf_count:
+        raise ValueError("the leaves do not hash to the header's decisions_root and leaf_count")
     signatures = tuple(sorted(quorum, key=lambda q: q.replica_id))
     ids = [q.replica_id for q in signatures]
     if len(set(ids)) != len(ids):
@@ -169,7 +170,7 @@ def build_certificates(
         if vote_batches is not None:
             vote_proofs = tuple(_vote_proof(leaf, vote, located, entry_trees) for vote in leaf.votes)
         certificates.append(
-            Certificate(header, signatures, leaf, index, tree.size, tree.proof(index), vote_proofs)
+            Certificate(header, signatures, leaf, index, tree.proof(index), vote_proofs)
         )
     return certificates
 
@@ -254,7 +255,6 @@ def certificate_to_proto(cert: Certificate, out: cpb.Certificate | None = None) 
         message.quorum.add(replica_id=q.replica_id, signature=q.signature)
     leaf_to_proto(cert.leaf, message.leaf)
     message.leaf_index = cert.leaf_index
-    message.tree_size = cert.tree_size
     message.proof.extend(cert.proof)
     for proof in cert.vote_proofs:
         vote_proof_to_proto(proof, message.vote_proofs.add())
@@ -277,7 +277,6 @@ def certificate_from_proto(message: cpb.Certificate) -> Certificate:
             ),
             leaf=leaf_from_proto(message.leaf),
             leaf_index=check_int(message.leaf_index, "leaf index"),
-            tree_size=check_int(message.tree_size, "tree size"),
             proof=_check_path(message.proof, "inclusion proof"),
             vote_proofs=tuple(
                 vote_proof_from_proto(p) for p in check_list(message.vote_proofs, "vote proofs", QUORUM_MAX)
@@ -402,6 +401,7 @@ def certificate_to_json(cert: Certificate, config: GroupConfig | None = None) ->
             "view": header.view,
             "seq": header.seq,
             "decisions_root": header.decisions_root.hex(),
+            "leaf_count": header.leaf_count,
             "ops_digest": header.ops_digest.hex(),
             "model_versions_digest": header.model_versions_digest.hex(),
             "batch_digest": header.batch_digest.hex(),
@@ -516,6 +516,7 @@ def _header_from_json(value: Any) -> BatchHeader:
         model_versions_digest=json_hex(
             json_get(h, "model_versions_digest", "header"), "header.model_versions_digest", DIGEST_SIZE
         ),
+        leaf_count=json_int(json_get(h, "leaf_count", "header"), "header.leaf_count"),
     )
 
 
@@ -613,7 +614,6 @@ def certificate_from_json(data: Any) -> Certificate:
             ),
             leaf=_leaf_from_json(json_get(d, "leaf", "certificate")),
             leaf_index=json_int(json_get(d, "leaf_index", "certificate"), "leaf_index"),
-            tree_size=json_int(json_get(d, "tree_size", "certificate"), "tree_size"),
             proof=_path(json_get(d, "proof", "certificate"), "proof"),
             vote_proofs=tuple(
                 _vote_proof_from_json(p, f"vote_proofs[{i}]")

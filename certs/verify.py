@@ -9,9 +9,8 @@ the certificate must be about exactly that request.
 Cheap structural checks run before the signature checks, so a malformed certificate costs
 little to reject.
 
-Not checked offline: `tree_size` beyond the shape of the audit path (the header signs the root,
-not the leaf count), and which model version each replica had in effect (the quorum vouches
-for that through `model_versions_digest`; accountability-mode vote proofs add each voter's own
+Not checked offline: which model version each replica had in effect (the quorum vouches for
+that through `model_versions_digest`; accountability-mode vote proofs add each voter's own
 signature on its version).
 """
 

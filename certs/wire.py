@@ -176,6 +176,7 @@ def header_to_proto(header: BatchHeader, out: pb.BatchHeader | None = None) -> p
     message.decisions_root = header.decisions_root
     message.ops_digest = header.ops_digest
     message.model_versions_digest = header.model_versions_digest
+    message.leaf_count = header.leaf_count
     return message
 
 
@@ -189,6 +190,7 @@ def header_from_proto(message: pb.BatchHeader) -> BatchHeader:
         decisions_root=check_digest(message.decisions_root, "decisions root"),
         ops_digest=check_digest(message.ops_digest, "ops digest"),
         model_versions_digest=check_digest(message.model_versions_digest, "model versions digest"),
+        leaf_count=check_int(message.leaf_count, "leaf count"),
     )
 
 

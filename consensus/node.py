@@ -699,6 +699,7 @@ class ConsensusNode:
             root_of_hashes([e.leaf.hash for e in proposal.entries]),
             ops_digest([op.canonical() for op in proposal.ops]),
             mv_digest,
+            len(proposal.entries),
         )
         pp = self._signed_pre_prepare(header, proposal)
         if pp is None:

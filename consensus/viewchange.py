@@ -21,6 +21,8 @@ from consensus.state import ZERO_DIGEST
 
 def proposal_matches_header(header: BatchHeader, proposal: Proposal) -> bool:
     """A proposal's leaves and ops are the ones its header commits to."""
+    if header.leaf_count != len(proposal.entries):
+        return False
     if header.decisions_root != root_of_hashes([e.leaf.hash for e in proposal.entries]):
         return False
     if header.ops_digest != ops_digest([op.canonical() for op in proposal.ops]):
@@ -30,7 +32,7 @@ def proposal_matches_header(header: BatchHeader, proposal: Proposal) -> bool:
 
 
 def null_header(config: GroupConfig, view: int, seq: int) -> BatchHeader:
-    return BatchHeader(config.group_id, config.epoch, config.digest, view, seq, EMPTY_ROOT, ops_digest(()), ZERO_DIGEST)
+    return BatchHeader(config.group_id, config.epoch, config.digest, view, seq, EMPTY_ROOT, ops_digest(()), ZERO_DIGEST, 0)
 
 
 def check_checkpoint_proof(

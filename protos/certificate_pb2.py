@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos import common_pb2 as protos_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protos/certificate.proto\x12\x0equorumserve.v1\x1a\x13protos/common.proto\"8\n\x0fQuorumSignature\x12\x12\n\nreplica_id\x18\x01 \x01(\r\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xaa\x01\n\tVoteProof\x12\r\n\x05voter\x18\x01 \x01(\r\x12\x10\n\x08\x62\x61tch_no\x18\x02 \x01(\x04\x12\x15\n\rmodel_version\x18\x03 \x01(\x04\x12\x14\n\x0c\x65ntries_root\x18\x04 \x01(\x0c\x12\x13\n\x0b\x65ntry_count\x18\x05 \x01(\x04\x12\x13\n\x0b\x65ntry_index\x18\x06 \x01(\x04\x12\x12\n\nentry_path\x18\x07 \x03(\x0c\x12\x11\n\tsignature\x18\x08 \x01(\x0c\"\xf5\x01\n\x0b\x43\x65rtificate\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x1b.quorumserve.v1.BatchHeader\x12/\n\x06quorum\x18\x02 \x03(\x0b\x32\x1f.quorumserve.v1.QuorumSignature\x12\"\n\x04leaf\x18\x03 \x01(\x0b\x32\x14.quorumserve.v1.Leaf\x12\x12\n\nleaf_index\x18\x04 \x01(\x04\x12\x11\n\ttree_size\x18\x05 \x01(\x04\x12\r\n\x05proof\x18\x06 \x03(\x0c\x12.\n\x0bvote_proofs\x18\x07 \x03(\x0b\x32\x19.quorumserve.v1.VoteProof\"\x84\x01\n\x11\x45videnceStatement\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x0e\n\x06signer\x18\x04 \x01(\r\x12\x0c\n\x04slot\x18\x05 \x03(\x04\x12\x0f\n\x07\x63ontent\x18\x06 \x01(\x0c\x12\x11\n\tsignature\x18\x07 \x01(\x0c\"s\n\x0c\x45quivocation\x12\x30\n\x05\x66irst\x18\x01 \x01(\x0b\x32!.quorumserve.v1.EvidenceStatement\x12\x31\n\x06second\x18\x02 \x01(\x0b\x32!.quorumserve.v1.EvidenceStatement\"i\n\x17\x43onflictingCertificates\x12&\n\x01\x61\x18\x01 \x01(\x0b\x32\x1b.quorumserve.v1.Certificate\x12&\n\x01\x62\x18\x02 \x01(\x0b\x32\x1b.quorumserve.v1.Certificate\"\x95\x01\n\x08\x45vidence\x12\x34\n\x0c\x65quivocation\x18\x01 \x01(\x0b\x32\x1c.quorumserve.v1.EquivocationH\x00\x12K\n\x18\x63onflicting_certificates\x18\x02 \x01(\x0b\x32\'.quorumserve.v1.ConflictingCertificatesH\x00\x42\x06\n\x04kindb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protos/certificate.proto\x12\x0equorumserve.v1\x1a\x13protos/common.proto\"8\n\x0fQuorumSignature\x12\x12\n\nreplica_id\x18\x01 \x01(\r\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xaa\x01\n\tVoteProof\x12\r\n\x05voter\x18\x01 \x01(\r\x12\x10\n\x08\x62\x61tch_no\x18\x02 \x01(\x04\x12\x15\n\rmodel_version\x18\x03 \x01(\x04\x12\x14\n\x0c\x65ntries_root\x18\x04 \x01(\x0c\x12\x13\n\x0b\x65ntry_count\x18\x05 \x01(\x04\x12\x13\n\x0b\x65ntry_index\x18\x06 \x01(\x04\x12\x12\n\nentry_path\x18\x07 \x03(\x0c\x12\x11\n\tsignature\x18\x08 \x01(\x0c\"\xe8\x01\n\x0b\x43\x65rtificate\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x1b.quorumserve.v1.BatchHeader\x12/\n\x06quorum\x18\x02 \x03(\x0b\x32\x1f.quorumserve.v1.QuorumSignature\x12\"\n\x04leaf\x18\x03 \x01(\x0b\x32\x14.quorumserve.v1.Leaf\x12\x12\n\nleaf_index\x18\x04 \x01(\x04\x12\r\n\x05proof\x18\x06 \x03(\x0c\x12.\n\x0bvote_proofs\x18\x07 \x03(\x0b\x32\x19.quorumserve.v1.VoteProofJ\x04\x08\x05\x10\x06\"\x84\x01\n\x11\x45videnceStatement\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x0e\n\x06signer\x18\x04 \x01(\r\x12\x0c\n\x04slot\x18\x05 \x03(\x04\x12\x0f\n\x07\x63ontent\x18\x06 \x01(\x0c\x12\x11\n\tsignature\x18\x07 \x01(\x0c\"s\n\x0c\x45quivocation\x12\x30\n\x05\x66irst\x18\x01 \x01(\x0b\x32!.quorumserve.v1.EvidenceStatement\x12\x31\n\x06second\x18\x02 \x01(\x0b\x32!.quorumserve.v1.EvidenceStatement\"i\n\x17\x43onflictingCertificates\x12&\n\x01\x61\x18\x01 \x01(\x0b\x32\x1b.quorumserve.v1.Certificate\x12&\n\x01\x62\x18\x02 \x01(\x0b\x32\x1b.quorumserve.v1.Certificate\"\x95\x01\n\x08\x45vidence\x12\x34\n\x0c\x65quivocation\x18\x01 \x01(\x0b\x32\x1c.quorumserve.v1.EquivocationH\x00\x12K\n\x18\x63onflicting_certificates\x18\x02 \x01(\x0b\x32\'.quorumserve.v1.ConflictingCertificatesH\x00\x42\x06\n\x04kindb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,13 +37,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VOTEPROOF']._serialized_start=124
   _globals['_VOTEPROOF']._serialized_end=294
   _globals['_CERTIFICATE']._serialized_start=297
-  _globals['_CERTIFICATE']._serialized_end=542
-  _globals['_EVIDENCESTATEMENT']._serialized_start=545
-  _globals['_EVIDENCESTATEMENT']._serialized_end=677
-  _globals['_EQUIVOCATION']._serialized_start=679
-  _globals['_EQUIVOCATION']._serialized_end=794
-  _globals['_CONFLICTINGCERTIFICATES']._serialized_start=796
-  _globals['_CONFLICTINGCERTIFICATES']._serialized_end=901
-  _globals['_EVIDENCE']._serialized_start=904
-  _globals['_EVIDENCE']._serialized_end=1053
+  _globals['_CERTIFICATE']._serialized_end=529
+  _globals['_EVIDENCESTATEMENT']._serialized_start=532
+  _globals['_EVIDENCESTATEMENT']._serialized_end=664
+  _globals['_EQUIVOCATION']._serialized_start=666
+  _globals['_EQUIVOCATION']._serialized_end=781
+  _globals['_CONFLICTINGCERTIFICATES']._serialized_start=783
+  _globals['_CONFLICTINGCERTIFICATES']._serialized_end=888
+  _globals['_EVIDENCE']._serialized_start=891
+  _globals['_EVIDENCE']._serialized_end=1040
 # @@protoc_insertion_point(module_scope)

@@ -36,22 +36,20 @@ class VoteProof(_message.Message):
     def __init__(self, voter: _Optional[int] = ..., batch_no: _Optional[int] = ..., model_version: _Optional[int] = ..., entries_root: _Optional[bytes] = ..., entry_count: _Optional[int] = ..., entry_index: _Optional[int] = ..., entry_path: _Optional[_Iterable[bytes]] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class Certificate(_message.Message):
-    __slots__ = ("header", "quorum", "leaf", "leaf_index", "tree_size", "proof", "vote_proofs")
+    __slots__ = ("header", "quorum", "leaf", "leaf_index", "proof", "vote_proofs")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     QUORUM_FIELD_NUMBER: _ClassVar[int]
     LEAF_FIELD_NUMBER: _ClassVar[int]
     LEAF_INDEX_FIELD_NUMBER: _ClassVar[int]
-    TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PROOF_FIELD_NUMBER: _ClassVar[int]
     VOTE_PROOFS_FIELD_NUMBER: _ClassVar[int]
     header: _common_pb2.BatchHeader
     quorum: _containers.RepeatedCompositeFieldContainer[QuorumSignature]
     leaf: _common_pb2.Leaf
     leaf_index: int
-    tree_size: int
     proof: _containers.RepeatedScalarFieldContainer[bytes]
     vote_proofs: _containers.RepeatedCompositeFieldContainer[VoteProof]
-    def __init__(self, header: _Optional[_Union[_common_pb2.BatchHeader, _Mapping]] = ..., quorum: _Optional[_Iterable[_Union[QuorumSignature, _Mapping]]] = ..., leaf: _Optional[_Union[_common_pb2.Leaf, _Mapping]] = ..., leaf_index: _Optional[int] = ..., tree_size: _Optional[int] = ..., proof: _Optional[_Iterable[bytes]] = ..., vote_proofs: _Optional[_Iterable[_Union[VoteProof, _Mapping]]] = ...) -> None: ...
+    def __init__(self, header: _Optional[_Union[_common_pb2.BatchHeader, _Mapping]] = ..., quorum: _Optional[_Iterable[_Union[QuorumSignature, _Mapping]]] = ..., leaf: _Optional[_Union[_common_pb2.Leaf, _Mapping]] = ..., leaf_index: _Optional[int] = ..., proof: _Optional[_Iterable[bytes]] = ..., vote_proofs: _Optional[_Iterable[_Union[VoteProof, _Mapping]]] = ...) -> None: ...
 
 class EvidenceStatement(_message.Message):
     __slots__ = ("kind", "group_id", "epoch", "signer", "slot", "content", "signature")

@@ -53,7 +53,7 @@ class Leaf(_message.Message):
     def __init__(self, request_digest: _Optional[bytes] = ..., client_id: _Optional[str] = ..., request_id: _Optional[str] = ..., label_space: _Optional[_Iterable[str]] = ..., policy: _Optional[str] = ..., votes: _Optional[_Iterable[_Union[Vote, _Mapping]]] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ...) -> None: ...
 
 class BatchHeader(_message.Message):
-    __slots__ = ("group_id", "epoch", "config_digest", "view", "seq", "decisions_root", "ops_digest", "model_versions_digest")
+    __slots__ = ("group_id", "epoch", "config_digest", "view", "seq", "decisions_root", "ops_digest", "model_versions_digest", "leaf_count")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     CONFIG_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,7 @@ class BatchHeader(_message.Message):
     DECISIONS_ROOT_FIELD_NUMBER: _ClassVar[int]
     OPS_DIGEST_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSIONS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    LEAF_COUNT_FIELD_NUMBER: _ClassVar[int]
     group_id: str
     epoch: int
     config_digest: bytes
@@ -70,7 +71,8 @@ class BatchHeader(_message.Message):
     decisions_root: bytes
     ops_digest: bytes
     model_versions_digest: bytes
-    def __init__(self, group_id: _Optional[str] = ..., epoch: _Optional[int] = ..., config_digest: _Optional[bytes] = ..., view: _Optional[int] = ..., seq: _Optional[int] = ..., decisions_root: _Optional[bytes] = ..., ops_digest: _Optional[bytes] = ..., model_versions_digest: _Optional[bytes] = ...) -> None: ...
+    leaf_count: int
+    def __init__(self, group_id: _Optional[str] = ..., epoch: _Optional[int] = ..., config_digest: _Optional[bytes] = ..., view: _Optional[int] = ..., seq: _Optional[int] = ..., decisions_root: _Optional[bytes] = ..., ops_digest: _Optional[bytes] = ..., model_versions_digest: _Optional[bytes] = ..., leaf_count: _Optional[int] = ...) -> None: ...
 
 class VoteEntry(_message.Message):
     __slots__ = ("client_id", "request_id", "request_digest", "label_space", "output")

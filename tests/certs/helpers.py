@@ -183,6 +183,7 @@ def make_batch(
         decisions_root=root_of_hashes([leaf.hash for leaf in leaves]),
         ops_digest=ops_digest(()),
         model_versions_digest=model_versions_digest(config.genesis_versions()),
+        leaf_count=len(leaves),
     )
     signer_ids = tuple(config.replica_ids[: config.quorum_size] if signers is None else signers)
     quorum = tuple(sign_commit(group, header, r) for r in signer_ids)
@@ -209,6 +210,7 @@ def header_for(group: Group, leaves: Sequence[Leaf], *, seq: int = 1, view: int 
         decisions_root=root_of_hashes([leaf.hash for leaf in leaves]),
         ops_digest=ops_digest(()),
         model_versions_digest=model_versions_digest(config.genesis_versions()),
+        leaf_count=len(leaves),
     )
 
 

@@ -166,9 +166,9 @@ def test_a_leaf_from_another_batch_is_not_under_the_root(batch: SignedBatch) -> 
         verify(cert, batch.config)
 
 
-@pytest.mark.parametrize("leaf_index, tree_size", [(3, 8), (2, 200), (99, 8)])
-def test_a_wrong_position_is_not_under_the_root(batch: SignedBatch, leaf_index: int, tree_size: int) -> None:
-    cert = dataclasses.replace(batch.certificates[2], leaf_index=leaf_index, tree_size=tree_size)
+@pytest.mark.parametrize("leaf_index", [3, 7, 99])
+def test_a_wrong_position_is_not_under_the_root(batch: SignedBatch, leaf_index: int) -> None:
+    cert = dataclasses.replace(batch.certificates[2], leaf_index=leaf_index)
     with pytest.raises(CertificateError, match="leaf is not under the certified root"):
         verify(cert, batch.config)
 

@@ -378,6 +378,7 @@ def header_for(config: GroupConfig, view: int, seq: int, proposal: Proposal, ver
         root_of_hashes([entry.leaf.hash for entry in proposal.entries]),
         ops_digest([op.canonical() for op in proposal.ops]),
         versions_digest,
+        len(proposal.entries),
     )
 
 

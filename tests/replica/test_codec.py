@@ -69,7 +69,7 @@ decisions = st.builds(
 )
 leaves = st.builds(Leaf, digests, ids, ids, label_spaces, ids, st.lists(votes, max_size=4).map(tuple), decisions)
 vote_refs = st.builds(VoteRef, u32, u63)
-headers = st.builds(BatchHeader, ids, u63, digests, u63, u63, digests, digests, digests)
+headers = st.builds(BatchHeader, ids, u63, digests, u63, u63, digests, digests, digests, u63)
 model_updates = st.builds(ModelUpdate, ids, u32, u63, digests, signatures)
 
 
@@ -334,7 +334,7 @@ def test_oversized_lists_are_rejected() -> None:
 def test_vote_refs_must_match_the_votes_of_their_leaf() -> None:
     leaf = Leaf(bytes(32), "c", "r", (), "plurality(min_support=2)", (Vote(0, 1, ModelOutput(((1, 10),))),), Decision(-1, (), ()))
     proposal = Proposal((ProposalEntry(leaf, (VoteRef(0, 1),)),))
-    header = BatchHeader("g", 0, bytes(32), 0, 1, bytes(32), bytes(32), bytes(32))
+    header = BatchHeader("g", 0, bytes(32), 0, 1, bytes(32), bytes(32), bytes(32), 0)
     message = codec.peer_message_to_proto(PrePrepare(0, 0, header, proposal, bytes(64)))
     del message.pre_prepare.proposal.entries[0].refs[:]
     with pytest.raises(DecodeError, match="vote refs"):
@@ -342,7 +342,7 @@ def test_vote_refs_must_match_the_votes_of_their_leaf() -> None:
 
 
 def test_unknown_batch_origin_is_rejected() -> None:
-    header = BatchHeader("g", 0, bytes(32), 0, 1, bytes(32), bytes(32), bytes(32))
+    header = BatchHeader("g", 0, bytes(32), 0, 1, bytes(32), bytes(32), bytes(32), 0)
     message = codec.committed_batch_to_proto(CommittedBatch(header, Proposal(()), (), (), ()))
     message.origin = 7  # type: ignore[assignment]  # an open enum accepts any number
     with pytest.raises(DecodeError, match="origin"):
@@ -350,7 +350,7 @@ def test_unknown_batch_origin_is_rejected() -> None:
 
 
 def test_duplicate_index_outside_the_batch_is_rejected() -> None:
-    header = BatchHeader("g", 0, bytes(32), 0, 1, bytes(32), bytes(32), bytes(32))
+    header = BatchHeader("g", 0, bytes(32), 0, 1, bytes(32), bytes(32), bytes(32), 0)
     data = codec.encode_committed_batch(CommittedBatch(header, Proposal(()), (), (), (0,)))
     with pytest.raises(DecodeError, match="outside"):
         codec.decode_committed_batch(data)

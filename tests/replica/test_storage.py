@@ -51,7 +51,7 @@ def d(n: int) -> bytes:
 
 
 def header(seq: int, view: int = 0, root: int = 0) -> BatchHeader:
-    return BatchHeader("g", 0, d(1), view, seq, d(1000 + seq + root), d(2), d(3))
+    return BatchHeader("g", 0, d(1), view, seq, d(1000 + seq + root), d(2), d(3), 0)
 
 
 def leaf(request_id: str) -> Leaf:
@@ -296,7 +296,7 @@ _WRITER = textwrap.dedent(
     seq = 0
     while True:
         seq += 1
-        h = BatchHeader("g", 0, bytes(32), 0, seq, seq.to_bytes(32, "big"), bytes(32), bytes(32))
+        h = BatchHeader("g", 0, bytes(32), 0, seq, seq.to_bytes(32, "big"), bytes(32), bytes(32), 0)
         commit = Commit(1, 0, 0, seq, h.batch_digest, sig)
         store.persist([
             SignedRecord(VoteBatch(1, 0, seq, 1, entries, sig)),

@@ -386,7 +386,7 @@ class World:
         proposal = Proposal(entries, pp.proposal.ops)
         h = pp.header
         mv = h.model_versions_digest if entries else bytes(32)
-        header = BatchHeader(h.group_id, h.epoch, h.config_digest, h.view, h.seq, root_of_hashes([e.leaf.hash for e in entries]), ops_digest([op.canonical() for op in proposal.ops]), mv)
+        header = BatchHeader(h.group_id, h.epoch, h.config_digest, h.view, h.seq, root_of_hashes([e.leaf.hash for e in entries]), ops_digest([op.canonical() for op in proposal.ops]), mv, len(entries))
         if header.batch_digest == h.batch_digest:
             return None
         variant = PrePrepare(r, pp.epoch, header, proposal, b"")
