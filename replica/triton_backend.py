@@ -444,7 +444,11 @@ class TritonBackend:
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
     def statistics(self) -> dict[int, int]:
-        """Successful inference requests per loaded version, as Triton itself counts them."""
+        """Successful inference requests per loaded version, as Triton itself counts them.
+
+        The count includes the one warm-up request of `load`. Triton counts a request once it
+        has sent the answer, so a read right after `infer` returns may briefly lag behind it.
+        """
         client = self._require_sync_client()
         with self._lock:
             by_name = {(slot.loaded.model_name, str(v)): v for v, slot in self._slots.items()}
