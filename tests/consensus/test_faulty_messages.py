@@ -781,3 +781,18 @@ def test_replayed_or_older_model_update(version: int) -> None:
     _rejects(cluster, ControlMessage(2, op), 2, "bad-control")
     _carries_on(cluster)
 
+
+
+@pytest.mark.xfail(strict=True, reason="a ControlMessage that arrives after its update was ordered raises bad-control against the correct replica that relayed it")
+def test_late_copy_of_an_ordered_model_update_is_not_blamed_on_its_relayer() -> None:
+    """Replica 2 relays its owner's update to every replica; the copy to replica 3 is delayed
+    until the update has been ordered. That copy is a stale duplicate (like a late request for
+    an executed one), not a fault of replica 2."""
+    cluster = Cluster()
+    late = cluster.hold(lambda e: isinstance(e.message, ControlMessage) and e.to == TARGET)
+    cluster.submit_update(2, 2)
+    cluster.settle()
+    assert cluster.nodes[TARGET].state.latest_version(2) == 2
+    cluster.release(late)
+    cluster.settle()
+    assert [kind for _, sender, kind in cluster.rejected_kinds() if sender == 2 and kind != "stale"] == []
