@@ -736,6 +736,18 @@ def test_vote_batch_flood_keeps_a_bounded_number_of_phantom_requests(monkeypatch
     assert kept <= 16 * cluster.params.inference_batch_max, f"{kept} phantom requests kept"
 
 
+@pytest.mark.xfail(strict=True, reason="signed checkpoints for any future seq are all kept until the log reaches them: a faulty replica grows `checkpoints` without bound")
+def test_checkpoint_flood_keeps_a_bounded_number_of_future_checkpoints() -> None:
+    cluster = Cluster()
+    k = cluster.params.checkpoint_interval_batches
+    window = cluster.params.log_window_batches
+    node = cluster.nodes[TARGET]
+    for i in range(1, 201):
+        cluster.step(TARGET, checkpoint(cluster.config, 2, k * 1000 * i, bytes(32)), via=2)
+    kept = len(node.checkpoints)
+    assert kept <= 2 * (window // k) + cluster.n, f"{kept} future checkpoints kept from one replica"
+
+
 # =====================================================================================
 # model updates
 # =====================================================================================
