@@ -71,6 +71,22 @@ Rule = Callable[[Envelope], bool]
 Model = Callable[[int, InferenceRequest, int, tuple[str, ...]], ModelOutput]
 
 
+def matching(kind: type, **fields: object) -> Rule:
+    """A network rule: messages of one type whose envelope (`via`, `to`) or message fields
+    have the given values."""
+
+    def rule(e: Envelope) -> bool:
+        if not isinstance(e.message, kind):
+            return False
+        for name, value in fields.items():
+            actual = getattr(e, name) if name in ("via", "to") else getattr(e.message, name)
+            if actual != value:
+                return False
+        return True
+
+    return rule
+
+
 def unit_params(**changes: int) -> ProtocolParams:
     """Small limits so that checkpoints, watermarks and timeouts are reached in a few steps."""
     values: dict[str, int] = dict(
@@ -263,9 +279,9 @@ class Cluster:
         return chosen
 
     # -- clients, crashes ------------------------------------------------------------------------
-    def new_request(self, client_id: str = "client", **kwargs: object) -> InferenceRequest:
+    def new_request(self, client_id: str = "client", *, mapping: Sequence[tuple[str, str]] = ()) -> InferenceRequest:
         self._next_index += 1
-        return make_request(self._next_index, client_id, **kwargs)  # type: ignore[arg-type]
+        return make_request(self._next_index, client_id, mapping=mapping)
 
     def submit(self, request: InferenceRequest, to: Iterable[int] | None = None, disseminate: bool = False) -> dict[int, SubmitOutcome]:
         outcomes: dict[int, SubmitOutcome] = {}

@@ -39,12 +39,13 @@ from consensus.messages import (
 )
 from tests.consensus.cluster import (
     Cluster,
-    Envelope,
+    Rule,
     checkpoint,
     commit,
     fingerprint,
     flip_signature,
     header_for,
+    matching,
     model_update,
     new_view,
     null_pre_prepare,
@@ -59,8 +60,9 @@ from tests.consensus.cluster import (
 TARGET = 3  # the replica under test; replica 0 is the primary of view 0
 
 
-def _of(kind: type, to: int = TARGET, via: int | None = None) -> Callable[[Envelope], bool]:
-    return lambda e: isinstance(e.message, kind) and e.to == to and (via is None or e.via == via)
+def _of(kind: type, to: int = TARGET, via: int | None = None) -> Rule:
+    """Messages of one type to the replica under test (or `to`), optionally from `via`."""
+    return matching(kind, to=to) if via is None else matching(kind, to=to, via=via)
 
 
 def _staged(cluster: Cluster) -> PrePrepare:

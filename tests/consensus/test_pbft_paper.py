@@ -31,37 +31,20 @@ from consensus.messages import (
     ViewChange,
     VoteBatch,
 )
-from consensus.node import ConsensusNode
 from consensus.ready import CommittedBatch, Equivocation, PreparedRecord, SignedRecord, StableCheckpointRecord
 from tests.consensus.cluster import (
     Cluster,
-    Envelope,
     commit,
     fingerprint,
     flip_signature,
+    matching,
     new_view,
     null_pre_prepare,
     prepare,
-    resigned,
+    unit_params,
     view_change,
 )
 from tests.sim.world import make_config
-from tests.consensus.cluster import unit_params
-
-
-def _is(kind: type, **fields: object):  # type: ignore[no-untyped-def]
-    """A network rule matching messages of one type (and, optionally, envelope/message fields)."""
-
-    def rule(e: Envelope) -> bool:
-        if not isinstance(e.message, kind):
-            return False
-        for name, value in fields.items():
-            actual = getattr(e, name) if name in ("via", "to") else getattr(e.message, name)
-            if actual != value:
-                return False
-        return True
-
-    return rule
 
 
 def _first_proposal(cluster: Cluster) -> PrePrepare:
@@ -144,8 +127,8 @@ def test_second_pre_prepare_for_same_view_and_seq_is_equivocation() -> None:
     """4.2: a backup does not accept a pre-prepare for (v, n) with a different digest once it
     accepted one; the two signed pre-prepares prove the primary equivocated."""
     cluster = Cluster()
-    cluster.hold(_is(Commit, to=3))  # keep seq 1 open at replica 3
-    late = cluster.hold(_is(PrePrepare, to=3))
+    cluster.hold(matching(Commit, to=3))  # keep seq 1 open at replica 3
+    late = cluster.hold(matching(PrePrepare, to=3))
     cluster.submit(cluster.new_request())
     cluster.settle()
     (held,) = cluster.release(late)
@@ -174,7 +157,7 @@ def test_commit_is_sent_only_once_prepared() -> None:
     """4.2: prepared(m, v, n, i) needs the pre-prepare and 2f prepares from different backups
     matching it; only then does replica i multicast COMMIT (and it logs the proof first)."""
     cluster = Cluster()
-    cluster.hold(_is(Prepare))
+    cluster.hold(matching(Prepare))
     cluster.submit(cluster.new_request())
     cluster.settle()
     pp = _first_proposal(cluster)
@@ -189,14 +172,15 @@ def test_commit_is_sent_only_once_prepared() -> None:
     prepared_at = next(i for i, rec in enumerate(disk) if isinstance(rec, PreparedRecord))
     commit_at = next(i for i, rec in enumerate(disk) if isinstance(rec, SignedRecord) and isinstance(rec.message, Commit))
     assert prepared_at < commit_at
-    assert {p.sender for p in disk[prepared_at].prepares} == {1, 2}  # type: ignore[union-attr]
+    record = disk[prepared_at]
+    assert isinstance(record, PreparedRecord) and {p.sender for p in record.prepares} == {1, 2}
 
 
 def test_prepares_must_come_from_2f_distinct_backups() -> None:
     """4.2: the 2f prepares must come from different backups; a prepare claiming to be the
     primary's is refused and a backup's prepare delivered twice counts once."""
     cluster = Cluster()
-    cluster.hold(_is(Prepare))
+    cluster.hold(matching(Prepare))
     cluster.submit(cluster.new_request())
     cluster.settle()
     digest = _first_proposal(cluster).header.batch_digest
@@ -218,7 +202,7 @@ def test_batches_execute_in_sequence_order_even_if_a_later_one_commits_first() -
     """4.2: replica i executes the operation of m after committed-local(m, v, n, i) is true and
     it executed all requests with lower sequence numbers."""
     cluster = Cluster()
-    late = cluster.hold(_is(Commit, to=3, seq=1))
+    late = cluster.hold(matching(Commit, to=3, seq=1))
     first = cluster.serve_one(to=range(3))
     cluster.submit(first, to=[3])
     cluster.settle()
@@ -268,7 +252,7 @@ def test_checkpoint_every_k_batches_becomes_stable_at_a_quorum_and_truncates_the
     below it is discarded."""
     cluster = Cluster()
     k = cluster.params.checkpoint_interval_batches
-    held = cluster.hold(_is(Checkpoint, to=1))
+    held = cluster.hold(matching(Checkpoint, to=1))
     for _ in range(k):
         cluster.serve_one()
     node = cluster.nodes[1]
@@ -323,7 +307,7 @@ def test_messages_below_the_low_watermark_are_rejected_as_stale() -> None:
 def _prepared_then_primary_crashes(cluster: Cluster, seq: int = 1) -> tuple[PrePrepare, InferenceRequest]:
     """A new request's batch (at `seq`) prepares everywhere but commits nowhere (its view-0
     COMMITs are lost), then the primary crashes."""
-    cluster.drop(_is(Commit, view=0, seq=seq))
+    cluster.drop(matching(Commit, view=0, seq=seq))
     request = cluster.new_request()
     cluster.submit(request)
     cluster.settle()
@@ -380,8 +364,8 @@ def test_new_view_fills_gaps_with_null_batches() -> None:
     prepared batch in the view changes, NEW-VIEW proposes a null request; what was only
     pre-prepared there is proposed again later and executes exactly once."""
     cluster = Cluster()
-    cluster.drop(_is(Commit, view=0))
-    cluster.drop(_is(Prepare, view=0, seq=2))
+    cluster.drop(matching(Commit, view=0))
+    cluster.drop(matching(Prepare, view=0, seq=2))
     requests = []
     for _ in range(3):
         request = cluster.new_request()
@@ -412,7 +396,7 @@ def test_backups_reject_a_new_view_that_changes_a_prepared_batch(tamper: str) ->
     that does not re-propose a prepared batch with its content is rejected."""
     cluster = Cluster()
     pp, request = _prepared_then_primary_crashes(cluster)
-    held = cluster.hold(_is(NewView, to=2))
+    held = cluster.hold(matching(NewView, to=2))
     cluster.tick_until(lambda: len(cluster.held) > 0, 200)
     genuine = cluster.held[0].message
     assert isinstance(genuine, NewView)
@@ -634,7 +618,7 @@ def test_replica_behind_the_window_catches_up_without_leaving_the_view() -> None
 
 @pytest.mark.parametrize("tamper", ["checkpoint-signature", "snapshot-content", "commit-signature", "too-few-commits", "batch-content"])
 def test_state_reply_with_forged_proof_is_rejected(tamper: str) -> None:
-    """State transfer: the fetched checkpoint must carry 2f+1 valid signatures over the
+    """4.3 / state transfer: the fetched checkpoint must carry 2f+1 valid signatures over the
     recomputed state digest, and each fetched batch a valid commit quorum; otherwise the reply
     is rejected naming the replica that sent it, and the requester is unchanged."""
     cluster = Cluster()
@@ -692,7 +676,7 @@ def _signed_contents(cluster: Cluster, r: int) -> dict[tuple[str, int, int], set
 
 
 def test_restarted_primary_never_signs_another_pre_prepare_for_a_slot() -> None:
-    """Restart: a primary that signed a pre-prepare and crashed before it left recovers it from
+    """4.2 / 4.4, restart: a primary that signed a pre-prepare and crashed before it left recovers it from
     its log, sends that one again and proposes new requests at later sequence numbers."""
     cluster = Cluster()
     lost = cluster.drop(lambda e: e.via == 0 and isinstance(e.message, PrePrepare))
@@ -715,11 +699,11 @@ def test_restarted_primary_never_signs_another_pre_prepare_for_a_slot() -> None:
 
 
 def test_restarted_backup_never_prepares_or_commits_another_batch_for_a_slot() -> None:
-    """Restart: a backup that prepared and committed a batch at (v, n) and recovered from its
+    """4.2 / 4.4, restart: a backup that prepared and committed a batch at (v, n) and recovered from its
     log refuses to sign a PREPARE or COMMIT for a different batch at (v, n), even when faulty
     peers present one with enough matching prepares."""
     cluster = Cluster()
-    cluster.hold(_is(Commit, to=1))
+    cluster.hold(matching(Commit, to=1))
     cluster.submit(cluster.new_request())
     cluster.settle()
     pp = _first_proposal(cluster)
@@ -727,7 +711,7 @@ def test_restarted_backup_never_prepares_or_commits_another_batch_for_a_slot() -
     cluster.crash(1)
     cluster.held.clear()
     cluster.hold_rules.clear()
-    node = cluster.restart(1)
+    cluster.restart(1)
     other = null_pre_prepare(cluster.config, 0, 0, 1)
     assert other.header.batch_digest != pp.header.batch_digest
     sent_before = len(cluster.sent[1])
@@ -737,11 +721,10 @@ def test_restarted_backup_never_prepares_or_commits_another_batch_for_a_slot() -
     signed = _signed_contents(cluster, 1)
     assert signed[("Prepare", 0, 1)] == {pp.header.batch_digest}
     assert signed[("Commit", 0, 1)] == {pp.header.batch_digest}
-    del node
 
 
 def test_restarted_replica_keeps_its_vote_batch_numbering() -> None:
-    """Restart: vote batch numbers are a signed slot too; after recovery a replica continues
+    """4.2 / 4.4, restart: vote batch numbers are a signed slot too; after recovery a replica continues
     after the last number it signed, so peers never see two batches under one number."""
     cluster = Cluster()
     for _ in range(2):
@@ -757,11 +740,11 @@ def test_restarted_replica_keeps_its_vote_batch_numbering() -> None:
 
 
 def test_replica_restarted_during_a_view_change_sends_the_same_view_change() -> None:
-    """Restart: a replica that signed VIEW-CHANGE for view v+1 and crashed comes back in the
+    """4.2 / 4.4, restart: a replica that signed VIEW-CHANGE for view v+1 and crashed comes back in the
     view change to v+1 with the very same message, and the change completes."""
     cluster = Cluster()
     pp, request = _prepared_then_primary_crashes(cluster)
-    cluster.hold(_is(ViewChange, via=2))
+    cluster.hold(matching(ViewChange, via=2))
     cluster.tick_until(lambda: cluster.nodes[2].view == 1, 200)
     (signed,) = cluster.sent_of(2, ViewChange)
     cluster.crash(2)
@@ -775,7 +758,7 @@ def test_replica_restarted_during_a_view_change_sends_the_same_view_change() -> 
 
 
 def test_replica_restarted_after_checkpoints_rejoins_with_the_same_state() -> None:
-    """Restart: from its stable checkpoint (stored incrementally) and the batches committed
+    """4.2 / 4.4, restart: from its stable checkpoint (stored incrementally) and the batches committed
     after it, a replica rebuilds the state the group has, and counts towards quorums again."""
     cluster = Cluster()
     k = cluster.params.checkpoint_interval_batches
@@ -794,7 +777,7 @@ def test_replica_restarted_after_checkpoints_rejoins_with_the_same_state() -> No
 
 
 def test_whole_group_restart_resumes_where_it_stopped() -> None:
-    """Restart: every replica crashes at once and recovers from its own log; nothing committed
+    """4.2 / 4.4, restart: every replica crashes at once and recovers from its own log; nothing committed
     is lost or executed again and new requests commit."""
     cluster = Cluster()
     served = [cluster.serve_one() for _ in range(cluster.params.checkpoint_interval_batches + 1)]

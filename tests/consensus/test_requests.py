@@ -16,7 +16,7 @@ from consensus.errors import ByzantineMessageError, LocalProtocolError, RequestR
 from consensus.messages import ControlMessage, ModelUpdate, PrePrepare, RequestMessage, VoteBatch
 from consensus.node import SubmitOutcome
 from consensus.ready import Activation
-from tests.consensus.cluster import Cluster, honest_model, make_request
+from tests.consensus.cluster import Cluster, Model, honest_model, make_request
 from tests.sim.world import LABELS
 
 # =====================================================================================
@@ -261,7 +261,7 @@ def test_a_request_without_a_quorum_of_votes_is_relayed_not_blamed_on_the_primar
 # =====================================================================================
 
 
-def _fixed_model(tops: dict[int, tuple[tuple[int, int], ...]]):  # type: ignore[no-untyped-def]
+def _fixed_model(tops: dict[int, tuple[tuple[int, int], ...]]) -> Model:
     def model(replica_id: int, request: InferenceRequest, version: int, label_space: tuple[str, ...]) -> ModelOutput:
         return ModelOutput(tops[replica_id])
 
