@@ -86,7 +86,7 @@ from certs.certificate import NO_AGREEMENT_NAME
 from certs.config import GroupConfig
 from certs.errors import CertificateError
 from certs.request import DATATYPE_SIZES, InferenceRequest, TensorData
-from certs.wire import request_from_proto
+from certs.wire import STRING_MAX, request_from_proto
 from marketplace.registry import GroupEntry, Registry, UnknownGroupError
 from marketplace.sdk import (
     CERTIFIED,
@@ -178,6 +178,9 @@ def check_request(config: GroupConfig, request: InferenceRequest) -> None:
     task = config.task
     if request.group_id != config.group_id:
         raise _Abort(grpc.StatusCode.NOT_FOUND, f"request is for group {request.group_id!r}, not {config.group_id!r}")
+    for what, value in (("client id", request.client_id), ("request id", request.request_id)):
+        if not value or len(value) > STRING_MAX:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"the {what} must be 1 to {STRING_MAX} characters")
     if len(request.inputs) != 1:
         names = [t.name for t in request.inputs]
         raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"expected exactly one input, {task.input_name!r}; got {names}")

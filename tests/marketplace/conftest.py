@@ -1,0 +1,71 @@
+"""Shared fixtures for the marketplace tests.
+
+Process-level tests share ONE real group for the whole session (4 replica processes, each with
+its own tritonserver and its own digits model; replica 3 votes wrong labels on purpose) and ONE
+gateway process in front of it: starting Tritons is the slow part. A test that kills a replica
+restarts it before it returns, so every test sees the whole group.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from marketplace.commands import GatewayProcess, start_gateway_process
+from marketplace.local import LocalGroup, free_ports
+
+LIAR = 3  # the replica that answers every request with the next class (misbehave "wrong-labels")
+
+
+@pytest.fixture(scope="session")
+def local_group(tmp_path_factory: pytest.TempPathFactory, digits_packages: list[Path]) -> Iterator[LocalGroup]:
+    group = LocalGroup(
+        tmp_path_factory.mktemp("marketplace-group"), f=1, model_packages=digits_packages, misbehave={LIAR: "wrong-labels"}
+    )
+    try:
+        group.start()
+        yield group
+    finally:
+        group.stop()
+    left = [r.replica_id for r in group.replicas if r.process is not None and _alive(r.process.pid)]
+    if left:
+        raise RuntimeError(f"replica processes outlived the session group: {left}")
+
+
+@pytest.fixture(scope="session")
+def gateway(local_group: LocalGroup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    metrics_port = free_ports(1)[0]
+    process = start_gateway_process(
+        [local_group.group_config_path],
+        metrics_port=metrics_port,
+        log_path=tmp_path_factory.mktemp("gateway") / "gateway.log",
+    )
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    """Held-out digits (features float32 [N, 64], labels int64 [N]) that no model trained on."""
+    from marketplace.models import held_out_digits
+
+    return held_out_digits(0)
+
+
+@pytest.fixture(scope="session")
+def group_config_path(local_group: LocalGroup) -> Path:
+    return local_group.group_config_path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
