@@ -230,7 +230,7 @@ def start_gateway_process(
 
 
 class _Stop(BaseException):
-    """SIGTERM: stop like Ctrl-C does (BaseException so no `except Exception` swallows it)."""
+    """SIGINT or SIGTERM: stop everything (BaseException so no `except Exception` swallows it)."""
 
 
 def _raise_stop(signum: int, frame: FrameType | None) -> None:
@@ -239,11 +239,14 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 
 @contextlib.contextmanager
 def _signals_stop() -> Iterator[None]:
-    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    # SIGINT explicitly too: a shell starts background jobs with SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_up(args: argparse.Namespace) -> int:

@@ -76,6 +76,7 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.max_reconnect_backoff_ms", 2000),
 )
 STREAM_REOPEN_INTERVAL_S = 1.0
+STREAM_QUEUE_MAX = 8192  # requests waiting to be written to one replica's stream
 # KServe v2 datatype -> numpy dtype (BF16 and BYTES have none)
 NUMPY_DTYPES: dict[str, str] = {
     "BOOL": "bool", "UINT8": "uint8", "INT8": "int8", "UINT16": "uint16", "INT16": "int16",
@@ -822,8 +823,17 @@ class _ReplicaStream:
         self.tasks = [loop.create_task(self._write(self.call, self.queue)), loop.create_task(self._read(self.call))]
         return True
 
-    def send(self, payload: bytes) -> None:
+    def send(self, payload: bytes) -> bool:
+        """Queue a request for this replica; False when it has stopped reading (a stalled
+        replica must not make the gateway buffer without bound)."""
+        if self.queue.qsize() >= STREAM_QUEUE_MAX:
+            call = self.call
+            self._broken(call, f"more than {STREAM_QUEUE_MAX} requests waiting to be written")
+            if call is not None:
+                call.cancel()
+            return False
         self.queue.put_nowait(payload)
+        return True
 
     async def _write(self, call: Any, queue: asyncio.Queue[bytes | None]) -> None:
         try:
@@ -889,9 +899,7 @@ class FanoutStream:
         payload = api.SubmitRequest(request=request_to_proto(request), fanout=1, timeout_ms=timeout_ms).SerializeToString()
         try:
             for rid, replica in self.replicas.items():
-                if replica.ensure_open():
-                    replica.send(payload)
-                else:
+                if not (replica.ensure_open() and replica.send(payload)):
                     row.fail(rid, "stream to this replica is down")
             if not row.done:
                 try:
