@@ -248,7 +248,7 @@ class StateSnapshot:
 
     seq: int
     chain_digest: bytes
-    executed: tuple[tuple[str, str, int], ...]  # (client_id, request_id, seq), sorted
+    executed: tuple[tuple[str, str, int, bytes], ...]  # (client_id, request_id, seq, request digest), sorted
     versions: tuple[tuple[int, int, bytes], ...]  # (replica_id, version, weights_digest) in effect
     scheduled: tuple[tuple[int, int, int, bytes], ...]  # (activation_seq, replica_id, version, digest)
 

@@ -51,6 +51,7 @@ from consensus.messages import (
     ProposalEntry,
     RequestMessage,
     StateReply,
+    StateSnapshot,
     ViewChange,
     VoteBatch,
     VoteRef,
@@ -156,6 +157,11 @@ class ConsensusNode:
 
         self._ready = Ready()
         self.restored = False
+        self._via: int | None = None  # the peer that handed over the message being stepped
+        self.mismatched: dict[tuple[int, int], set[VoteRef]] = {}  # waiting proposal -> refs that disagree
+        self.helped: dict[int, int] = {}  # peer -> tick we last sent it our stable checkpoint
+        self.asked_before_accusing: VoteKey | None = None  # the stalled request we fetched state for
+        self.accuse_deadline = 0
         self.stable_ahead: tuple[int, list[int]] | None = None  # a quorum's checkpoint above our state
         self.last_execute_tick = 0
         self.reported_equivocations: set[tuple[int, StatementKind, tuple[int, ...]]] = set()
@@ -209,8 +215,14 @@ class ConsensusNode:
         now (a client talking to this replica alone); a gateway that sends every request to all
         replicas passes False, and relaying happens only if votes fail to arrive in time."""
         self._check_request(request)
-        seq = self.state.executed.get(request.key)
-        if seq is not None:
+        executed = self.state.executed.get(request.key)
+        if executed is not None:
+            seq, digest = executed
+            if digest != request.digest:
+                raise RequestRejectedError(
+                    f"request id {request.request_id!r} of client {request.client_id!r} was used at seq {seq} "
+                    f"for a different request"
+                )
             return SubmitOutcome("executed", seq)
         known = self.by_request_key.get(request.key)
         if known is not None and known[0] != request.digest:
@@ -240,12 +252,13 @@ class ConsensusNode:
 
     def executed(self, batch_id: int, outputs: Sequence[ModelOutput]) -> None:
         """The runtime ran inference batch `batch_id`; `outputs` are in request order."""
-        inflight = self.inference_inflight.pop(batch_id, None)
+        inflight = self.inference_inflight.get(batch_id)
         if inflight is None:
             raise LocalProtocolError(f"unknown inference batch {batch_id}")
         version, keys = inflight
         if len(outputs) != len(keys):
             raise LocalProtocolError(f"inference batch {batch_id}: {len(outputs)} outputs for {len(keys)} requests")
+        del self.inference_inflight[batch_id]
         entries: list[VoteEntry] = []
         for key, output in zip(keys, outputs):
             pending = self.pending.get(key)
@@ -287,6 +300,7 @@ class ConsensusNode:
         `via` is the peer that transmitted the message when the runtime knows it. Signed
         messages are relayed (vote batches on request, proofs inside other messages), so an
         invalid signature is blamed on whoever handed it over, not on the replica it names."""
+        self._via = via
         try:
             self._step(message)
         except ByzantineMessageError as exc:
@@ -332,6 +346,9 @@ class ConsensusNode:
             raise RequestRejectedError(f"request is for group {request.group_id!r}, this is {self.config.group_id!r}")
         if not request.client_id or not request.request_id:
             raise RequestRejectedError("client_id and request_id must not be empty")
+        # size first: an oversized request is refused as such, whatever else is wrong with it
+        if request.size_bytes > self.params.request_size_max_bytes:
+            raise RequestRejectedError(f"request of {request.size_bytes} bytes exceeds {self.params.request_size_max_bytes}")
         if len(request.inputs) != 1:
             raise RequestRejectedError(f"expected exactly one input, {task.input_name!r}; got {len(request.inputs)}")
         tensor = request.inputs[0]
@@ -343,8 +360,6 @@ class ConsensusNode:
             raise RequestRejectedError(f"input {tensor.name!r} has shape {list(tensor.shape)}, expected {list(task.input_shape)}")
         if len(tensor.data) != task.input_size_bytes:
             raise RequestRejectedError(f"input {tensor.name!r} has {len(tensor.data)} bytes, expected {task.input_size_bytes}")
-        if request.size_bytes > self.params.request_size_max_bytes:
-            raise RequestRejectedError(f"request of {request.size_bytes} bytes exceeds {self.params.request_size_max_bytes}")
         if request.label_mapping:
             try:
                 decision_space(task.class_labels, dict(request.label_mapping))
@@ -386,7 +401,8 @@ class ConsensusNode:
     def _maybe_batch_inference(self) -> None:
         params = self.params
         while self.inference_queue and len(self.inference_inflight) < params.inference_inflight_max:
-            waited = self.now - (self.inference_queue_since or self.now)
+            since = self.inference_queue_since
+            waited = self.now - (self.now if since is None else since)
             if len(self.inference_queue) < params.inference_batch_max and waited < params.inference_batch_delay_ticks:
                 # a lone request waits a moment for company, unless the model is idle
                 if self.inference_inflight:
@@ -438,6 +454,7 @@ class ConsensusNode:
         ref = (sender, batch.batch_no)
         existing = self.vote_batches.get(ref)
         if existing is not None and self._same_batch(existing.batch, batch):
+            self._check_forgery(VoteRef(sender, batch.batch_no))
             return  # a retransmission
         variants = self.vote_batch_variants.get(ref, [])
         if any(self._same_batch(v.batch, batch) for v in variants):
@@ -458,6 +475,24 @@ class ConsensusNode:
         self._store_vote_batch(batch)
         self._recheck_waiting()
         self._try_propose()
+
+    def _check_forgery(self, ref: VoteRef) -> None:
+        """A primary we asked for a vote batch its proposal quotes differently sent back the
+        very batch we hold: no batch of the voter says what the proposal claims."""
+        via = self._via
+        for key, refs in list(self.mismatched.items()):
+            waiting = self.waiting.get(key)
+            if waiting is None:
+                del self.mismatched[key]
+                continue
+            pp = waiting[0]
+            if ref in refs and via == pp.sender:
+                del self.waiting[key]
+                del self.mismatched[key]
+                raise ByzantineMessageError(
+                    pp.sender, "forged-vote",
+                    f"seq {pp.seq}: the vote of replica {ref.voter} in the proposal is not in its signed batch {ref.batch_no}",
+                )
 
     @staticmethod
     def _same_batch(a: VoteBatch, b: VoteBatch) -> bool:
@@ -521,9 +556,19 @@ class ConsensusNode:
                 self.vote_batch_variants.pop(ref, None)
                 self.vote_batch_count[force_voter] -= 1
         for key, pending in list(self.pending.items()):
-            if pending.request_key in executed or (
-                pending.request is None and self.now - pending.first_tick > retention_ticks
-            ):
+            if pending.request_key in executed:
+                self._forget_pending(key)
+                continue
+            if pending.request is not None:
+                continue
+            # known only through votes: keep it only while some stored batch still votes for it
+            for voter in list(pending.votes):
+                kept = {v: b for v, b in pending.votes[voter].items() if (voter, b) in self.vote_batches}
+                if kept:
+                    pending.votes[voter] = kept
+                else:
+                    del pending.votes[voter]
+            if not pending.votes or self.now - pending.first_tick > retention_ticks:
                 self._forget_pending(key)
 
     def _forget_pending(self, key: VoteKey) -> None:
@@ -558,6 +603,10 @@ class ConsensusNode:
             )
 
     def _on_control(self, message: ControlMessage) -> None:
+        op = message.op
+        if isinstance(op, ModelUpdate) and self.config.is_member(op.replica_id) and op.new_version <= self.state.latest_version(op.replica_id):
+            # ordered already: a late copy or a replay, harmless either way
+            raise ByzantineMessageError(message.sender, "stale", f"model update to version {op.new_version} is already ordered")
         try:
             self._check_control(message.op)
         except RequestRejectedError as exc:
@@ -745,7 +794,9 @@ class ConsensusNode:
             return  # a view this replica has not entered: the NEW-VIEW will carry what matters
         if not self._in_window(pp.seq):
             if pp.seq <= self.low:
+                self._help_behind(sender)
                 raise ByzantineMessageError(sender, "stale", f"pre-prepare for seq {pp.seq} below the watermark")
+            self._start_state_transfer([sender])
             raise ByzantineMessageError(sender, "outside-window", f"pre-prepare for seq {pp.seq} above the watermark")
         if not self._verifier.verify(self.config.public_key(sender) or b"", pp.statement().message(), pp.signature):
             raise ByzantineMessageError(sender, "bad-signature", f"pre-prepare for seq {pp.seq}")
@@ -753,9 +804,14 @@ class ConsensusNode:
         if pp.seq <= self.state.seq:
             # already executed here (perhaps through state transfer): take part only if it is
             # the batch this replica executed, so slower peers can still gather a quorum
-            if slot is not None and slot.committed is not None and slot.committed[0].header.batch_digest == header.batch_digest:
-                if slot.pre_prepare is None:
-                    self._accept_pre_prepare(pp)
+            if slot is None:
+                return
+            accepted = slot.pre_prepare
+            if accepted is not None and accepted.view == pp.view and accepted.header.batch_digest != header.batch_digest:
+                self._equivocation(accepted.statement(), accepted.signature, pp.statement(), pp.signature)
+                raise ByzantineMessageError(sender, "equivocation", f"two pre-prepares for view {pp.view} seq {pp.seq}")
+            if slot.committed is not None and slot.committed[0].header.batch_digest == header.batch_digest and accepted is None:
+                self._accept_pre_prepare(pp)
             return
         if slot is not None and slot.pre_prepare is not None and slot.pre_prepare.view == pp.view:
             if slot.pre_prepare.header.batch_digest == header.batch_digest:
@@ -777,6 +833,7 @@ class ConsensusNode:
             self._send(sender, FetchVotes(self.id, tuple(sorted(missing, key=lambda r: (r.voter, r.batch_no)))))
             return
         self.waiting.pop((pp.view, pp.seq), None)
+        self.mismatched.pop((pp.view, pp.seq), None)
         self._accept_pre_prepare(pp)
 
     def _validate_proposal(self, pp: PrePrepare) -> set[VoteRef]:
@@ -843,6 +900,7 @@ class ConsensusNode:
                     # perhaps the voter signed another batch under this number and the primary
                     # holds that one: fetch the primary's copy before blaming the primary
                     missing.add(ref)
+                    self.mismatched.setdefault((pp.view, pp.seq), set()).add(ref)
                     continue
             if missing:
                 continue
@@ -898,8 +956,11 @@ class ConsensusNode:
         if message.view > self.view + FUTURE_VIEWS_MAX:
             raise ByzantineMessageError(sender, "outside-window", f"{name} for far future view {message.view}")
         if message.seq <= self.low:
+            self._help_behind(sender)
             raise ByzantineMessageError(sender, "stale", f"{name} for seq {message.seq} below the watermark")
         if message.seq > self.low + self.params.log_window_batches:
+            # the group is ahead of our window: ask the sender for the state we lack
+            self._start_state_transfer([sender])
             raise ByzantineMessageError(sender, "outside-window", f"{name} for seq {message.seq} above the watermark")
         statement = message.statement(self.config.group_id)
         self._verify(sender, statement, message.signature, name)
@@ -1033,6 +1094,8 @@ class ConsensusNode:
         if checkpoint.seq % self.params.checkpoint_interval_batches or checkpoint.seq <= 0:
             raise ByzantineMessageError(sender, "bad-checkpoint", f"checkpoint at seq {checkpoint.seq} is off the interval")
         if checkpoint.seq <= self.low:
+            if checkpoint.seq < self.low:
+                self._help_behind(sender)
             return  # already stable here
         statement = checkpoint.statement(self.config.group_id)
         self._verify(sender, statement, checkpoint.signature, "checkpoint")
@@ -1044,6 +1107,24 @@ class ConsensusNode:
         self._add_checkpoint(checkpoint)
 
     def _add_checkpoint(self, checkpoint: Checkpoint) -> None:
+        horizon = self.low + self.params.log_window_batches
+        if checkpoint.seq > horizon:
+            # far ahead of us: keep only each sender's newest, so a flood cannot grow memory
+            for seq in [s for s in self.checkpoints if s > horizon]:
+                for digest, bucket in list(self.checkpoints[seq].items()):
+                    earlier = bucket.get(checkpoint.sender)
+                    if earlier is not None and earlier.seq < checkpoint.seq:
+                        del bucket[checkpoint.sender]
+                        if not bucket:
+                            del self.checkpoints[seq][digest]
+                if not self.checkpoints[seq]:
+                    del self.checkpoints[seq]
+            if any(
+                checkpoint.sender in bucket and seq > checkpoint.seq
+                for seq in self.checkpoints if seq > horizon
+                for bucket in self.checkpoints[seq].values()
+            ):
+                return  # we already hold a newer one from this sender
         by_digest = self.checkpoints.setdefault(checkpoint.seq, {})
         bucket = by_digest.setdefault(checkpoint.state_digest, {})
         bucket.setdefault(checkpoint.sender, checkpoint)
@@ -1104,6 +1185,15 @@ class ConsensusNode:
         self.fetch_targets = candidates
         self._send(candidates[0], FetchState(self.id, self.state.seq))
         self._ready.events.append(Event("state-transfer", f"fetching from replica {candidates[0]} after seq {self.state.seq}"))
+
+    def _help_behind(self, peer: int) -> None:
+        """`peer` still works below our stable checkpoint: show it the checkpoint (once in a
+        while), so it fetches the state instead of waiting for messages that will not come."""
+        if not self.stable_proof or self.now - self.helped.get(peer, -(10**9)) < self.params.relay_timeout_ticks:
+            return
+        self.helped[peer] = self.now
+        for checkpoint in self.stable_proof:
+            self._send(peer, checkpoint)
 
     def _maybe_fetch_committed(self) -> None:
         """Batches above ours are committed by a quorum but ours is stuck: fetch them."""
@@ -1171,9 +1261,11 @@ class ConsensusNode:
         if self.fetching_state_since is not None and self.fetch_targets and self.fetch_targets[0] == sender:
             progressed = bool(reply.batches) or reply.snapshot is not None
             self.fetching_state_since = None
-            if len(reply.batches) >= FETCH_BATCHES_MAX:
-                self._start_state_transfer([sender])  # there is more where that came from
-            elif not progressed and len(self.fetch_targets) > 1:
+            if progressed:
+                # there may be more by now (the group kept committing while we caught up):
+                # ask again until the answer is empty
+                self._start_state_transfer([sender])
+            elif len(self.fetch_targets) > 1:
                 self._start_state_transfer(self.fetch_targets[1:])  # ask the next one
         self._recheck_waiting()
         self._try_propose()
@@ -1199,8 +1291,15 @@ class ConsensusNode:
         if len(signers) < self.q:
             raise ByzantineMessageError(sender, "bad-state", f"batch {header.seq} has too few commits")
 
-    def _install_snapshot(self, snapshot, state_digest: bytes, proof: tuple[Checkpoint, ...]) -> None:  # type: ignore[no-untyped-def]
+    def _install_snapshot(self, snapshot: StateSnapshot, state_digest: bytes, proof: tuple[Checkpoint, ...]) -> None:
+        before = dict(self.state.versions)
         self.state = ReplicatedState.from_snapshot(self.config, snapshot)
+        # versions that took effect in the batches skipped over: the runtime must hear of them
+        # (it loads and unloads models, and its own votes must carry the new version)
+        for rid, (version, wd) in sorted(self.state.versions.items()):
+            if before.get(rid, (0, b""))[0] != version:
+                self._ready.activations.append(Activation(rid, version, wd, snapshot.seq + 1))
+                self._ready.events.append(Event("model-activated", f"replica {rid} version {version} (learned by state transfer)"))
         self.summaries[snapshot.seq] = self.state.summary()
         self.low, self.stable_digest, self.stable_proof = snapshot.seq, state_digest, tuple(proof)
         self._persist(StableCheckpointRecord(snapshot, 0, tuple(proof)))
@@ -1289,7 +1388,15 @@ class ConsensusNode:
                 if pending is None or pending.request_key in self.state.executed:
                     self._forget_pending(oldest)
                 elif self.now - (pending.quorum_tick or 0) > self._view_change_timeout():
-                    self._start_view_change(self.view + 1, "a request with a quorum of votes was not committed in time")
+                    if self.asked_before_accusing != oldest:
+                        # perhaps the group committed it and this replica fell behind: ask a peer
+                        # before accusing the primary (one relay timeout)
+                        self.asked_before_accusing = oldest
+                        self.accuse_deadline = self.now + params.relay_timeout_ticks
+                        peers = [r for r in self.config.replica_ids if r != self.id]
+                        self._start_state_transfer(peers[self.now % len(peers):] + peers[: self.now % len(peers)])
+                    elif self.now >= self.accuse_deadline:
+                        self._start_view_change(self.view + 1, "a request with a quorum of votes was not committed in time")
         elif self.view_change_deadline is not None and self.now >= self.view_change_deadline:
             if len(self.view_changes.get(self.view, {})) >= self.q:
                 self.view_change_attempts += 1
@@ -1456,7 +1563,12 @@ class ConsensusNode:
         for vc in nv.view_changes:
             if vc.new_view != nv.view:
                 raise ByzantineMessageError(sender, "bad-new-view", f"new-view carries a view change to view {vc.new_view}")
-            check_view_change(self.config, self._verifier, vc)
+            try:
+                check_view_change(self.config, self._verifier, vc)
+            except ByzantineMessageError as exc:
+                # the proofs inside a view change are not covered by its signature, so whoever
+                # relayed a broken one answers for it: here, the new primary
+                raise ByzantineMessageError(sender, "bad-new-view", f"relays a bad view change of replica {vc.sender}: {exc.reason}") from exc
         plan = plan_new_view(nv.view_changes)
         if len(plan.batches) != len(nv.pre_prepares):
             raise ByzantineMessageError(sender, "bad-new-view", "new-view re-proposes the wrong sequence numbers")

@@ -32,8 +32,8 @@ _ADHASH_MODULUS = 1 << 256
 ZERO_DIGEST = bytes(32)
 
 
-def _entry_hash(client_id: str, request_id: str, seq: int) -> int:
-    return int.from_bytes(sha256(encode(Domain.STATE, client_id, request_id, seq)), "big")
+def _entry_hash(client_id: str, request_id: str, seq: int, request_digest: bytes) -> int:
+    return int.from_bytes(sha256(encode(Domain.STATE, client_id, request_id, seq, request_digest)), "big")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +62,9 @@ class ReplicatedState:
         self.config = config
         self.seq = 0  # executed through this sequence number
         self.chain_digest = ZERO_DIGEST
-        self.executed: dict[tuple[str, str], int] = {}
+        # (client_id, request_id) -> (seq, request digest): the digest tells a retry (same request)
+        # from a reuse of the id for a different request
+        self.executed: dict[tuple[str, str], tuple[int, bytes]] = {}
         self._executed_hash = 0
         self.versions: dict[int, tuple[int, bytes]] = {
             rid: (version, wd) for rid, version, wd in config.genesis_versions()
@@ -114,8 +116,9 @@ class ReplicatedState:
             if key in self.executed:
                 duplicates.append(index)
                 continue
-            self.executed[key] = seq
-            self._executed_hash = (self._executed_hash + _entry_hash(key[0], key[1], seq)) % _ADHASH_MODULUS
+            digest_ = entry.leaf.request_digest
+            self.executed[key] = (seq, digest_)
+            self._executed_hash = (self._executed_hash + _entry_hash(key[0], key[1], seq, digest_)) % _ADHASH_MODULUS
         window = self.config.params.log_window_batches
         for op in proposal.ops:
             if isinstance(op, ModelUpdate) and op.new_version > self.latest_version(op.replica_id):
@@ -134,7 +137,7 @@ class ReplicatedState:
     def snapshot(self, summary: CheckpointSummary, since_seq: int = 0) -> StateSnapshot:
         """The snapshot at `summary.seq`, listing executed requests with since_seq < seq <= it."""
         executed = tuple(
-            sorted((c, r, s) for (c, r), s in self.executed.items() if since_seq < s <= summary.seq)
+            sorted((c, r, s, d) for (c, r), (s, d) in self.executed.items() if since_seq < s <= summary.seq)
         )
         return StateSnapshot(summary.seq, summary.chain_digest, executed, summary.versions, summary.scheduled)
 
@@ -143,9 +146,11 @@ class ReplicatedState:
         state = cls(config)
         state.seq = snapshot.seq
         state.chain_digest = snapshot.chain_digest
-        for client_id, request_id, seq in snapshot.executed:
-            state.executed[(client_id, request_id)] = seq
-            state._executed_hash = (state._executed_hash + _entry_hash(client_id, request_id, seq)) % _ADHASH_MODULUS
+        for client_id, request_id, seq, request_digest in snapshot.executed:
+            state.executed[(client_id, request_id)] = (seq, request_digest)
+            state._executed_hash = (
+                state._executed_hash + _entry_hash(client_id, request_id, seq, request_digest)
+            ) % _ADHASH_MODULUS
         state.versions = {rid: (v, wd) for rid, v, wd in snapshot.versions}
         state.scheduled = sorted(snapshot.scheduled)
         return state
@@ -154,8 +159,8 @@ class ReplicatedState:
 def snapshot_digest(snapshot: StateSnapshot) -> bytes:
     """The state digest a full snapshot claims (recomputed, never taken from a peer)."""
     executed_hash = 0
-    for client_id, request_id, seq in snapshot.executed:
-        executed_hash = (executed_hash + _entry_hash(client_id, request_id, seq)) % _ADHASH_MODULUS
+    for client_id, request_id, seq, request_digest in snapshot.executed:
+        executed_hash = (executed_hash + _entry_hash(client_id, request_id, seq, request_digest)) % _ADHASH_MODULUS
     return CheckpointSummary(
         snapshot.seq, snapshot.chain_digest, executed_hash, tuple(snapshot.versions), tuple(snapshot.scheduled)
     ).state_digest()

@@ -212,14 +212,16 @@ class CommittedProof(_message.Message):
     def __init__(self, pre_prepare: _Optional[_Union[PrePrepare, _Mapping]] = ..., commits: _Optional[_Iterable[_Union[Commit, _Mapping]]] = ...) -> None: ...
 
 class ExecutedRequest(_message.Message):
-    __slots__ = ("client_id", "request_id", "seq")
+    __slots__ = ("client_id", "request_id", "seq", "request_digest")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     request_id: str
     seq: int
-    def __init__(self, client_id: _Optional[str] = ..., request_id: _Optional[str] = ..., seq: _Optional[int] = ...) -> None: ...
+    request_digest: bytes
+    def __init__(self, client_id: _Optional[str] = ..., request_id: _Optional[str] = ..., seq: _Optional[int] = ..., request_digest: _Optional[bytes] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
     __slots__ = ("replica_id", "version", "weights_digest")

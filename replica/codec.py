@@ -415,11 +415,12 @@ def snapshot_to_proto(snapshot: StateSnapshot, out: pb.StateSnapshot) -> pb.Stat
     out.seq = snapshot.seq
     out.chain_digest = snapshot.chain_digest
     executed = out.executed
-    for client_id, request_id, seq in snapshot.executed:
+    for client_id, request_id, seq, request_digest in snapshot.executed:
         item = executed.add()
         item.client_id = client_id
         item.request_id = request_id
         item.seq = seq
+        item.request_digest = request_digest
     versions = out.versions
     for replica_id, version, weights_digest in snapshot.versions:
         v = versions.add()
@@ -448,6 +449,7 @@ def snapshot_from_proto(message: pb.StateSnapshot) -> StateSnapshot:
                 check_str(e.client_id, "executed client id"),
                 check_str(e.request_id, "executed request id"),
                 check_int(e.seq, "executed sequence number"),
+                check_digest(e.request_digest, "executed request digest"),
             )
             for e in message.executed
         ),

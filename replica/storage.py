@@ -70,7 +70,7 @@ from consensus.ready import (
 )
 from replica import codec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 R = TypeVar("R")
 
@@ -104,6 +104,7 @@ CREATE TABLE IF NOT EXISTS executed (
     client_id TEXT NOT NULL,
     request_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
+    request_digest BLOB NOT NULL,
     PRIMARY KEY (client_id, request_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS current_view (
@@ -119,6 +120,11 @@ CREATE TABLE IF NOT EXISTS certificates (
     PRIMARY KEY (client_id, request_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS certificates_by_seq ON certificates (seq);
+CREATE TABLE IF NOT EXISTS evidence (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    evidence BLOB NOT NULL,  -- quorumserve.v1.Evidence (certs/evidence.py), verifiable offline
+    summary TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS activations (
     replica_id INTEGER NOT NULL,
     version INTEGER NOT NULL,
@@ -340,7 +346,9 @@ class ReplicaStore:
                 f"checkpoint {snapshot.seq} adds to {record.previous_seq}, but the stored one is {latest_seq}"
             )
         try:
-            db.executemany("INSERT INTO executed (client_id, request_id, seq) VALUES (?, ?, ?)", snapshot.executed)
+            db.executemany(
+                "INSERT INTO executed (client_id, request_id, seq, request_digest) VALUES (?, ?, ?, ?)", snapshot.executed
+            )
         except sqlite3.IntegrityError as exc:
             raise StorageError(f"checkpoint {snapshot.seq} lists an already executed request again") from exc
         db.execute("DELETE FROM checkpoint")
@@ -364,9 +372,10 @@ class ReplicaStore:
                 stable_seq = int(row[0])
                 partial = self._decode(bytes(row[1]), StableCheckpointRecord, "stable checkpoint")
                 executed = tuple(
-                    (str(c), str(r), int(s))
-                    for c, r, s in db.execute(
-                        "SELECT client_id, request_id, seq FROM executed WHERE seq <= ? ORDER BY client_id, request_id",
+                    (str(c), str(r), int(s), bytes(d))
+                    for c, r, s, d in db.execute(
+                        "SELECT client_id, request_id, seq, request_digest FROM executed WHERE seq <= ? "
+                        "ORDER BY client_id, request_id",
                         (stable_seq,),
                     )
                 )
@@ -516,3 +525,18 @@ class ReplicaStore:
             return codec.decode_committed_batch(data)
         except DecodeError as exc:
             raise CorruptStoreError(f"{self.path}: stored committed batch does not decode: {exc}") from exc
+
+    # -- evidence of misbehaviour ------------------------------------------------------------------
+
+    def put_evidence(self, items: Sequence[tuple[bytes, str]]) -> None:
+        """Store encoded evidence items (certs.evidence.encode_evidence) with a one-line summary."""
+        with self._lock, self._transaction():
+            self._db.executemany("INSERT INTO evidence (evidence, summary) VALUES (?, ?)", list(items))
+
+    def list_evidence(self, after_id: int = 0, limit: int = 100) -> list[tuple[int, bytes, str]]:
+        """(id, encoded evidence, summary) with id > after_id, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, evidence, summary FROM evidence WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+            ).fetchall()
+        return [(int(i), bytes(e), str(s)) for i, e, s in rows]

@@ -20,6 +20,7 @@ from certs.policy import Decision, Vote, decide
 from consensus.errors import ByzantineMessageError, RequestRejectedError
 from consensus.node import ConsensusNode
 from consensus.messages import (
+    FetchState,
     Checkpoint,
     Commit,
     ControlMessage,
@@ -77,8 +78,11 @@ def _staged(cluster: Cluster) -> PrePrepare:
     return pp
 
 
-def _rejects(cluster: Cluster, message: PeerMessage, sender: int, kind: str, *, via: int | None = None) -> None:
-    """The replica under test refuses `message` with (sender, kind) and is left unchanged."""
+def _rejects(
+    cluster: Cluster, message: PeerMessage, sender: int, kind: str, *, via: int | None = None, may_send: tuple[type, ...] = ()
+) -> None:
+    """The replica under test refuses `message` with (sender, kind) and is left unchanged.
+    `may_send`: message kinds it may still send in answer (to help a peer that is ahead or behind)."""
     node = cluster.nodes[TARGET]
     before = fingerprint(node)
     sent_before, disk_before = len(cluster.sent[TARGET]), len(cluster.disks[TARGET])
@@ -86,7 +90,8 @@ def _rejects(cluster: Cluster, message: PeerMessage, sender: int, kind: str, *, 
         cluster.step(TARGET, message, via=message.sender if via is None else via)
     assert (info.value.sender, info.value.kind) == (sender, kind), info.value
     assert fingerprint(node) == before
-    assert len(cluster.sent[TARGET]) == sent_before, "a rejected message made the replica send"
+    sent = cluster.sent[TARGET][sent_before:]
+    assert all(isinstance(m, may_send) for m in sent), f"a rejected message made the replica send {sent}"
     assert len(cluster.disks[TARGET]) == disk_before, "a rejected message made the replica persist"
 
 
@@ -228,7 +233,8 @@ def test_sequence_number_above_the_high_watermark(kind: str) -> None:
         message = prepare(config, 2, 0, beyond, bytes(32))
     else:
         message = commit(config, 2, 0, beyond, bytes(32))
-    _rejects(cluster, message, message.sender, "outside-window")
+    # the sender is ahead of our window: we may ask it for the state we lack
+    _rejects(cluster, message, message.sender, "outside-window", may_send=(FetchState,))
     _carries_on(cluster)
 
 
@@ -386,7 +392,6 @@ def test_proposal_referencing_vote_batches_the_replica_lacks_is_fetched_then_acc
     _carries_on(cluster)
 
 
-@pytest.mark.xfail(strict=True, reason="a proposal with a vote the voter never signed is left waiting forever, never rejected naming the primary")
 def test_proposal_with_a_vote_its_voter_never_signed_is_rejected() -> None:
     """The leaf says replica 2 voted otherwise than it signed (the decision recomputed to
     match): once the primary's copies of the vote batches are fetched, the proposal is refused
@@ -411,9 +416,9 @@ def test_proposal_with_a_vote_its_voter_never_signed_is_rejected() -> None:
     cluster.tick(2 * cluster.params.relay_timeout_ticks)
     assert all(p.batch_digest != forged.header.batch_digest for p in cluster.sent_of(TARGET, Prepare))
     rejected = [(e.sender, e.kind) for e in errors] + [
-        (0, event.kind) for event in cluster.events[TARGET] if event.kind == "rejected" and "replica 0" in event.detail
+        (sender, kind) for to, sender, kind in cluster.rejected_kinds() if to == TARGET and sender == 0
     ]
-    assert rejected, "the forged proposal was never rejected"
+    assert (0, "forged-vote") in rejected, f"the forged proposal was never rejected naming the primary: {rejected}"
 
 
 # =====================================================================================
@@ -443,7 +448,8 @@ def test_replay_below_the_low_watermark_is_stale_or_ignored(kind: str) -> None:
         cluster.step(TARGET, old, via=2)
         assert fingerprint(node) == before
     else:
-        _rejects(cluster, old, old.sender, "stale")
+        # the sender looks behind our stable checkpoint: we may show it the checkpoint
+        _rejects(cluster, old, old.sender, "stale", may_send=(Checkpoint,))
     _carries_on(cluster)
 
 
@@ -473,7 +479,6 @@ def test_replay_of_a_recent_message_changes_nothing(kind: str) -> None:
     _carries_on(cluster)
 
 
-@pytest.mark.xfail(strict=True, reason="a conflicting pre-prepare for an executed slot is ignored silently: no error, no evidence")
 def test_conflicting_pre_prepare_for_an_executed_slot_is_refused_as_equivocation() -> None:
     """A primary's second, different pre-prepare for a slot this replica already executed is
     still two signed contents for one slot: proof of equivocation."""
@@ -646,7 +651,6 @@ def test_new_view_that_does_not_hold_up(case: str) -> None:
     _carries_on(cluster)
 
 
-@pytest.mark.xfail(strict=True, reason="an invalid view change inside a NEW-VIEW is blamed on its signer, not on the new primary that relayed it (proofs are outside the signature)")
 def test_new_view_carrying_a_tampered_view_change_is_blamed_on_the_new_primary() -> None:
     """A view change's signature covers its summary, not the prepares in its proofs: a new
     primary that strips a prepare from a correct replica's proof is the one at fault."""
@@ -749,7 +753,6 @@ def test_vote_batch_flood_keeps_a_bounded_number_of_batches(monkeypatch: pytest.
     _carries_on(cluster)
 
 
-@pytest.mark.xfail(strict=True, reason="phantom requests known only from a faulty voter's batches stay in `pending` after those batches are dropped (only a time limit applies)")
 def test_vote_batch_flood_keeps_a_bounded_number_of_phantom_requests(monkeypatch: pytest.MonkeyPatch) -> None:
     cluster = Cluster()
     node = _flood(cluster, monkeypatch, 100)
@@ -757,7 +760,6 @@ def test_vote_batch_flood_keeps_a_bounded_number_of_phantom_requests(monkeypatch
     assert kept <= 16 * cluster.params.inference_batch_max, f"{kept} phantom requests kept"
 
 
-@pytest.mark.xfail(strict=True, reason="signed checkpoints for any future seq are all kept until the log reaches them: a faulty replica grows `checkpoints` without bound")
 def test_checkpoint_flood_keeps_a_bounded_number_of_future_checkpoints() -> None:
     cluster = Cluster()
     k = cluster.params.checkpoint_interval_batches
@@ -811,12 +813,11 @@ def test_replayed_or_older_model_update(version: int) -> None:
     node = cluster.nodes[TARGET]
     with pytest.raises(RequestRejectedError, match="already ordered"):
         node.submit_control(op)
-    _rejects(cluster, ControlMessage(2, op), 2, "bad-control")
+    _rejects(cluster, ControlMessage(2, op), 2, "stale")
     _carries_on(cluster)
 
 
 
-@pytest.mark.xfail(strict=True, reason="a ControlMessage that arrives after its update was ordered raises bad-control against the correct replica that relayed it")
 def test_late_copy_of_an_ordered_model_update_is_not_blamed_on_its_relayer() -> None:
     """Replica 2 relays its owner's update to every replica; the copy to replica 3 is delayed
     until the update has been ordered. That copy is a stale duplicate (like a late request for

@@ -322,13 +322,14 @@ def _prepared_then_primary_crashes(cluster: Cluster, seq: int = 1) -> tuple[PreP
 def test_backup_times_out_moves_to_next_view_and_sends_view_change_with_prepared_proofs() -> None:
     """4.4: a backup whose timer expires while waiting for a request to execute moves to view
     v+1 and multicasts VIEW-CHANGE with its stable checkpoint and a prepared proof (pre-prepare
-    plus 2f matching prepares) for every request prepared above it."""
+    plus 2f matching prepares) for every request prepared above it. Before accusing the
+    primary it spends one relay timeout asking a peer whether it merely fell behind."""
     cluster = Cluster()
     timeout = cluster.params.view_change_timeout_ticks
     pp, _ = _prepared_then_primary_crashes(cluster)
     cluster.tick(timeout - 1)
     assert all(cluster.nodes[r].view == 0 for r in (1, 2, 3))
-    cluster.tick_until(lambda: all(cluster.nodes[r].view == 1 for r in (1, 2, 3)), 5)
+    cluster.tick_until(lambda: all(cluster.nodes[r].view == 1 for r in (1, 2, 3)), cluster.params.relay_timeout_ticks + 5)
     for r in (1, 2, 3):
         (vc,) = cluster.sent_of(r, ViewChange)
         assert (vc.new_view, vc.stable_seq) == (1, 0)
@@ -387,7 +388,7 @@ def test_new_view_fills_gaps_with_null_batches() -> None:
         keys = cluster.committed_requests(r)
         assert sorted(keys) == sorted(req.key for req in requests) and len(keys) == 3
         assert [b.proposal.is_null for b in cluster.committed[r]][:3] == [False, True, False]
-        assert cluster.nodes[r].state.executed[requests[1].key] > 3
+        assert cluster.nodes[r].state.executed[requests[1].key][0] > 3
 
 
 @pytest.mark.parametrize("tamper", ["drop-prepared-batch", "change-prepared-content"])
@@ -426,6 +427,9 @@ def test_batch_committed_at_one_replica_keeps_its_content_after_a_view_change() 
     committed with the same sequence number and content at every replica after the change."""
     cluster = Cluster()
     cluster.drop(lambda e: isinstance(e.message, Commit) and e.message.view == 0 and e.to != 3)
+    # replica 3 could also hand its committed batch over by state transfer, which would settle
+    # it without a view change; keep that path closed so the view change has to carry it
+    cluster.drop(lambda e: isinstance(e.message, StateReply))
     request = cluster.new_request()
     cluster.submit(request)
     cluster.settle()
@@ -596,7 +600,6 @@ def test_partitioned_replica_catches_up_by_state_transfer_and_takes_part_again()
     assert 3 in {c.sender for c in last.commits}
 
 
-@pytest.mark.xfail(strict=True, reason="peers stop resending a checkpoint once stable and messages above the high watermark are only rejected, so a replica that missed it learns of it only through its own view change")
 def test_replica_behind_the_window_catches_up_without_leaving_the_view() -> None:
     """4.3 / state transfer: a replica that missed a stable checkpoint while cut off learns of it
     and fetches the state soon after the partition heals, without timing out into a view change

@@ -27,8 +27,8 @@ from tests.sim.world import LABELS
 def test_resubmitted_request_returns_executed_with_its_seq() -> None:
     cluster = Cluster()
     request = cluster.serve_one()
-    seq = cluster.nodes[0].state.executed[request.key]
-    assert seq == cluster.committed[0][0].header.seq
+    seq, digest = cluster.nodes[0].state.executed[request.key]
+    assert seq == cluster.committed[0][0].header.seq and digest == request.digest
     outcomes = cluster.submit(request)
     assert outcomes == {r: SubmitOutcome("executed", seq) for r in range(4)}
     cluster.settle()
@@ -61,7 +61,6 @@ def test_same_id_with_a_different_body_is_rejected_while_pending() -> None:
         cluster.nodes[1].submit(impostor)
 
 
-@pytest.mark.xfail(strict=True, reason="submit() answers 'executed' for a reused request id with a different body once the first executed")
 def test_same_id_with_a_different_body_is_rejected_after_execution() -> None:
     """A client reusing a request id for another input must not be told its request executed:
     the certificate it would fetch is about a different input."""
@@ -148,7 +147,6 @@ def test_lone_request_goes_after_the_batch_delay_while_the_model_is_busy() -> No
     _lone_request_waits(start_tick=5)
 
 
-@pytest.mark.xfail(strict=True, reason="inference_queue_since == 0 is read as unset (`or self.now`): a request queued at tick 0 waits until the model is idle")
 def test_lone_request_queued_at_tick_zero_goes_after_the_batch_delay() -> None:
     _lone_request_waits(start_tick=0)
 
@@ -447,7 +445,6 @@ def test_updated_replica_catching_up_by_state_transfer_votes_with_its_new_versio
     assert (vote.model_version, vote.output.label) == (2, NEW_LABEL)
 
 
-@pytest.mark.xfail(strict=True, reason="installing a snapshot past an activation emits no Activation: the runtime never learns its model version changed")
 def test_updated_replica_catching_up_by_state_transfer_reports_the_activation() -> None:
     """The runtime switches models, updates metrics and records activations from
     ready().activations; a replica that skipped the activating batch must still hear of it."""

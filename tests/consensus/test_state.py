@@ -50,7 +50,7 @@ def test_apply_records_each_request_with_its_seq_and_advances() -> None:
     assert (duplicates, activations) == ([], [])
     state.apply(*_batch(2, [("a", "2")]))
     assert state.seq == 2
-    assert state.executed == {("a", "1"): 1, ("b", "1"): 1, ("a", "2"): 2}
+    assert {key: seq for key, (seq, _) in state.executed.items()} == {("a", "1"): 1, ("b", "1"): 1, ("a", "2"): 2}
 
 
 @pytest.mark.parametrize("seq", [1, 3, 4])
@@ -67,7 +67,7 @@ def test_a_request_seen_again_is_a_duplicate_and_keeps_its_first_seq() -> None:
     before_hash = state.summary().executed_hash
     duplicates, _ = state.apply(*_batch(2, [("b", "1"), ("a", "1"), ("b", "1")]))
     assert duplicates == [1, 2]  # across batches and within one
-    assert state.executed[("a", "1")] == 1 and state.executed[("b", "1")] == 2
+    assert state.executed[("a", "1")][0] == 1 and state.executed[("b", "1")][0] == 2
     assert state.summary().executed_hash != before_hash  # ("b", "1") was new
 
 
@@ -137,7 +137,7 @@ def test_full_snapshot_digest_restore_roundtrip() -> None:
     state = _run([([("a", "1"), ("b", "1")], [model_update(CONFIG, 1, 2)]), ([("c", "1")], ()), ([("a", "2")], ())])
     summary = state.summary()
     snapshot = state.snapshot(summary)
-    assert snapshot.executed == tuple(sorted((c, r, s) for (c, r), s in state.executed.items()))
+    assert snapshot.executed == tuple(sorted((c, r, s, d) for (c, r), (s, d) in state.executed.items()))
     assert snapshot_digest(snapshot) == summary.state_digest() == state.state_digest()
     restored = ReplicatedState.from_snapshot(CONFIG, snapshot)
     assert restored.state_digest() == state.state_digest()
@@ -154,7 +154,8 @@ def test_snapshot_digest_notices_any_change() -> None:
         StateSnapshot(snapshot.seq + 1, snapshot.chain_digest, snapshot.executed, snapshot.versions, snapshot.scheduled),
         StateSnapshot(snapshot.seq, bytes(32), snapshot.executed, snapshot.versions, snapshot.scheduled),
         StateSnapshot(snapshot.seq, snapshot.chain_digest, snapshot.executed[1:], snapshot.versions, snapshot.scheduled),
-        StateSnapshot(snapshot.seq, snapshot.chain_digest, (("a", "1", 2),) + snapshot.executed[1:], snapshot.versions, snapshot.scheduled),
+        StateSnapshot(snapshot.seq, snapshot.chain_digest, (("a", "1", 2, snapshot.executed[0][3]),) + snapshot.executed[1:], snapshot.versions, snapshot.scheduled),
+        StateSnapshot(snapshot.seq, snapshot.chain_digest, (snapshot.executed[0][:3] + (bytes(32),),) + snapshot.executed[1:], snapshot.versions, snapshot.scheduled),
         StateSnapshot(snapshot.seq, snapshot.chain_digest, snapshot.executed, snapshot.versions[1:], snapshot.scheduled),
         StateSnapshot(snapshot.seq, snapshot.chain_digest, snapshot.executed, snapshot.versions, ()),
     ]

@@ -128,7 +128,7 @@ snapshots = st.builds(
     StateSnapshot,
     u63,
     digests,
-    st.lists(st.tuples(ids, ids, u63), max_size=4).map(tuple),
+    st.lists(st.tuples(ids, ids, u63, digests), max_size=4).map(tuple),
     st.lists(st.tuples(u32, u63, digests), max_size=3).map(tuple),
     st.lists(st.tuples(u63, u32, u63, digests), max_size=3).map(tuple),
 )

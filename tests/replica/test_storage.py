@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import os
 import signal
 import sqlite3
@@ -85,7 +87,9 @@ def committed(seq: int, root: int = 0) -> CommittedBatch:
 
 
 def checkpoint_record(seq: int, previous_seq: int, executed: tuple[tuple[str, str, int], ...]) -> StableCheckpointRecord:
-    snapshot = StateSnapshot(seq, d(seq), executed, ((0, 1, d(9)),), ())
+    """`executed` as (client, request, seq); each request's digest is derived from its ids."""
+    entries = tuple((c, r, s, hashlib.sha256(f"{c}/{r}".encode()).digest()) for c, r, s in executed)
+    snapshot = StateSnapshot(seq, d(seq), entries, ((0, 1, d(9)),), ())
     return StableCheckpointRecord(snapshot, previous_seq, tuple(Checkpoint(i, 0, seq, d(50 + seq), SIG) for i in range(3)))
 
 
@@ -346,3 +350,14 @@ def test_a_store_that_cannot_be_opened_raises_storage_error(tmp_path: Path) -> N
         ReplicaStore(tmp_path / "not-a-db")
     with pytest.raises(StorageError):
         ReplicaStore(tmp_path / "missing-dir" / "replica.db")
+
+
+def test_evidence_is_kept_in_order_and_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "replica.sqlite"
+    with ReplicaStore(path) as store:
+        store.put_evidence([(b"first", "replica 2 equivocated"), (b"second", "replica 3 equivocated")])
+    with ReplicaStore(path) as store:
+        items = store.list_evidence()
+        assert [(e, s) for _, e, s in items] == [(b"first", "replica 2 equivocated"), (b"second", "replica 3 equivocated")]
+        assert store.list_evidence(after_id=items[0][0]) == items[1:]
+        assert store.list_evidence(limit=1) == items[:1]

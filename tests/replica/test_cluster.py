@@ -1,0 +1,268 @@
+"""Four real replica processes on loopback, each with its own Triton and its own digits model.
+
+The tests share one group and run in file order; each leaves the group whole again. Under a
+continuous client load they crash, kill, pause and restart replicas and check what a client
+would notice: every request gets a certificate that verifies, nothing certified is lost, and a
+replica that was down catches up and takes part again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from certs.certificate import decode_certificate
+from certs.verify import verify
+from certs.wire import request_to_proto
+from marketplace.local import LocalGroup
+from marketplace.models import held_out_digits
+from protos import replica_api_pb2 as api
+from protos import replica_api_pb2_grpc as api_grpc
+from tests.replica.cluster_helpers import current_primary, metric_sum, scrape, status, statuses, wait_until
+from tests.replica.load import Load, LoadResult, digits_request
+
+pytestmark = pytest.mark.processes
+log = logging.getLogger("tests.cluster")
+
+
+@pytest.fixture(scope="module")
+def group(tmp_path_factory: pytest.TempPathFactory, digits_packages: list[Path]) -> Iterator[LocalGroup]:
+    g = LocalGroup(tmp_path_factory.mktemp("cluster"), model_packages=digits_packages)
+    g.prepare()
+    try:
+        g.start()
+        yield g
+    finally:
+        g.stop()
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    return held_out_digits(0)
+
+
+def run_load_around(group: LocalGroup, digits: tuple[np.ndarray, np.ndarray], action, client_id: str, before_s: float = 3.0, after_s: float = 8.0):  # type: ignore[no-untyped-def]
+    """Keep 8 clients busy; after `before_s` run `action()` (in a thread), then keep going."""
+    X, _ = digits
+    assert group.config is not None
+    load = Load(group.config, group.addresses, X, client_id=client_id)
+
+    async def scenario() -> tuple[LoadResult, float, object]:
+        done = asyncio.Event()
+        running = asyncio.ensure_future(load.run(8, until=done))
+        await asyncio.sleep(before_s)
+        at_s = time.monotonic() - load.started_s
+        outcome = await asyncio.get_running_loop().run_in_executor(None, action)
+        await asyncio.sleep(after_s)
+        done.set()
+        return await running, at_s, outcome
+
+    return asyncio.run(scenario())
+
+
+def assert_nothing_lost(group: LocalGroup, result: LoadResult) -> None:
+    """Every certificate a client received is still served, unchanged, by the group."""
+    assert group.config is not None
+    live = [r.address for r in group.replicas if r.running]
+    for (client_id, request_id), certified in list(result.certified.items())[:: max(1, len(result.certified) // 40)]:
+        found = None
+        for address in live:
+            with grpc.insecure_channel(address) as channel:
+                try:
+                    reply = api_grpc.ReplicaStub(channel).GetCertificate(
+                        api.GetCertificateRequest(client_id=client_id, request_id=request_id), timeout=5
+                    )
+                except grpc.RpcError:
+                    continue
+            found = decode_certificate(reply.certificate)
+            break
+        assert found is not None, f"{client_id}/{request_id} was certified but no replica serves it now"
+        verify(found, group.config, certified.request)
+        assert found.header.seq == certified.certificate.header.seq
+        assert found.leaf == certified.certificate.leaf
+
+
+def test_certified_results_verify_and_ran_in_every_replicas_triton(group: LocalGroup, digits: tuple[np.ndarray, np.ndarray]) -> None:
+    assert group.config is not None
+    X, y = digits
+    before = {r.replica_id: metric_sum(scrape(r.config.triton.metrics_port), "nv_inference_count") for r in group.replicas}
+    calls_before = {r.replica_id: metric_sum(scrape(r.config.triton.metrics_port), "nv_inference_request_success") for r in group.replicas}
+    load = Load(group.config, group.addresses, X, client_id="verify")
+    requests = [digits_request(group.config, "verify", f"v-{i}", X[i]) for i in range(40)]
+
+    async def send_all() -> list:  # type: ignore[type-arg]
+        channels = [grpc.aio.insecure_channel(a) for a in group.addresses]
+        stubs = [api_grpc.ReplicaStub(c) for c in channels]
+        try:
+            return await asyncio.gather(*(load.certify(r, stubs) for r in requests))
+        finally:
+            for c in channels:
+                await c.close()
+
+    certified = asyncio.run(send_all())
+    correct = 0
+    for i, item in enumerate(certified):
+        verified = verify(item.certificate, group.config, requests[i])
+        assert len(item.certificate.quorum) >= group.config.quorum_size
+        correct += int(verified.label == y[i])
+    assert correct >= 36, f"only {correct}/40 certified decisions are right"
+    for replica in group.replicas:
+        text = scrape(replica.config.triton.metrics_port)
+        rows = metric_sum(text, "nv_inference_count") - before[replica.replica_id]
+        calls = metric_sum(text, "nv_inference_request_success") - calls_before[replica.replica_id]
+        # Triton itself counted every request of ours, in fewer calls than requests (batching)
+        assert rows >= 40, f"replica {replica.replica_id}'s Triton ran {rows} inferences for 40 requests"
+        assert 1 <= calls <= rows
+
+
+def test_kill_9_a_backup_under_load_loses_nothing(group: LocalGroup, digits: tuple[np.ndarray, np.ndarray]) -> None:
+    primary = current_primary(group)
+    victim = next(r for r in range(group.n) if r != primary)
+    result, killed_at_s, _ = run_load_around(group, digits, lambda: group.kill(victim), "kill-backup")
+    after = [t for t, _ in result.timeline if t > killed_at_s + 1.0]
+    assert len(after) > 20, "the group stopped certifying after a backup was killed"
+    assert result.invalid == 0
+    assert_nothing_lost(group, result)
+    # the killed replica restarts, recovers from its disk, catches up and takes part again
+    group.start_replica(victim)
+    reference = max(s.executed_seq for s in statuses(group).values())
+    assert wait_until(lambda: (s := status(group.replicas[victim].address)) is not None and s.executed_seq >= reference, 120)
+
+
+def test_kill_9_the_primary_under_load_changes_view_and_resumes(group: LocalGroup, digits: tuple[np.ndarray, np.ndarray]) -> None:
+    old_view = max(s.view for s in statuses(group).values())
+    primary = current_primary(group)
+    result, killed_at_s, _ = run_load_around(group, digits, lambda: group.kill(primary), "kill-primary", after_s=12.0)
+    resumed = [t for t, _ in result.timeline if t > killed_at_s]
+    assert resumed, "no request was certified after the primary died"
+    survivors = statuses(group)
+    assert all(s.view > old_view for s in survivors.values()), f"no view change: {survivors}"
+    # recovery time: the longest stretch without a certificate after the kill
+    gap_s = _longest_gap_after(result, killed_at_s)
+    log.warning("primary %d killed: longest certification gap %.2f s (view %d -> %d)", primary, gap_s, old_view, max(s.view for s in survivors.values()))
+    print(f"\nrecovery after killing primary {primary}: longest gap without certificates {gap_s:.2f} s")
+    assert result.invalid == 0
+    assert_nothing_lost(group, result)
+    group.start_replica(primary)
+    reference = max(s.executed_seq for s in statuses(group).values())
+    assert wait_until(lambda: (s := status(group.replicas[primary].address)) is not None and s.executed_seq >= reference, 120)
+
+
+def _longest_gap_after(result: LoadResult, from_s: float) -> float:
+    times = [from_s] + [t for t, _ in result.timeline if t > from_s]
+    return max((b - a for a, b in zip(times, times[1:])), default=0.0)
+
+
+def test_sigstop_then_sigcont_a_replica(group: LocalGroup, digits: tuple[np.ndarray, np.ndarray]) -> None:
+    primary = current_primary(group)
+    victim = next(r for r in range(group.n) if r != primary)
+
+    def pause_and_resume() -> None:
+        group.pause(victim)
+        time.sleep(5.0)
+        group.resume(victim)
+
+    result, paused_at_s, _ = run_load_around(group, digits, pause_and_resume, "pause", after_s=5.0)
+    during = [t for t, _ in result.timeline if paused_at_s + 0.5 < t < paused_at_s + 5.0]
+    assert len(during) > 10, "the group did not certify while one replica was paused"
+    assert_nothing_lost(group, result)
+    reference = max(s.executed_seq for s in statuses(group).values())
+    assert wait_until(lambda: (s := status(group.replicas[victim].address)) is not None and s.executed_seq >= reference, 60)
+
+
+def test_restarted_replica_serves_old_certificates_from_disk_and_votes_again(group: LocalGroup, digits: tuple[np.ndarray, np.ndarray]) -> None:
+    assert group.config is not None
+    X, _ = digits
+    primary = current_primary(group)
+    victim = next(r for r in range(group.n) if r != primary)
+    before = status(group.replicas[victim].address)
+    assert before is not None
+    group.stop_replica(victim)
+    group.start_replica(victim)
+    after = status(group.replicas[victim].address)
+    assert after is not None and after.executed_seq >= before.executed_seq  # recovered from SQLite
+    with grpc.insecure_channel(group.replicas[victim].address) as channel:
+        reply = api_grpc.ReplicaStub(channel).GetCertificate(api.GetCertificateRequest(client_id="verify", request_id="v-0"), timeout=5)
+    verify(decode_certificate(reply.certificate), group.config)
+    # it takes part again: new certificates carry its vote
+    load = Load(group.config, group.addresses, X, client_id="rejoin")
+
+    async def some() -> list:  # type: ignore[type-arg]
+        channels = [grpc.aio.insecure_channel(a) for a in group.addresses]
+        stubs = [api_grpc.ReplicaStub(c) for c in channels]
+        try:
+            return [await load.certify(digits_request(group.config, "rejoin", f"j-{i}", X[i]), stubs) for i in range(20)]
+        finally:
+            for c in channels:
+                await c.close()
+
+    certified = asyncio.run(some())
+    assert any(victim in {v.replica_id for v in c.certificate.leaf.votes} for c in certified[-10:])
+
+
+def test_bad_client_input_gets_a_status_code_and_nothing_breaks(group: LocalGroup, digits: tuple[np.ndarray, np.ndarray]) -> None:
+    assert group.config is not None
+    X, _ = digits
+    replica = group.replicas[1]
+    good = digits_request(group.config, "bad-input", "ok-1", X[0])
+    with grpc.insecure_channel(replica.address, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        stub = api_grpc.ReplicaStub(channel)
+        raw_submit = channel.unary_unary("/quorumserve.v1.Replica/Submit", request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as garbage:
+            raw_submit(b"\xff\x00garbage\x13\x37", timeout=5)
+        assert garbage.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+        def submit(request_proto: object) -> grpc.RpcError:
+            with pytest.raises(grpc.RpcError) as error:
+                stub.Submit(api.SubmitRequest(request=request_proto, fanout=0), timeout=10)
+            return error.value
+
+        wrong_shape = request_to_proto(good)
+        wrong_shape.inputs[0].shape[:] = [32]
+        wrong_shape.inputs[0].data = wrong_shape.inputs[0].data[:128]
+        error = submit(wrong_shape)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "pixels" in error.details()
+
+        wrong_dtype = request_to_proto(good)
+        wrong_dtype.inputs[0].datatype = "INT32"
+        error = submit(wrong_dtype)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "datatype" in error.details()
+
+        wrong_group = request_to_proto(good)
+        wrong_group.group_id = "no-such-group"
+        assert submit(wrong_group).code() == grpc.StatusCode.NOT_FOUND
+
+        huge = request_to_proto(good)
+        huge.inputs[0].shape[:] = [5 * 1024 * 1024]
+        huge.inputs[0].data = bytes(20 * 1024 * 1024)
+        assert submit(huge).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    # garbage on the peer port: counted, and the replica keeps serving
+    host, port = replica.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(range(256)) * 8)
+    with grpc.insecure_channel(replica.address) as channel:
+        peer_send = channel.stream_unary("/quorumserve.v1.Peer/Send", request_serializer=None, response_deserializer=None)
+        peer_send(iter([b"\x08\x01\x12\x05junk!", bytes(64)]), timeout=5)
+    assert wait_until(lambda: metric_sum(scrape(replica.config.metrics_port), "quorumserve_rejected_messages_total", reason="malformed") >= 1, 10)
+    assert status(replica.address) is not None
+    # a good request still gets certified
+    load = Load(group.config, group.addresses, X, client_id="bad-input")
+
+    async def one() -> object:
+        channels = [grpc.aio.insecure_channel(a) for a in group.addresses]
+        try:
+            return await load.certify(good, [api_grpc.ReplicaStub(c) for c in channels])
+        finally:
+            for c in channels:
+                await c.close()
+
+    verify(asyncio.run(one()).certificate, group.config, good)  # type: ignore[attr-defined]
