@@ -374,8 +374,10 @@ def run_infer(args: argparse.Namespace) -> int:
             result = client.infer(row, request_id=args.request_id)
     except InvalidCertificateError as exc:
         return _fail("infer", f"INVALID CERTIFICATE (not accepted): {exc}")
-    except (ClientError, ValueError) as exc:
-        return _fail("infer", f"{getattr(exc, 'code', None) and exc.code.name}: {exc}")  # type: ignore[union-attr]
+    except ClientError as exc:
+        return _fail("infer", f"{exc.code.name}: {exc}")
+    except ValueError as exc:
+        return _fail("infer", f"invalid input: {exc}")
     if args.out:
         out = Path(args.out)
         if out.suffix == ".json":

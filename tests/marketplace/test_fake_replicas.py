@@ -3,6 +3,7 @@ changes nothing, more than f faulty ones get the right error, and no lie gets th
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -11,8 +12,10 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc.aio as triton_aio
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from certs.certificate import decode_certificate
 from certs.config import GroupConfig
 from certs.request import InferenceRequest, TensorData
 from certs.verify import verify
@@ -101,10 +104,6 @@ async def test_one_faulty_replica_changes_nothing(make_fakes: object, fault: str
     result = await kserve_infer(fakes.address, fakes.config, rows, request_id)
     response = result.get_response()  # type: ignore[attr-defined]
     labels = result.as_numpy("label")  # type: ignore[attr-defined]
-    import base64
-
-    from certs.certificate import decode_certificate
-
     for i, row in enumerate(rows):
         request = row_request(fakes.config, "anonymous", f"{request_id}/{i}", row)
         certificate = decode_certificate(base64.b64decode(response.parameters[f"certificate_{i}"].string_param))
@@ -193,3 +192,17 @@ async def test_bad_input_is_refused_before_any_replica_sees_it(make_fakes: objec
             assert refused.value.status() == str(code)
             assert words in refused.value.message()
     assert sum(r.requests_seen for r in fakes.replicas) == 0
+
+
+async def test_typed_contents_are_accepted_like_raw_bytes(make_fakes: object) -> None:
+    """KServe clients other than tritonclient may send typed contents instead of raw bytes."""
+    fakes = await make_fakes(["honest"] * 4)  # type: ignore[operator]
+    rows = images(2, seed=3)
+    request = service_pb2.ModelInferRequest(model_name=fakes.config.group_id, id="typed")
+    tensor = request.inputs.add(name="image", datatype="FP32", shape=[2, 8, 8])
+    tensor.contents.fp32_contents.extend(rows.reshape(-1).tolist())
+    async with grpc.aio.insecure_channel(fakes.address) as channel:
+        response = await service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    labels = np.frombuffer(response.raw_output_contents[0], dtype="<i8")
+    expected = [true_label(row_request(fakes.config, "anonymous", f"typed/{i}", row), 10) for i, row in enumerate(rows)]
+    assert labels.tolist() == expected
