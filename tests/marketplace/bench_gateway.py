@@ -10,7 +10,7 @@ a time after a warm-up:
   what the gateway itself does, and what ReplicaClient does);
 - gateway ModelInfer (stock tritonclient, B=1): the fan-out plus one more hop and verification;
 - SDK Client.infer: the gateway plus verification in the client;
-and the throughput of B=64 ModelInfer calls. Prints medians and 90th percentiles; it measures,
+and the throughput of B=64 ModelInfer calls and of the native streaming Infer. Prints medians and 90th percentiles; it measures,
 it does not pass or fail.
 """
 
@@ -36,7 +36,7 @@ from certs.wire import request_to_proto
 from marketplace.commands import start_gateway_process
 from marketplace.local import LocalGroup
 from marketplace.models import held_out_digits
-from marketplace.sdk import Client, ReplicaFanout
+from marketplace.sdk import AsyncClient, Client, InferenceResult, ReplicaFanout
 from protos import replica_api_pb2 as api
 from protos import replica_api_pb2_grpc as api_grpc
 
@@ -120,6 +120,19 @@ def main() -> int:
             timed(20, lambda i: sdk.infer(features[i % len(features)]))
             via_sdk = timed(args.requests, lambda i: sdk.infer(features[i % len(features)]))
 
+        async def streamed(count: int) -> float:
+            async with AsyncClient(gateway.address, config, client_id="bench-stream") as sdk:
+                rows = [features[i % len(features)] for i in range(count)]
+                started = time.perf_counter()
+                results = [r async for r in sdk.infer_stream(rows)]
+                elapsed = time.perf_counter() - started
+            failed = [r for r in results if not isinstance(r, InferenceResult)]
+            if failed:
+                raise RuntimeError(f"{len(failed)} streamed rows failed: {failed[0]}")
+            return count / elapsed
+
+        stream_rate = asyncio.run(streamed(max(512, args.requests * 4)))
+
         print(summary("replica Submit (one replica, relayed)", direct))
         print(summary("fan-out to all replicas (no gateway)", fanout_s))
         print(summary("gateway ModelInfer, B=1 (tritonclient)", via_gateway))
@@ -127,6 +140,7 @@ def main() -> int:
         print(summary("gateway ModelInfer, B=64", batches))
         rate = 64 * len(batches) / sum(batches)
         print(f"{'gateway B=64 throughput':<38} {rate:7.0f} certified requests/s (one client, sequential calls)")
+        print(f"{'native streaming Infer throughput':<38} {stream_rate:7.0f} certified requests/s (one stream, SDK verifying)")
         overhead = statistics.median(via_gateway) - statistics.median(fanout_s)
         print(f"{'gateway overhead over fan-out':<38} {overhead * 1000:7.2f} ms (medians)")
     finally:
