@@ -49,7 +49,7 @@ def test_a_slow_replica_changes_nothing(local_group: LocalGroup, client: Any, co
         after = certify(client, config, rows)
     finally:
         local_group.resume(LIAR)
-    assert np.mean([a.label == b for a, b in zip(after, before)]) >= 0.95
+    assert np.mean([a.label == b for a, b in zip(after, before)]) >= 0.9
     assert np.mean([a.label == t for a, t in zip(after, truth)]) >= 0.9
 
 
@@ -63,7 +63,7 @@ def test_a_dead_replica_changes_nothing(
     try:
         after = certify(client, config, rows)
         assert all(LIAR not in {v.replica_id for v in r.certificate.leaf.votes} for r in after)
-        assert np.mean([a.label == b for a, b in zip(after, before)]) >= 0.95
+        assert np.mean([a.label == b for a, b in zip(after, before)]) >= 0.9
         assert np.mean([a.label == t for a, t in zip(after, truth)]) >= 0.9
         with ReplicaClient(local_group.addresses, config) as direct:  # no gateway either
             results = direct.infer_batch(rows[:8])
