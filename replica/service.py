@@ -209,7 +209,7 @@ def _status_for(error: str) -> grpc.StatusCode:
         return grpc.StatusCode.RESOURCE_EXHAUSTED
     if "is for group" in error:
         return grpc.StatusCode.NOT_FOUND
-    if "already in use" in error:
+    if "already in use" in error or "for a different request" in error:
         return grpc.StatusCode.ALREADY_EXISTS
     return grpc.StatusCode.INVALID_ARGUMENT
 
