@@ -157,8 +157,8 @@ class ConsensusNode:
 
         self._ready = Ready()
         self.restored = False
-        self._via: int | None = None  # the peer that handed over the message being stepped
-        self.mismatched: dict[tuple[int, int], set[VoteRef]] = {}  # waiting proposal -> refs that disagree
+        # waiting proposal -> how many rounds of fetching found its votes still disagreeing
+        self.mismatch_rounds: dict[tuple[int, int], int] = {}
         self.helped: dict[int, int] = {}  # peer -> tick we last sent it our stable checkpoint
         self.asked_before_accusing: VoteKey | None = None  # the stalled request we fetched state for
         self.accuse_deadline = 0
@@ -300,7 +300,6 @@ class ConsensusNode:
         `via` is the peer that transmitted the message when the runtime knows it. Signed
         messages are relayed (vote batches on request, proofs inside other messages), so an
         invalid signature is blamed on whoever handed it over, not on the replica it names."""
-        self._via = via
         try:
             self._step(message)
         except ByzantineMessageError as exc:
@@ -454,7 +453,6 @@ class ConsensusNode:
         ref = (sender, batch.batch_no)
         existing = self.vote_batches.get(ref)
         if existing is not None and self._same_batch(existing.batch, batch):
-            self._check_forgery(VoteRef(sender, batch.batch_no))
             return  # a retransmission
         variants = self.vote_batch_variants.get(ref, [])
         if any(self._same_batch(v.batch, batch) for v in variants):
@@ -475,24 +473,6 @@ class ConsensusNode:
         self._store_vote_batch(batch)
         self._recheck_waiting()
         self._try_propose()
-
-    def _check_forgery(self, ref: VoteRef) -> None:
-        """A primary we asked for a vote batch its proposal quotes differently sent back the
-        very batch we hold: no batch of the voter says what the proposal claims."""
-        via = self._via
-        for key, refs in list(self.mismatched.items()):
-            waiting = self.waiting.get(key)
-            if waiting is None:
-                del self.mismatched[key]
-                continue
-            pp = waiting[0]
-            if ref in refs and via == pp.sender:
-                del self.waiting[key]
-                del self.mismatched[key]
-                raise ByzantineMessageError(
-                    pp.sender, "forged-vote",
-                    f"seq {pp.seq}: the vote of replica {ref.voter} in the proposal is not in its signed batch {ref.batch_no}",
-                )
 
     @staticmethod
     def _same_batch(a: VoteBatch, b: VoteBatch) -> bool:
@@ -833,7 +813,7 @@ class ConsensusNode:
             self._send(sender, FetchVotes(self.id, tuple(sorted(missing, key=lambda r: (r.voter, r.batch_no)))))
             return
         self.waiting.pop((pp.view, pp.seq), None)
-        self.mismatched.pop((pp.view, pp.seq), None)
+        self.mismatch_rounds.pop((pp.view, pp.seq), None)
         self._accept_pre_prepare(pp)
 
     def _validate_proposal(self, pp: PrePrepare) -> set[VoteRef]:
@@ -900,7 +880,6 @@ class ConsensusNode:
                     # perhaps the voter signed another batch under this number and the primary
                     # holds that one: fetch the primary's copy before blaming the primary
                     missing.add(ref)
-                    self.mismatched.setdefault((pp.view, pp.seq), set()).add(ref)
                     continue
             if missing:
                 continue
@@ -1164,6 +1143,7 @@ class ConsensusNode:
             del self.summaries[s]
         for key in [k for k in self.waiting if k[1] <= seq]:
             del self.waiting[key]
+        self.mismatch_rounds = {k: v for k, v in self.mismatch_rounds.items() if k in self.waiting}
         for key in [
             k
             for k in self.signed
@@ -1356,6 +1336,23 @@ class ConsensusNode:
                 del self.waiting[key]
                 self._ready.events.append(Event("rejected", str(exc)))
                 continue
+            # refs we hold a batch for, yet the proposal's vote is in none of its signed versions
+            disagreeing = [r for r in missing if (r.voter, r.batch_no) in self.vote_batches]
+            if disagreeing:
+                rounds = self.mismatch_rounds.get(key, 0) + 1
+                self.mismatch_rounds[key] = rounds
+                if rounds > 2:
+                    # the primary and the voters had two relay timeouts to show a signed batch
+                    # with these votes: the proposal claims votes nobody signed
+                    del self.waiting[key]
+                    del self.mismatch_rounds[key]
+                    ref = disagreeing[0]
+                    self._ready.events.append(Event(
+                        "rejected",
+                        f"replica {pp.sender}: forged-vote: seq {pp.seq}: the vote of replica {ref.voter} "
+                        f"is in no signed batch {ref.batch_no} of that replica",
+                    ))
+                    continue
             by_voter: dict[int, list[VoteRef]] = {}
             for ref in missing:
                 by_voter.setdefault(ref.voter, []).append(ref)

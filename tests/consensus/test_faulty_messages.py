@@ -415,10 +415,13 @@ def test_proposal_with_a_vote_its_voter_never_signed_is_rejected() -> None:
     cluster.settle()  # FetchVotes to the primary and its answer
     cluster.tick(2 * cluster.params.relay_timeout_ticks)
     assert all(p.batch_digest != forged.header.batch_digest for p in cluster.sent_of(TARGET, Prepare))
+    cluster.tick(2 * cluster.params.relay_timeout_ticks)  # the voters are asked too, then it is dropped
     rejected = [(e.sender, e.kind) for e in errors] + [
-        (sender, kind) for to, sender, kind in cluster.rejected_kinds() if to == TARGET and sender == 0
+        (0, "forged-vote") for event in cluster.events[TARGET]
+        if event.kind == "rejected" and event.detail.startswith("replica 0: forged-vote")
     ]
     assert (0, "forged-vote") in rejected, f"the forged proposal was never rejected naming the primary: {rejected}"
+    assert (forged.view, forged.seq) not in cluster.nodes[TARGET].waiting
 
 
 # =====================================================================================

@@ -11,6 +11,7 @@ from certs.errors import CertificateError
 from certs.policy import NO_AGREEMENT, PolicyKind, decide
 from certs.verify import verify
 from consensus.messages import ModelUpdate
+from consensus.ready import CommittedBatch
 
 from tests.sim.world import World, lost_with_crashes
 
@@ -169,14 +170,22 @@ def _check_model_versions(world: World) -> None:
     ordered at seq t is in effect from t + log_window_batches on, never earlier or later."""
     config = world.config
     window = config.params.log_window_batches
-    log = world.committed[world.correct[0]]
+    # replicas that installed a snapshot skipped batches: merge every correct replica's log
+    # (agreement makes them consistent) and stop where no replica logged a batch
+    log: dict[int, object] = {}
+    for r in world.correct:
+        for seq, batch in world.committed[r].items():
+            log.setdefault(seq, batch)
     versions = {m.replica_id: m.model_version for m in config.members}
     scheduled: list[tuple[int, int, int]] = []
-    for seq in sorted(log):
+    for seq in range(1, max(log, default=0) + 1):
+        if seq not in log:
+            return
         for activation_seq, rid, version in [x for x in scheduled if x[0] <= seq]:
             versions[rid] = version
             scheduled.remove((activation_seq, rid, version))
         batch = log[seq]
+        assert isinstance(batch, CommittedBatch)
         for entry in batch.proposal.entries:
             for vote in entry.leaf.votes:
                 if vote.model_version != versions[vote.replica_id]:
