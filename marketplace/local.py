@@ -129,7 +129,15 @@ class LocalGroup:
                     triton=TritonPorts(ports[base + 1], ports[base + 2], ports[base + 3]),
                     metrics_port=ports[base + 4],
                 )
-            replica_config = replace(replica_config, misbehave=self.misbehave.get(i, "none"))
+            mode = self.misbehave.get(i, "none")
+            replica_config = replace(replica_config, misbehave=mode.split(":")[0])
+            if mode.startswith("swap-weak"):
+                # "swap-weak:N": after N requests this replica silently answers with a weak model
+                from marketplace.models import weak_model_package
+
+                weak = weak_model_package(self.data_dir / "models" / f"weak-{i}", seed=i)
+                after = int(mode.split(":")[1]) if ":" in mode else 100
+                replica_config = replace(replica_config, weak_package=Path(weak.directory), swap_after_requests=after)
             members.append(
                 Member(
                     replica_id=i,

@@ -20,7 +20,9 @@ Example:
     torch_threads = 1
 
     [misbehave]                          # tests only: make this replica faulty on purpose
-    mode = "none"                        # none | wrong-labels | equivocate | silent
+    mode = "none"                        # none | wrong-labels | equivocate | silent | swap-weak
+    swap_after_requests = 100            # swap-weak: after this many requests, answer with
+    weak_package = "models/weak"         #   this model while still claiming the signed version
 
 Relative paths are relative to the config file.
 """
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-MISBEHAVIOURS = ("none", "wrong-labels", "equivocate", "silent")
+MISBEHAVIOURS = ("none", "wrong-labels", "equivocate", "silent", "swap-weak")
 
 
 class ReplicaConfigError(ValueError):
@@ -60,6 +62,8 @@ class ReplicaConfig:
     triton: TritonPorts
     metrics_port: int = 0
     misbehave: str = "none"
+    swap_after_requests: int = 100
+    weak_package: Path | None = None
     request_timeout_s: float = 30.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -94,9 +98,13 @@ def load_replica_config(path: str | os.PathLike[str]) -> ReplicaConfig:
     try:
         model = data.get("model", {})
         triton = data.get("triton", {})
-        misbehave = data.get("misbehave", {}).get("mode", "none")
+        misbehave_table = data.get("misbehave", {})
+        misbehave = misbehave_table.get("mode", "none")
         if misbehave not in MISBEHAVIOURS:
             raise ReplicaConfigError(f"misbehave.mode must be one of {', '.join(MISBEHAVIOURS)}")
+        weak = misbehave_table.get("weak_package")
+        if misbehave == "swap-weak" and not weak:
+            raise ReplicaConfigError("misbehave.mode swap-weak needs misbehave.weak_package")
         listen = data.get("listen")
         if not isinstance(listen, str) or ":" not in listen:
             raise ReplicaConfigError("listen must be host:port")
@@ -116,6 +124,8 @@ def load_replica_config(path: str | os.PathLike[str]) -> ReplicaConfig:
             ),
             metrics_port=_int(data, "metrics_port", 0),
             misbehave=misbehave,
+            swap_after_requests=_int(misbehave_table, "swap_after_requests", 100),
+            weak_package=_path(base, weak, "misbehave.weak_package") if weak else None,
             request_timeout_s=float(data.get("request_timeout_s", 30.0)),
         )
     except (KeyError, TypeError, AttributeError) as exc:
@@ -150,6 +160,8 @@ def render_replica_config(config: ReplicaConfig) -> str:
             "",
             "[misbehave]",
             f"mode = {q(config.misbehave)}",
+            f"swap_after_requests = {config.swap_after_requests}",
+            *([f"weak_package = {q(config.weak_package)}"] if config.weak_package else []),
             "",
         ]
     )

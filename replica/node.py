@@ -110,6 +110,7 @@ class ReplicaNode:
         self.models_file = config.data_dir / "models.json"
         self.started_s = 0.0
         self.log_rate: dict[str, float] = {}
+        self._inferred_requests = 0
 
     # =====================================================================================
     # lifecycle
@@ -169,6 +170,9 @@ class ReplicaNode:
                 raise ReplicaError(f"no model package recorded for version {version} of replica {self.replica_id}")
             await backend.load_async(version, entry["package"], expected_digest=bytes.fromhex(entry["digest"]))  # type: ignore[attr-defined]
             log.info("replica %d: model version %d loaded from %s", self.replica_id, version, entry["package"])
+        if self.config.misbehave == "swap-weak" and self.config.weak_package is not None:
+            # tests only: a cheaper model held ready to be swapped in silently, unannounced
+            await backend.load_async(SWAPPED_MODEL_VERSION, self.config.weak_package)  # type: ignore[attr-defined]
         self.metrics.labels(self.metrics.model_version).set(current)
 
     async def _tick_loop(self) -> None:
@@ -358,7 +362,11 @@ class ReplicaNode:
             rows = np.stack(
                 [np.frombuffer(r.inputs[0].data, dtype=dtype).reshape(task.input_shape) for r in batch.requests]
             )
-            probabilities = await self.backend.infer(batch.model_version, rows)  # type: ignore[attr-defined]
+            version = batch.model_version
+            if self.config.misbehave == "swap-weak" and self._inferred_requests >= self.config.swap_after_requests:
+                version = SWAPPED_MODEL_VERSION  # tests only: answer with the weak model, claim the signed one
+            probabilities = await self.backend.infer(version, rows)  # type: ignore[attr-defined]
+            self._inferred_requests += len(batch.requests)
             outputs: list[ModelOutput] = []
             for request, space, row in zip(batch.requests, batch.label_spaces, probabilities):
                 if space:
@@ -467,6 +475,8 @@ class ReplicaNode:
             "loaded_versions": loaded,
         }
 
+
+SWAPPED_MODEL_VERSION = 1_000_000  # where the swap-weak misbehaviour keeps its hidden model
 
 _NUMPY_DTYPES = {
     "BOOL": "bool", "UINT8": "uint8", "INT8": "int8", "UINT16": "uint16", "INT16": "int16",
