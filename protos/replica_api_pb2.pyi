@@ -83,7 +83,7 @@ class ModelVersionInfo(_message.Message):
     def __init__(self, replica_id: _Optional[int] = ..., version: _Optional[int] = ..., weights_digest: _Optional[bytes] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("group_id", "epoch", "config_digest", "replica_id", "view", "primary", "state", "executed_seq", "stable_seq", "pending_requests", "versions", "loaded_versions")
+    __slots__ = ("group_id", "epoch", "config_digest", "replica_id", "view", "primary", "state", "executed_seq", "stable_seq", "pending_requests", "versions", "loaded_versions", "activations")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     CONFIG_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,7 @@ class StatusReply(_message.Message):
     PENDING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     LOADED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
     group_id: str
     epoch: int
     config_digest: bytes
@@ -108,7 +109,20 @@ class StatusReply(_message.Message):
     pending_requests: int
     versions: _containers.RepeatedCompositeFieldContainer[ModelVersionInfo]
     loaded_versions: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, group_id: _Optional[str] = ..., epoch: _Optional[int] = ..., config_digest: _Optional[bytes] = ..., replica_id: _Optional[int] = ..., view: _Optional[int] = ..., primary: _Optional[int] = ..., state: _Optional[str] = ..., executed_seq: _Optional[int] = ..., stable_seq: _Optional[int] = ..., pending_requests: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[ModelVersionInfo, _Mapping]]] = ..., loaded_versions: _Optional[_Iterable[int]] = ...) -> None: ...
+    activations: _containers.RepeatedCompositeFieldContainer[Activation]
+    def __init__(self, group_id: _Optional[str] = ..., epoch: _Optional[int] = ..., config_digest: _Optional[bytes] = ..., replica_id: _Optional[int] = ..., view: _Optional[int] = ..., primary: _Optional[int] = ..., state: _Optional[str] = ..., executed_seq: _Optional[int] = ..., stable_seq: _Optional[int] = ..., pending_requests: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[ModelVersionInfo, _Mapping]]] = ..., loaded_versions: _Optional[_Iterable[int]] = ..., activations: _Optional[_Iterable[_Union[Activation, _Mapping]]] = ...) -> None: ...
+
+class Activation(_message.Message):
+    __slots__ = ("replica_id", "version", "weights_digest", "from_seq")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    replica_id: int
+    version: int
+    weights_digest: bytes
+    from_seq: int
+    def __init__(self, replica_id: _Optional[int] = ..., version: _Optional[int] = ..., weights_digest: _Optional[bytes] = ..., from_seq: _Optional[int] = ...) -> None: ...
 
 class ModelUpdateRequest(_message.Message):
     __slots__ = ("update", "package_path", "package_archive")

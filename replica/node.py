@@ -43,7 +43,7 @@ from certs.request import InferenceRequest
 from consensus.errors import ByzantineMessageError, ConsensusError, RequestRejectedError
 from consensus.messages import ModelUpdate, PeerMessage, VoteBatch
 from consensus.node import ConsensusNode, SubmitOutcome
-from consensus.ready import CommittedBatch, InferenceBatch, Ready
+from consensus.ready import Activation, CommittedBatch, InferenceBatch, Ready
 from replica.config import ReplicaConfig
 from replica.metrics import ReplicaMetrics
 from replica.storage import CertificateRow, ReplicaStore
@@ -245,6 +245,9 @@ class ReplicaNode:
         """Stored evidence items (id, encoded certs.evidence.Evidence, one-line summary)."""
         return await asyncio.get_running_loop().run_in_executor(self._io, self.store.list_evidence, after_id, min(limit, 1000))
 
+    async def activations(self) -> list[Activation]:
+        return await asyncio.get_running_loop().run_in_executor(self._io, self.store.activations)
+
     async def get_certificate(self, client_id: str, request_id: str) -> Certified | None:
         return await asyncio.get_running_loop().run_in_executor(self._io, self._load_certified, client_id, request_id)
 
@@ -309,7 +312,7 @@ class ReplicaNode:
                 self.metrics.labels(self.metrics.model_version).set(activation.version)
                 self._after_activation(activation.version)
         if ready.activations:
-            self.store.put_activations(ready.activations)
+            self._io.submit(self.store.put_activations, list(ready.activations))
         core = self.core
         self.metrics.labels(self.metrics.view).set(core.view)
         self.metrics.labels(self.metrics.seq).set(core.executed_seq)
@@ -339,6 +342,14 @@ class ReplicaNode:
         older = [v for v in backend.loaded_versions() if v < version]  # type: ignore[attr-defined]
 
         async def unload() -> None:
+            if version not in backend.loaded_versions():  # type: ignore[attr-defined]
+                # learned by state transfer after a restart: load it (its package was recorded
+                # when the owner handed the update to this replica) before dropping the old one
+                entry = self.model_packages().get(version)
+                if entry is None:
+                    log.error("replica %d: version %d is in effect but its package is unknown here", self.replica_id, version)
+                    return
+                await backend.load_async(version, entry["package"], expected_digest=bytes.fromhex(entry["digest"]))  # type: ignore[attr-defined]
             for v in older:
                 try:
                     await backend.unload_async(v)  # type: ignore[attr-defined]
