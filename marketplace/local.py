@@ -34,6 +34,19 @@ class LocalGroupError(RuntimeError):
     pass
 
 
+def die_with_parent() -> None:
+    """In a child process before exec: receive SIGTERM when the launcher dies, so a launcher
+    killed without running its clean-up (SIGKILL, an OOM kill) leaves no replica behind.
+
+    Linux delivers this when the launching *thread* exits, so start replicas from a thread that
+    lives as long as the group (the main thread, as `quorumserve up` and the tests do)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """Ports the OS considers free right now (held open together so they are distinct)."""
     sockets = []
@@ -228,6 +241,7 @@ class LocalGroup:
             stdout=handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stopping it stops its Triton too
+            preexec_fn=die_with_parent,
             env=env,
             cwd=str(Path(__file__).resolve().parent.parent),
         )
