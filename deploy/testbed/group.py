@@ -30,13 +30,13 @@ class TestbedGroup(LocalGroup):
     __test__ = False  # not a pytest test class despite the name
     testbed: Testbed | None = None
 
-    def _testbed(self) -> Testbed:
+    def started_testbed(self) -> Testbed:
         if self.testbed is None:
             raise TestbedError("TestbedGroup needs a started Testbed")
         return self.testbed
 
     def prepare(self) -> GroupConfig:
-        testbed = self._testbed()
+        testbed = self.started_testbed()
         config = super().prepare()
         addresses: dict[int, str] = {}
         for replica in self.replicas:
@@ -59,7 +59,7 @@ class TestbedGroup(LocalGroup):
         with open(replica.log_path, "ab") as handle:
             replica.process = subprocess.Popen(
                 [
-                    *self._testbed().exec_prefix(replica_id),
+                    *self.started_testbed().exec_prefix(replica_id),
                     sys.executable, "-m", "marketplace.cli", "replica",
                     "--config", str(replica.config_path), "--log-level", self.log_level,
                 ],

@@ -21,6 +21,7 @@ process that no longer exists left behind. Requires root, `ip netns`, a bridge, 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import itertools
@@ -255,6 +256,7 @@ class Testbed:
         if self._started:
             return self
         self._started = True
+        atexit.register(self.stop)  # also when the caller never reaches its own cleanup
         cleanup_leftovers()
         kind = self.requested_link_kind
         if kind == "auto":
@@ -412,6 +414,7 @@ class Testbed:
         self.links.clear()
         self.cut.clear()
         self._started = False
+        atexit.unregister(self.stop)
         if errors:
             raise TestbedError("test bed cleanup: " + "; ".join(errors))
 

@@ -186,7 +186,7 @@ def test_round_trips_between_sites_follow_the_delay_table(testbed: Testbed) -> N
 
 def test_group_across_three_sites_certifies(group: TestbedGroup, digits: tuple[np.ndarray, np.ndarray], story: Story) -> None:
     assert group.config is not None
-    topology = group._testbed().topology
+    topology = group.started_testbed().topology
     X, y = digits
     requests = [digits_request(group.config, "sites", f"s-{i}", X[i]) for i in range(40)]
     certified = certify_all(group, requests)
@@ -210,7 +210,7 @@ def test_group_across_three_sites_certifies(group: TestbedGroup, digits: tuple[n
 def test_cutting_off_the_primary_site_changes_view_and_service_continues(
     group: TestbedGroup, digits: tuple[np.ndarray, np.ndarray], story: Story
 ) -> None:
-    testbed = group._testbed()
+    testbed = group.started_testbed()
     before = statuses(group)
     old_view = max(s.view for s in before.values())
     primary = max({s.primary for s in before.values()}, key=[s.primary for s in before.values()].count)
@@ -235,7 +235,7 @@ def test_cutting_off_the_primary_site_changes_view_and_service_continues(
 
 
 def test_healing_brings_the_cut_off_replica_back(group: TestbedGroup, digits: tuple[np.ndarray, np.ndarray], story: Story) -> None:
-    testbed = group._testbed()
+    testbed = group.started_testbed()
     if story.cut_site is None:
         pytest.skip("the partition test did not run")
     testbed.heal_site(story.cut_site)
