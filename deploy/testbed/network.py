@@ -81,7 +81,8 @@ def unavailable_reason() -> str | None:
         return "iproute2's `ip` is not installed"
     if _run(["ip", "netns", "list"], check=False).returncode != 0:
         return "`ip netns` does not work here"
-    if not netem_available() and not os.path.exists("/dev/net/tun"):
+    # TUN first: the netem probe creates a scratch namespace, not worth it when TUN will do
+    if not os.path.exists("/dev/net/tun") and not netem_available():
         return "neither tc netem nor /dev/net/tun is available for WAN delays"
     return None
 

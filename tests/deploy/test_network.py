@@ -18,10 +18,8 @@ from deploy.testbed.probe import ProbeError, rtt_ms
 REPO = Path(__file__).resolve().parents[2]
 PROBE_PORT = 5999  # inside our own namespaces: every port is free there
 
-pytestmark = pytest.mark.skipif(
-    unavailable_reason() is not None if os.geteuid() == 0 else True,
-    reason=f"no multi-site test bed on this machine: {unavailable_reason() if os.geteuid() == 0 else 'needs root'}",
-)
+_UNAVAILABLE = unavailable_reason()
+pytestmark = pytest.mark.skipif(_UNAVAILABLE is not None, reason=f"no multi-site test bed on this machine: {_UNAVAILABLE}")
 
 
 def leftovers(bed: Testbed) -> list[str]:
