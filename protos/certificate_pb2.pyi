@@ -85,10 +85,68 @@ class ConflictingCertificates(_message.Message):
     b: Certificate
     def __init__(self, a: _Optional[_Union[Certificate, _Mapping]] = ..., b: _Optional[_Union[Certificate, _Mapping]] = ...) -> None: ...
 
+class ProvenLeaf(_message.Message):
+    __slots__ = ("leaf", "index", "path")
+    LEAF_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    leaf: _common_pb2.Leaf
+    index: int
+    path: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, leaf: _Optional[_Union[_common_pb2.Leaf, _Mapping]] = ..., index: _Optional[int] = ..., path: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class InvalidProposal(_message.Message):
+    __slots__ = ("header", "signer", "signature", "leaves")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    SIGNER_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    LEAVES_FIELD_NUMBER: _ClassVar[int]
+    header: _common_pb2.BatchHeader
+    signer: int
+    signature: bytes
+    leaves: _containers.RepeatedCompositeFieldContainer[ProvenLeaf]
+    def __init__(self, header: _Optional[_Union[_common_pb2.BatchHeader, _Mapping]] = ..., signer: _Optional[int] = ..., signature: _Optional[bytes] = ..., leaves: _Optional[_Iterable[_Union[ProvenLeaf, _Mapping]]] = ...) -> None: ...
+
+class ProvenVoteEntry(_message.Message):
+    __slots__ = ("entry", "index", "path")
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    entry: _common_pb2.VoteEntry
+    index: int
+    path: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, entry: _Optional[_Union[_common_pb2.VoteEntry, _Mapping]] = ..., index: _Optional[int] = ..., path: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class InvalidVoteBatch(_message.Message):
+    __slots__ = ("group_id", "epoch", "voter", "batch_no", "model_version", "entries_root", "entry_count", "signature", "entries")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    VOTER_FIELD_NUMBER: _ClassVar[int]
+    BATCH_NO_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_ROOT_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    group_id: str
+    epoch: int
+    voter: int
+    batch_no: int
+    model_version: int
+    entries_root: bytes
+    entry_count: int
+    signature: bytes
+    entries: _containers.RepeatedCompositeFieldContainer[ProvenVoteEntry]
+    def __init__(self, group_id: _Optional[str] = ..., epoch: _Optional[int] = ..., voter: _Optional[int] = ..., batch_no: _Optional[int] = ..., model_version: _Optional[int] = ..., entries_root: _Optional[bytes] = ..., entry_count: _Optional[int] = ..., signature: _Optional[bytes] = ..., entries: _Optional[_Iterable[_Union[ProvenVoteEntry, _Mapping]]] = ...) -> None: ...
+
 class Evidence(_message.Message):
-    __slots__ = ("equivocation", "conflicting_certificates")
+    __slots__ = ("equivocation", "conflicting_certificates", "invalid_proposal", "invalid_vote_batch")
     EQUIVOCATION_FIELD_NUMBER: _ClassVar[int]
     CONFLICTING_CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
+    INVALID_PROPOSAL_FIELD_NUMBER: _ClassVar[int]
+    INVALID_VOTE_BATCH_FIELD_NUMBER: _ClassVar[int]
     equivocation: Equivocation
     conflicting_certificates: ConflictingCertificates
-    def __init__(self, equivocation: _Optional[_Union[Equivocation, _Mapping]] = ..., conflicting_certificates: _Optional[_Union[ConflictingCertificates, _Mapping]] = ...) -> None: ...
+    invalid_proposal: InvalidProposal
+    invalid_vote_batch: InvalidVoteBatch
+    def __init__(self, equivocation: _Optional[_Union[Equivocation, _Mapping]] = ..., conflicting_certificates: _Optional[_Union[ConflictingCertificates, _Mapping]] = ..., invalid_proposal: _Optional[_Union[InvalidProposal, _Mapping]] = ..., invalid_vote_batch: _Optional[_Union[InvalidVoteBatch, _Mapping]] = ...) -> None: ...
