@@ -50,6 +50,10 @@ class Domain(enum.Enum):
     CONFIG = b"quorumserve/v1/group-config\x00"
     CONFIG_APPROVAL = b"quorumserve/v1/config-approval\x00"
     KEY_ID = b"quorumserve/v1/key-id\x00"
+    JOIN_REQUEST = b"quorumserve/v1/join-request\x00"
+    JOIN_APPROVAL = b"quorumserve/v1/join-approval\x00"
+    LEAVE_REQUEST = b"quorumserve/v1/leave-request\x00"
+    LEDGER = b"quorumserve/v1/ledger\x00"
     PAYLOAD = b"quorumserve/v1/request-payload\x00"
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from certs.batch import BatchHeader, Leaf, VoteEntry, vote_batch_content
+from certs.membership import Approval, JoinRequest, LeaveRequest
 from certs.encoding import Domain, Encodable, digest, encode
 from certs.merkle import root_of_hashes
 from certs.request import InferenceRequest
@@ -40,7 +41,43 @@ class ModelUpdate:
         return ("model-update", self.replica_id, self.new_version, self.weights_digest, self.owner_signature)
 
 
-ControlOp = ModelUpdate  # membership changes will join this union
+@dataclass(frozen=True, slots=True)
+class JoinOp:
+    """A new owner's signed join request with the approvals the admission rule asks for."""
+
+    join: JoinRequest
+    approvals: tuple[Approval, ...]
+
+    def canonical(self) -> Encodable:
+        return ("join", self.join.canonical(), tuple((a.approver, a.signature) for a in self.approvals))
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveOp:
+    """An owner takes its replica out of the group (signed by that owner)."""
+
+    leave: LeaveRequest
+
+    def canonical(self) -> Encodable:
+        return ("leave", self.leave.group_id, self.leave.epoch, self.leave.replica_id, self.leave.owner_signature)
+
+
+@dataclass(frozen=True, slots=True)
+class EvictOp:
+    """Remove a replica that provably equivocated: `evidence` is an encoded certs.evidence item
+    that verifies against the current config and accuses `replica_id`."""
+
+    group_id: str
+    epoch: int
+    replica_id: int
+    evidence: bytes
+
+    def canonical(self) -> Encodable:
+        return ("evict", self.group_id, self.epoch, self.replica_id, self.evidence)
+
+
+MembershipOp = Union[JoinOp, LeaveOp, EvictOp]
+ControlOp = Union[ModelUpdate, JoinOp, LeaveOp, EvictOp]
 
 
 # -- requests and votes -------------------------------------------------------------------
@@ -52,6 +89,16 @@ class RequestMessage:
 
     sender: int
     request: InferenceRequest
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSignature:
+    """A replica of epoch e-1 vouches for the config of epoch e (certs.membership.link_message)."""
+
+    sender: int
+    epoch: int  # the NEW epoch
+    config_digest: bytes
+    signature: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +298,11 @@ class StateSnapshot:
     executed: tuple[tuple[str, str, int, bytes], ...]  # (client_id, request_id, seq, request digest), sorted
     versions: tuple[tuple[int, int, bytes], ...]  # (replica_id, version, weights_digest) in effect
     scheduled: tuple[tuple[int, int, int, bytes], ...]  # (activation_seq, replica_id, version, digest)
+    epoch: int = 0  # the epoch in effect after `seq`
+    config_digest: bytes = bytes(32)  # ... and its config
+    epoch_change_seq: int = 0  # 0: no membership change scheduled
+    epoch_change_ops: tuple[JoinOp | LeaveOp | EvictOp, ...] = ()
+    ledger: tuple[tuple[str, str, int], ...] = ()  # (kind "client"|"owner", account, credits), sorted
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +322,7 @@ class StateReply:
 PeerMessage = Union[
     RequestMessage,
     ControlMessage,
+    ConfigSignature,
     VoteBatch,
     PrePrepare,
     Prepare,

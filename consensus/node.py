@@ -23,7 +23,10 @@ from typing import Callable
 
 from certs.batch import BatchHeader, Leaf, VoteEntry, ops_digest
 from certs.config import GroupConfig
-from certs.evidence import Equivocation
+from certs.encoding import Domain, digest
+from certs.errors import CertificateError
+from certs.evidence import Equivocation, decode_evidence, verify_evidence
+from certs.membership import ConfigLink, MembershipError, QuorumSigned, check_join, check_leave, link_message, next_config
 from certs.keys import SignatureVerifier, Signer
 from certs.merkle import root_of_hashes
 from certs.outputs import ModelOutput, decision_space
@@ -37,8 +40,12 @@ from consensus.messages import (
     Checkpoint,
     Commit,
     CommittedProof,
+    ConfigSignature,
     ControlMessage,
     ControlOp,
+    EvictOp,
+    JoinOp,
+    LeaveOp,
     FetchState,
     FetchVotes,
     ModelUpdate,
@@ -58,6 +65,7 @@ from consensus.messages import (
 )
 from consensus.ready import (
     Activation,
+    ConfigLinkRecord,
     CommittedBatch,
     CommittedRecord,
     Event,
@@ -104,7 +112,12 @@ class ConsensusNode:
         signer: Signer,
         verifier: SignatureVerifier,
         records: Sequence[PersistRecord] = (),
+        *,
+        joined_at: tuple[GroupConfig, int] | None = None,
     ) -> None:
+        """`config` is the genesis config (or, for a replica that joined later, the config of
+        the epoch it joined, with `joined_at` = (the previous epoch's config, the seq that epoch
+        ended at)); later configs come back from `records`."""
         member = config.member(replica_id)
         if member is None:
             raise LocalProtocolError(f"replica {replica_id} is not a member of group {config.group_id}")
@@ -144,7 +157,7 @@ class ConsensusNode:
         self.vote_batch_count: dict[int, int] = {}
         self.vote_batch_no = 0  # the last vote batch number this replica signed
         self.waiting: dict[tuple[int, int], tuple[PrePrepare, int]] = {}  # (view, seq) -> (pp, deadline)
-        self.pending_ops: dict[tuple[int, int], ControlOp] = {}
+        self.pending_ops: dict[tuple[object, ...], ControlOp] = {}
 
         self.signed: dict[tuple[StatementKind, tuple[int, ...]], PeerMessage] = {}
         self.view_changes: dict[int, dict[int, ViewChange]] = {}
@@ -155,11 +168,17 @@ class ConsensusNode:
         self.fetching_state_since: int | None = None
         self.fetch_targets: list[int] = []
 
+        # every config this replica knows, by epoch, and the seq after which each epoch began
+        self.configs: dict[int, GroupConfig] = {config.epoch: config}
+        self.epoch_starts: dict[int, int] = {config.epoch: 0}
+        self.config_signatures: dict[int, dict[int, bytes]] = {}  # epoch -> signer -> signature
+        self.retired = False  # left the group (or was evicted): serves what it has, orders nothing
         self._ready = Ready()
         self.restored = False
         # waiting proposal -> how many rounds of fetching found its votes still disagreeing
         self.mismatch_rounds: dict[tuple[int, int], int] = {}
         self.helped: dict[int, int] = {}  # peer -> tick we last sent it our stable checkpoint
+        self.later_views: dict[int, set[int]] = {}  # view above ours -> replicas seen working in it
         self.asked_before_accusing: VoteKey | None = None  # the stalled request we fetched state for
         self.accuse_deadline = 0
         self.stable_ahead: tuple[int, list[int]] | None = None  # a quorum's checkpoint above our state
@@ -167,6 +186,7 @@ class ConsensusNode:
         self.reported_equivocations: set[tuple[int, StatementKind, tuple[int, ...]]] = set()
         self._handlers: dict[type, Callable[[PeerMessage], None]] = {
             RequestMessage: self._on_request,  # type: ignore[dict-item]
+            ConfigSignature: self._on_config_signature,  # type: ignore[dict-item]
             ControlMessage: self._on_control,  # type: ignore[dict-item]
             VoteBatch: self._on_vote_batch,  # type: ignore[dict-item]
             PrePrepare: self._on_pre_prepare,  # type: ignore[dict-item]
@@ -179,6 +199,14 @@ class ConsensusNode:
             FetchState: self._on_fetch_state,  # type: ignore[dict-item]
             StateReply: self._on_state_reply,  # type: ignore[dict-item]
         }
+        if joined_at is not None:
+            previous, start_seq = joined_at
+            self.configs[previous.epoch] = previous
+            self.epoch_starts[config.epoch] = start_seq
+            # everything up to start_seq happened before this replica existed: fetch the
+            # snapshot the previous epoch's replicas checkpointed there
+            self.stable_ahead = (start_seq, list(previous.replica_ids))
+            self.restored = True
         if records:
             self._restore(records)
 
@@ -214,6 +242,8 @@ class ConsensusNode:
         """A client request reached this replica. `disseminate`: relay it to the other replicas
         now (a client talking to this replica alone); a gateway that sends every request to all
         replicas passes False, and relaying happens only if votes fail to arrive in time."""
+        if self.retired:
+            raise RequestRejectedError(f"replica {self.id} left group {self.config.group_id} at epoch {self.config.epoch}")
         self._check_request(request)
         executed = self.state.executed.get(request.key)
         if executed is not None:
@@ -242,9 +272,10 @@ class ConsensusNode:
         self._check_control(op)
 
     def submit_control(self, op: ControlOp) -> None:
-        """An owner's model update reached this replica: check it and have it ordered."""
+        """An owner's model update, or a membership change, reached this replica: check it and
+        have it ordered."""
         self._check_control(op)
-        key = (op.replica_id, op.new_version)
+        key = _op_key(op)
         if key not in self.pending_ops:
             self.pending_ops[key] = op
             self._send(None, ControlMessage(self.id, op))
@@ -312,8 +343,10 @@ class ConsensusNode:
         if handler is None:
             raise LocalProtocolError(f"not a peer message: {type(message).__name__}")
         sender = message.sender
-        if not self.config.is_member(sender):
+        if not self.config.is_member(sender) and not self._member_nearby(sender):
             raise ByzantineMessageError(sender, "non-member", f"{type(message).__name__} from a non-member")
+        if self.retired and not isinstance(message, (FetchState, FetchVotes, ConfigSignature)):
+            return  # out of the group: it only helps others catch up
         if sender == self.id:
             # peers relay signed messages (vote batches on request, proofs): ours may come back
             if isinstance(message, VoteBatch) and (sender, message.batch_no) not in self.vote_batches:
@@ -323,6 +356,9 @@ class ConsensusNode:
         handler(message)
 
     def tick(self) -> None:
+        if self.retired:
+            self.now += 1
+            return
         if self.restored:
             # after a restart the group may have moved on: ask a peer straight away
             self.restored = False
@@ -442,8 +478,7 @@ class ConsensusNode:
 
     def _on_vote_batch(self, batch: VoteBatch) -> None:
         sender = batch.sender
-        if batch.epoch != self.config.epoch:
-            raise ByzantineMessageError(sender, "wrong-epoch", f"vote batch for epoch {batch.epoch}")
+        self._check_epoch(sender, batch.epoch, "vote batch")
         if not batch.entries:
             raise ByzantineMessageError(sender, "empty", "empty vote batch")
         if len(batch.entries) > self.params.inference_batch_max:
@@ -563,7 +598,8 @@ class ConsensusNode:
 
     def _check_control(self, op: ControlOp) -> None:
         if not isinstance(op, ModelUpdate):
-            raise RequestRejectedError(f"unsupported control operation {type(op).__name__}")
+            self._check_membership(op)
+            return
         member = self.config.member(op.replica_id)
         if op.group_id != self.config.group_id:
             raise RequestRejectedError(f"model update is for group {op.group_id!r}")
@@ -582,16 +618,46 @@ class ConsensusNode:
                 f"version {latest} is already ordered (replayed or older update)"
             )
 
+    def _check_membership(self, op: ControlOp) -> None:
+        """Raise RequestRejectedError unless a join, leave or eviction may be ordered now."""
+        config = self.config
+        try:
+            if isinstance(op, JoinOp):
+                check_join(config, op.join, op.approvals, self._verifier)
+                next_config(config, [op.join], [])
+            elif isinstance(op, LeaveOp):
+                check_leave(config, op.leave, self._verifier)
+            elif isinstance(op, EvictOp):
+                if (op.group_id, op.epoch) != (config.group_id, config.epoch):
+                    raise MembershipError(f"eviction is for group {op.group_id!r} epoch {op.epoch}")
+                if not config.is_member(op.replica_id):
+                    raise MembershipError(f"replica {op.replica_id} is not a member")
+                accused = verify_evidence(decode_evidence(op.evidence), config, verifier=self._verifier)
+                if op.replica_id not in accused:
+                    raise MembershipError(f"the evidence does not accuse replica {op.replica_id} (it accuses {list(accused)})")
+                next_config(config, [], [op.replica_id])
+            else:
+                raise MembershipError(f"unsupported control operation {type(op).__name__}")
+        except CertificateError as exc:  # MembershipError and evidence that does not verify
+            raise RequestRejectedError(str(exc)) from exc
+        if self.state.epoch_change is not None:
+            raise RequestRejectedError(
+                f"a membership change already takes effect at seq {self.state.epoch_change.seq}; submit again after it"
+            )
+
     def _on_control(self, message: ControlMessage) -> None:
         op = message.op
         if isinstance(op, ModelUpdate) and self.config.is_member(op.replica_id) and op.new_version <= self.state.latest_version(op.replica_id):
             # ordered already: a late copy or a replay, harmless either way
             raise ByzantineMessageError(message.sender, "stale", f"model update to version {op.new_version} is already ordered")
+        op_epoch = op.join.epoch if isinstance(op, JoinOp) else op.leave.epoch if isinstance(op, LeaveOp) else getattr(op, "epoch", self.config.epoch)
+        if op_epoch < self.config.epoch or (not isinstance(op, ModelUpdate) and self.state.epoch_change is not None):
+            raise ByzantineMessageError(message.sender, "stale", "membership change for an epoch already closing or closed")
         try:
             self._check_control(message.op)
         except RequestRejectedError as exc:
             raise ByzantineMessageError(message.sender, "bad-control", str(exc)) from exc
-        self.pending_ops.setdefault((message.op.replica_id, message.op.new_version), message.op)
+        self.pending_ops.setdefault(_op_key(message.op), message.op)
         self._try_propose()
 
     # =====================================================================================
@@ -599,6 +665,9 @@ class ConsensusNode:
     # =====================================================================================
 
     def _in_window(self, seq: int) -> bool:
+        change = self.state.epoch_change
+        if change is not None and seq > change.seq:
+            return False  # the epoch ends at change.seq: later batches belong to the next one
         return self.low < seq <= self.low + self.params.log_window_batches
 
     def _choose_votes(self, pending: PendingRequest, table: dict[int, tuple[int, bytes]]) -> list[tuple[int, int, int]]:
@@ -667,15 +736,11 @@ class ConsensusNode:
                 taken.add(request_key)
                 if len(entries) >= params.proposal_size_max:
                     break
-            ops = tuple(
-                op
-                for key, op in sorted(self.pending_ops.items())
-                if op.new_version > self.state.latest_version(op.replica_id) and not self._op_in_flight(op)
-            )
-            # keep ordering (empty) batches while an activation is due and nothing else is
-            idle_with_activation = (
-                not entries and not ops and not waiting_for_more and self.state.scheduled and seq == self.state.seq + 1
-            )
+            ops = self._ops_to_propose()
+            # keep ordering (empty) batches while an activation or epoch change is due and
+            # nothing else is: they take effect at a sequence number, not at a time
+            due = bool(self.state.scheduled) or self.state.epoch_change is not None
+            idle_with_activation = not entries and not ops and not waiting_for_more and due and seq == self.state.seq + 1
             if not entries and not ops and not idle_with_activation:
                 return
             inflight = seq - 1 - self.state.seq
@@ -703,6 +768,31 @@ class ConsensusNode:
             if slot is None or (slot.pre_prepare is None and slot.committed is None):
                 return False
         return True
+
+    def _ops_to_propose(self) -> tuple[ControlOp, ...]:
+        ops: list[ControlOp] = []
+        membership = self.state.epoch_change is not None or any(
+            not isinstance(op, ModelUpdate) for op in self._ops_in_flight()
+        )
+        for _, op in sorted(self.pending_ops.items(), key=lambda item: repr(item[0])):
+            if self._op_in_flight(op):
+                continue
+            if isinstance(op, ModelUpdate):
+                if op.new_version > self.state.latest_version(op.replica_id):
+                    ops.append(op)
+            elif not membership:
+                try:
+                    self._check_membership(op)
+                except RequestRejectedError:
+                    continue
+                ops.append(op)
+                membership = True  # one membership change at a time
+        return tuple(ops)
+
+    def _ops_in_flight(self) -> list[ControlOp]:
+        return [
+            op for slot in self.log.values() if not slot.executed for pp in slot.contents.values() for op in pp.proposal.ops
+        ]
 
     def _op_in_flight(self, op: ControlOp) -> bool:
         for slot in self.log.values():
@@ -762,8 +852,9 @@ class ConsensusNode:
     def _on_pre_prepare(self, pp: PrePrepare) -> None:
         sender = pp.sender
         header = pp.header
-        if pp.epoch != self.config.epoch or header.epoch != self.config.epoch:
-            raise ByzantineMessageError(sender, "wrong-epoch", f"pre-prepare for epoch {pp.epoch}")
+        self._check_epoch(sender, pp.epoch, "pre-prepare")
+        if header.epoch != pp.epoch:
+            raise ByzantineMessageError(sender, "wrong-epoch", f"pre-prepare for epoch {pp.epoch} carries a header of epoch {header.epoch}")
         if (header.group_id, header.config_digest) != (self.config.group_id, self.config.digest):
             raise ByzantineMessageError(sender, "wrong-config", "pre-prepare names another group or config")
         if sender != self.config.primary(pp.view):
@@ -771,6 +862,8 @@ class ConsensusNode:
         if pp.view < self.view:
             raise ByzantineMessageError(sender, "stale", f"pre-prepare for old view {pp.view}")
         if pp.view > self.view or not self.view_active:
+            if pp.view > self.view and self._verifier.verify(self.config.public_key(sender) or b"", pp.statement().message(), pp.signature):
+                self._note_later_view(sender, pp.view)
             return  # a view this replica has not entered: the NEW-VIEW will carry what matters
         if not self._in_window(pp.seq):
             if pp.seq <= self.low:
@@ -930,8 +1023,7 @@ class ConsensusNode:
 
     def _check_vote_message(self, message: Prepare | Commit, kind: StatementKind, name: str) -> Slot | None:
         sender = message.sender
-        if message.epoch != self.config.epoch:
-            raise ByzantineMessageError(sender, "wrong-epoch", f"{name} for epoch {message.epoch}")
+        self._check_epoch(sender, message.epoch, name)
         if message.view > self.view + FUTURE_VIEWS_MAX:
             raise ByzantineMessageError(sender, "outside-window", f"{name} for far future view {message.view}")
         if message.seq <= self.low:
@@ -943,6 +1035,8 @@ class ConsensusNode:
             raise ByzantineMessageError(sender, "outside-window", f"{name} for seq {message.seq} above the watermark")
         statement = message.statement(self.config.group_id)
         self._verify(sender, statement, message.signature, name)
+        if message.view > self.view:
+            self._note_later_view(sender, message.view)
         slot = self._slot(message.seq)
         earlier = slot.prepare_from(message.view, sender) if kind is StatementKind.PREPARE else slot.commit_from(message.view, sender)
         if earlier is not None:
@@ -1020,7 +1114,8 @@ class ConsensusNode:
 
     def _execute(self, slot: Slot, pp: PrePrepare, commits: tuple[Commit, ...], via_state_transfer: bool) -> None:
         header, proposal = pp.header, pp.proposal
-        duplicates, activations = self.state.apply(header, proposal)
+        applied = self.state.apply(header, proposal)
+        duplicates, activations = applied.duplicates, applied.activations
         slot.executed = True
         self.last_execute_tick = self.now
         refs = {(r.voter, r.batch_no) for e in proposal.entries for r in e.refs}
@@ -1039,7 +1134,7 @@ class ConsensusNode:
                 (entry.leaf.request_digest, entry.leaf.client_id, entry.leaf.request_id, entry.leaf.label_space)
             )
         for op in proposal.ops:
-            self.pending_ops.pop((op.replica_id, op.new_version), None)
+            self.pending_ops.pop(_op_key(op), None)
         for rid, version, wd, from_seq in activations:
             self._ready.activations.append(Activation(rid, version, wd, from_seq))
             self._ready.events.append(Event("model-activated", f"replica {rid} version {version} from seq {from_seq}"))
@@ -1050,7 +1145,9 @@ class ConsensusNode:
         if self.next_seq <= header.seq:
             self.next_seq = header.seq + 1
         if header.seq % self.params.checkpoint_interval_batches == 0:
-            self._take_checkpoint()
+            self._take_checkpoint()  # in the old epoch, when this batch closes it
+        if applied.new_config is not None:
+            self._switch_epoch(applied.new_config, header.seq)
 
     def _take_checkpoint(self) -> None:
         summary = self.state.summary()
@@ -1068,8 +1165,12 @@ class ConsensusNode:
 
     def _on_checkpoint(self, checkpoint: Checkpoint) -> None:
         sender = checkpoint.sender
-        if checkpoint.epoch != self.config.epoch:
-            raise ByzantineMessageError(sender, "wrong-epoch", f"checkpoint for epoch {checkpoint.epoch}")
+        config = self._config_at(checkpoint.seq)
+        if checkpoint.epoch != config.epoch:
+            if checkpoint.epoch < config.epoch:
+                raise ByzantineMessageError(sender, "stale", f"checkpoint for old epoch {checkpoint.epoch}")
+            self._start_state_transfer([sender])  # the group moved to a later epoch without us
+            raise ByzantineMessageError(sender, "future-epoch", f"checkpoint for epoch {checkpoint.epoch}")
         if checkpoint.seq % self.params.checkpoint_interval_batches or checkpoint.seq <= 0:
             raise ByzantineMessageError(sender, "bad-checkpoint", f"checkpoint at seq {checkpoint.seq} is off the interval")
         if checkpoint.seq <= self.low:
@@ -1077,7 +1178,7 @@ class ConsensusNode:
                 self._help_behind(sender)
             return  # already stable here
         statement = checkpoint.statement(self.config.group_id)
-        self._verify(sender, statement, checkpoint.signature, "checkpoint")
+        self._verify(sender, statement, checkpoint.signature, "checkpoint", config)
         for digest, bucket in self.checkpoints.get(checkpoint.seq, {}).items():
             earlier = bucket.get(sender)
             if earlier is not None and digest != checkpoint.state_digest:
@@ -1107,10 +1208,11 @@ class ConsensusNode:
         by_digest = self.checkpoints.setdefault(checkpoint.seq, {})
         bucket = by_digest.setdefault(checkpoint.state_digest, {})
         bucket.setdefault(checkpoint.sender, checkpoint)
-        if len(bucket) < self.q:
+        quorum = self._config_at(checkpoint.seq).quorum_size
+        if len(bucket) < quorum:
             return
         summary = self.summaries.get(checkpoint.seq)
-        proof = tuple(c for _, c in sorted(bucket.items())[: self.q])
+        proof = tuple(c for _, c in sorted(bucket.items())[:quorum])
         if summary is not None:
             if summary.state_digest() != checkpoint.state_digest:
                 self._ready.events.append(Event("state-divergence", f"checkpoint {checkpoint.seq} differs from a quorum"))
@@ -1223,7 +1325,7 @@ class ConsensusNode:
             if snapshot.seq % self.params.checkpoint_interval_batches:
                 raise ByzantineMessageError(sender, "bad-state", f"snapshot at seq {snapshot.seq} is off the interval")
             state_digest = snapshot_digest(snapshot)
-            if not check_checkpoint_proof(self.config, self._verifier, snapshot.seq, state_digest, reply.checkpoint_proof):
+            if not check_checkpoint_proof(self._config_at(snapshot.seq), self._verifier, snapshot.seq, state_digest, reply.checkpoint_proof):
                 raise ByzantineMessageError(sender, "bad-state", f"snapshot at seq {snapshot.seq} lacks a valid checkpoint quorum")
             self._install_snapshot(snapshot, state_digest, reply.checkpoint_proof)
         for proof in reply.batches:
@@ -1253,27 +1355,33 @@ class ConsensusNode:
     def _check_committed_proof(self, sender: int, proof: CommittedProof) -> None:
         pp = proof.pre_prepare
         header = pp.header
-        if (header.group_id, header.epoch, header.config_digest) != (self.config.group_id, self.config.epoch, self.config.digest):
+        config = self._config_at(header.seq)
+        if (header.group_id, header.epoch, header.config_digest) != (config.group_id, config.epoch, config.digest):
             raise ByzantineMessageError(sender, "bad-state", f"batch {header.seq} names another group or epoch")
         if not proposal_matches_header(header, pp.proposal):
             raise ByzantineMessageError(sender, "bad-state", f"batch {header.seq} does not match its header")
         signers: set[int] = set()
         for commit in proof.commits:
-            key = self.config.public_key(commit.sender)
+            key = config.public_key(commit.sender)
             if (
                 key is None
                 or commit.sender in signers
-                or (commit.view, commit.seq, commit.batch_digest, commit.epoch) != (header.view, header.seq, header.batch_digest, self.config.epoch)
+                or (commit.view, commit.seq, commit.batch_digest, commit.epoch) != (header.view, header.seq, header.batch_digest, config.epoch)
                 or not self._verifier.verify(key, commit.statement(self.config.group_id).message(), commit.signature)
             ):
                 raise ByzantineMessageError(sender, "bad-state", f"batch {header.seq} has an invalid commit")
             signers.add(commit.sender)
-        if len(signers) < self.q:
+        if len(signers) < config.quorum_size:
             raise ByzantineMessageError(sender, "bad-state", f"batch {header.seq} has too few commits")
 
     def _install_snapshot(self, snapshot: StateSnapshot, state_digest: bytes, proof: tuple[Checkpoint, ...]) -> None:
         before = dict(self.state.versions)
-        self.state = ReplicatedState.from_snapshot(self.config, snapshot)
+        config = self._config_with_digest(snapshot.config_digest)
+        if config is None:
+            raise LocalProtocolError(f"snapshot at seq {snapshot.seq} is for a config this replica does not know")
+        self.state = ReplicatedState.from_snapshot(config, snapshot)
+        if config.epoch != self.config.epoch:
+            self._adopt_config(config, snapshot.seq)
         # versions that took effect in the batches skipped over: the runtime must hear of them
         # (it loads and unloads models, and its own votes must carry the new version)
         for rid, (version, wd) in sorted(self.state.versions.items()):
@@ -1364,6 +1472,16 @@ class ConsensusNode:
     # =====================================================================================
     # timers: view change, relay, retransmission
     # =====================================================================================
+
+    def _note_later_view(self, sender: int, view: int) -> None:
+        """f+1 replicas working in a later view means a correct one is there: this replica missed
+        that view change (it was cut off or restarted). Asking for the view makes that view's
+        primary send its NEW-VIEW (see _on_view_change); one faulty replica cannot pull it away."""
+        senders = self.later_views.setdefault(view, set())
+        senders.add(sender)
+        if len(senders) >= self.config.f + 1:
+            self.later_views = {v: s for v, s in self.later_views.items() if v > view}
+            self._start_view_change(view, f"{len(senders)} replicas are already working in view {view}")
 
     def _view_change_timeout(self) -> int:
         # timers back off exponentially so that correct replicas eventually overlap in a view
@@ -1467,7 +1585,7 @@ class ConsensusNode:
             prepared = tuple(
                 slot.prepared_proof
                 for seq, slot in sorted(self.log.items())
-                if seq > self.low and slot.prepared_proof is not None
+                if seq > max(self.low, self._epoch_floor()) and slot.prepared_proof is not None
             )
             vc = ViewChange(self.id, self.config.epoch, new_view, self.low, self.stable_digest, self.stable_proof, prepared, b"")
             signature = self._sign(vc.statement(self.config.group_id))
@@ -1479,14 +1597,16 @@ class ConsensusNode:
         self._maybe_new_view(new_view)
 
     def _on_view_change(self, vc: ViewChange) -> None:
-        if vc.stable_seq < self.low and vc.epoch == self.config.epoch:
+        self._check_epoch(vc.sender, vc.epoch, "view change")
+        if vc.stable_seq < self.low:
             # the sender is behind our stable checkpoint, perhaps stuck asking for a view change
             # nobody else needs: show it the checkpoint so it fetches the state (section 4.3)
             for checkpoint in self.stable_proof:
                 self._send(vc.sender, checkpoint)
         if vc.new_view <= self.view and (self.view_active or vc.new_view < self.view):
-            # a replica behind us: the primary of our view helps it catch up with its NEW-VIEW
-            if self.view_active and self.is_primary and self.view in self.new_views:
+            # a replica behind us: hand it the NEW-VIEW of our view (signed by its primary, so any
+            # replica holding it may relay it)
+            if self.view_active and self.view in self.new_views and vc.new_view == self.view:
                 self._send(vc.sender, self.new_views[self.view])
             # we moved past that view; our own view change for it may never have reached the
             # sender, which may be waiting for it to complete a quorum
@@ -1500,13 +1620,13 @@ class ConsensusNode:
         existing = self.view_changes.get(vc.new_view, {}).get(vc.sender)
         if existing is not None:
             if existing.content() != vc.content():
-                check_view_change(self.config, self._verifier, vc)
+                check_view_change(self.config, self._verifier, vc, self._config_at(vc.stable_seq), self._epoch_floor())
                 self._equivocation(
                     existing.statement(self.config.group_id), existing.signature, vc.statement(self.config.group_id), vc.signature
                 )
                 raise ByzantineMessageError(vc.sender, "equivocation", f"two view changes to view {vc.new_view}")
             return
-        check_view_change(self.config, self._verifier, vc)
+        check_view_change(self.config, self._verifier, vc, self._config_at(vc.stable_seq), self._epoch_floor())
         self.view_changes.setdefault(vc.new_view, {})[vc.sender] = vc
         # liveness (section 4.5.2): f+1 replicas want a later view, so at least one correct
         # replica timed out: join the smallest such view rather than wait for our own timer
@@ -1527,7 +1647,7 @@ class ConsensusNode:
         if len(bucket) < self.q or view in self.new_views:
             return
         chosen = tuple(vc for _, vc in sorted(bucket.items())[: self.q])
-        plan = plan_new_view(chosen)
+        plan = plan_new_view(chosen, self._epoch_floor())
         pre_prepares: list[PrePrepare] = []
         for seq, prepared in plan.batches:
             if prepared is not None:
@@ -1549,10 +1669,9 @@ class ConsensusNode:
         sender = nv.sender
         if nv.view < self.view or (nv.view == self.view and self.view_active):
             return  # already there
+        self._check_epoch(sender, nv.epoch, "new-view")
         if sender != self.config.primary(nv.view):
             raise ByzantineMessageError(sender, "not-primary", f"new-view for view {nv.view} from a non-primary")
-        if nv.epoch != self.config.epoch:
-            raise ByzantineMessageError(sender, "wrong-epoch", f"new-view for epoch {nv.epoch}")
         self._verify(sender, nv.statement(self.config.group_id), nv.signature, "new-view")
         senders = [vc.sender for vc in nv.view_changes]
         if len(set(senders)) != len(senders) or len(senders) < self.q:
@@ -1561,12 +1680,12 @@ class ConsensusNode:
             if vc.new_view != nv.view:
                 raise ByzantineMessageError(sender, "bad-new-view", f"new-view carries a view change to view {vc.new_view}")
             try:
-                check_view_change(self.config, self._verifier, vc)
+                check_view_change(self.config, self._verifier, vc, self._config_at(vc.stable_seq), self._epoch_floor())
             except ByzantineMessageError as exc:
                 # the proofs inside a view change are not covered by its signature, so whoever
                 # relayed a broken one answers for it: here, the new primary
                 raise ByzantineMessageError(sender, "bad-new-view", f"relays a bad view change of replica {vc.sender}: {exc.reason}") from exc
-        plan = plan_new_view(nv.view_changes)
+        plan = plan_new_view(nv.view_changes, self._epoch_floor())
         if len(plan.batches) != len(nv.pre_prepares):
             raise ByzantineMessageError(sender, "bad-new-view", "new-view re-proposes the wrong sequence numbers")
         for (seq, prepared), pp in zip(plan.batches, nv.pre_prepares):
@@ -1590,6 +1709,7 @@ class ConsensusNode:
         self._ready.events.append(Event("new-view", f"view {view} with primary {self.config.primary(view)}"))
         for v in [v for v in self.view_changes if v <= view]:
             del self.view_changes[v]
+        self.later_views = {v: senders for v, senders in self.later_views.items() if v > view}
         for v in [v for v in self.new_views if v < view]:
             del self.new_views[v]
         for slot in self.log.values():
@@ -1621,8 +1741,8 @@ class ConsensusNode:
     def _sign(self, statement: Statement) -> bytes:
         return self._signer.sign(statement.message())
 
-    def _verify(self, sender: int, statement: Statement, signature: bytes, what: str) -> None:
-        public_key = self.config.public_key(sender)
+    def _verify(self, sender: int, statement: Statement, signature: bytes, what: str, config: GroupConfig | None = None) -> None:
+        public_key = (config or self.config).public_key(sender)
         if public_key is None or not self._verifier.verify(public_key, statement.message(), signature):
             raise ByzantineMessageError(sender, "bad-signature", f"{what} with an invalid signature")
 
@@ -1645,49 +1765,169 @@ class ConsensusNode:
         self._ready.messages.append(Outbound(to, message))
 
     # =====================================================================================
+    # epochs (membership changes)
+    # =====================================================================================
+
+    def _check_epoch(self, sender: int, epoch: int, what: str) -> None:
+        """Messages of an earlier epoch are stale; of a later one, a sign this replica fell
+        behind a membership change: it fetches the state (and with it the new config)."""
+        if epoch == self.config.epoch:
+            return
+        if epoch < self.config.epoch:
+            raise ByzantineMessageError(sender, "stale", f"{what} for earlier epoch {epoch}")
+        self._start_state_transfer([sender])
+        raise ByzantineMessageError(sender, "future-epoch", f"{what} for epoch {epoch}, this replica is in epoch {self.config.epoch}")
+
+    def _config_at(self, seq: int) -> GroupConfig:
+        """The config whose replicas order and checkpoint batch `seq`."""
+        config = self.config
+        while seq <= self.epoch_starts.get(config.epoch, 0) and config.epoch - 1 in self.configs:
+            config = self.configs[config.epoch - 1]
+        return config
+
+    def _epoch_floor(self) -> int:
+        """The last batch of the previous epoch: never re-proposed in this one."""
+        return self.epoch_starts.get(self.config.epoch, 0)
+
+    def _config_with_digest(self, config_digest: bytes) -> GroupConfig | None:
+        return next((c for c in self.configs.values() if c.digest == config_digest), None)
+
+    def _member_nearby(self, replica_id: int) -> bool:
+        """A member of the previous epoch (late messages about its last batches) or of a later
+        epoch this replica already knows of."""
+        return any(c.is_member(replica_id) for e, c in self.configs.items() if e >= self.config.epoch - 1)
+
+    def _adopt_config(self, config: GroupConfig, start_seq: int) -> None:
+        """Make `config` the one in effect (after executing or installing batch `start_seq`)."""
+        self.configs[config.epoch] = config
+        self.epoch_starts.setdefault(config.epoch, start_seq)
+        self.config, self.params, self.q, self.n = config, config.params, config.quorum_size, config.n
+        self.retired = not config.is_member(self.id)
+        # a new epoch starts in view 0 with an empty pipeline: nothing was proposed past start_seq
+        self.view, self.view_active = 0, True
+        self.view_change_deadline, self.view_change_attempts = None, 0
+        self.view_changes.clear()
+        self.new_views.clear()
+        for key in [k for k in self.signed if k[0] in (StatementKind.VIEW_CHANGE, StatementKind.NEW_VIEW)]:
+            del self.signed[key]
+        self.waiting.clear()
+        self.mismatch_rounds.clear()
+        self.next_seq = max(self.next_seq, start_seq + 1)
+        # votes are signed for one epoch: vote again on everything still pending
+        self.vote_batches.clear()
+        self.vote_batch_variants.clear()
+        self.vote_batch_count.clear()
+        self.eligible.clear()
+        for key, pending in list(self.pending.items()):
+            if pending.request is None:
+                self._forget_pending(key)
+                continue
+            pending.votes.clear()
+            pending.quorum_tick = None
+            pending.voted_versions.clear()
+            self._queue_for_inference(key)
+        self._ready.events.append(Event(
+            "epoch-change",
+            f"epoch {config.epoch} from seq {start_seq + 1}: replicas {list(config.replica_ids)} (f={config.f})"
+            + ("; this replica is no longer a member" if self.retired else ""),
+        ))
+
+    def _switch_epoch(self, new: GroupConfig, at_seq: int) -> None:
+        old = self.config
+        self._adopt_config(new, at_seq)
+        self._persist(ViewRecord(0))
+        self._ready.config_links.append(ConfigLinkRecord(ConfigLink(new, ()), at_seq))
+        if old.is_member(self.id):
+            # vouch for the next config: clients follow these signatures from the genesis config
+            message = ConfigSignature(self.id, new.epoch, new.digest, self._signer.sign(link_message(new, self.id)))
+            self._send(None, message)
+            self._add_config_signature(message)
+
+    def _on_config_signature(self, message: ConfigSignature) -> None:
+        config = self.configs.get(message.epoch)
+        previous = self.configs.get(message.epoch - 1)
+        if config is None or previous is None:
+            return  # an epoch this replica has not reached: it will sign that config itself
+        public_key = previous.public_key(message.sender)
+        if public_key is None:
+            raise ByzantineMessageError(message.sender, "non-member", f"signs the epoch {message.epoch} config without being in epoch {previous.epoch}")
+        if message.config_digest != config.digest or not self._verifier.verify(public_key, link_message(config, message.sender), message.signature):
+            raise ByzantineMessageError(message.sender, "bad-signature", f"signature on the epoch {message.epoch} config")
+        self._add_config_signature(message)
+
+    def _add_config_signature(self, message: ConfigSignature) -> None:
+        signatures = self.config_signatures.setdefault(message.epoch, {})
+        if message.sender in signatures:
+            return
+        signatures[message.sender] = message.signature
+        needed = self.configs[message.epoch - 1].quorum_size
+        # persisted with our own signature, and again once a quorum vouches for the config
+        if message.sender == self.id or len(signatures) == needed:
+            link = ConfigLink(self.configs[message.epoch], tuple(QuorumSigned(r, s) for r, s in sorted(signatures.items())))
+            record = ConfigLinkRecord(link, self.epoch_starts[message.epoch])
+            self._persist(record)
+            if len(signatures) >= needed:
+                self._ready.config_links.append(record)
+
+    # =====================================================================================
     # restart
     # =====================================================================================
 
     def _restore(self, records: Sequence[PersistRecord]) -> None:
-        """Rebuild from what was persisted: the stable checkpoint, the batches committed after it,
-        what this replica signed (so it never signs a different thing for the same slot) and
-        the batches it prepared (so its view-change messages still report them)."""
+        """Rebuild from what was persisted: the configs of later epochs, the stable checkpoint,
+        the batches committed after it, what this replica signed (so it never signs a different
+        thing for the same slot) and the batches it prepared (so its view-change messages still
+        report them)."""
         committed: list[CommittedRecord] = []
         active_view = 0
         for record in records:
-            if isinstance(record, StableCheckpointRecord):
-                if record.snapshot.seq >= self.low:
-                    self.state = ReplicatedState.from_snapshot(self.config, record.snapshot)
-                    self.low = record.snapshot.seq
-                    self.stable_proof = record.proof
-                    self.stable_digest = self.state.state_digest()
-                    self.summaries = {self.low: self.state.summary()}
+            if isinstance(record, ConfigLinkRecord):
+                config = record.link.config
+                self.configs[config.epoch] = config
+                self.epoch_starts[config.epoch] = record.start_seq
+                self.config_signatures.setdefault(config.epoch, {}).update({s.replica_id: s.signature for s in record.link.signatures})
             elif isinstance(record, ViewRecord):
-                active_view = max(active_view, record.view)
+                active_view = record.view  # the last one written is the view in effect
+        for record in records:
+            if isinstance(record, StableCheckpointRecord) and record.snapshot.seq >= self.low:
+                config = self._config_with_digest(record.snapshot.config_digest)
+                if config is None:
+                    raise LocalProtocolError(f"the stable checkpoint at seq {record.snapshot.seq} is for an unknown config")
+                self.state = ReplicatedState.from_snapshot(config, record.snapshot)
+                if config.epoch != self.config.epoch:
+                    self._adopt_config(config, self.epoch_starts.get(config.epoch, record.snapshot.seq))
+                self.low = record.snapshot.seq
+                self.stable_proof = record.proof
+                self.stable_digest = self.state.state_digest()
+                self.summaries = {self.low: self.state.summary()}
+            elif isinstance(record, CommittedRecord):
+                committed.append(record)
+        for record in sorted(committed, key=lambda r: r.batch.header.seq):
+            batch = record.batch
+            seq = batch.header.seq
+            if seq != self.state.seq + 1:
+                continue
+            config = self._config_at(seq)
+            pp = PrePrepare(config.primary(batch.header.view), config.epoch, batch.header, batch.proposal, b"")
+            slot = self._slot(seq)
+            slot.contents.setdefault(batch.header.batch_digest, pp)
+            slot.committed = (pp, batch.commits)
+            slot.executed = True
+            applied = self.state.apply(batch.header, batch.proposal)
+            if seq % config.params.checkpoint_interval_batches == 0:
+                self.summaries[seq] = self.state.summary()
+            if applied.new_config is not None:
+                self._adopt_config(applied.new_config, seq)
         for record in records:
             if isinstance(record, SignedRecord):
                 self._restore_signed(record.message)
             elif isinstance(record, PreparedRecord):
-                if record.pre_prepare.seq > self.low:
+                if record.pre_prepare.seq > max(self.low, self._epoch_floor(), self.state.seq - self.params.log_window_batches):
                     slot = self._slot(record.pre_prepare.seq)
                     proof = PreparedProof(record.pre_prepare, record.prepares)
                     if slot.prepared_proof is None or slot.prepared_proof.pre_prepare.view <= record.pre_prepare.view:
                         slot.prepared_proof = proof
                     slot.contents.setdefault(record.pre_prepare.header.batch_digest, record.pre_prepare)
-            elif isinstance(record, CommittedRecord):
-                committed.append(record)
-        for record in sorted(committed, key=lambda r: r.batch.header.seq):
-            batch = record.batch
-            if batch.header.seq != self.state.seq + 1:
-                continue
-            pp = PrePrepare(self.config.primary(batch.header.view), self.config.epoch, batch.header, batch.proposal, b"")
-            slot = self._slot(batch.header.seq)
-            slot.contents.setdefault(batch.header.batch_digest, pp)
-            slot.committed = (pp, batch.commits)
-            slot.executed = True
-            _, activations = self.state.apply(batch.header, batch.proposal)
-            if batch.header.seq % self.params.checkpoint_interval_batches == 0:
-                self.summaries[batch.header.seq] = self.state.summary()
         self.view = active_view
         self.view_active = True
         own_changes = [v for (kind, slot_key) in self.signed if kind is StatementKind.VIEW_CHANGE for v in slot_key]
@@ -1700,14 +1940,16 @@ class ConsensusNode:
         self.next_seq = self.state.seq + 1
         for (kind, slot_key), message in self.signed.items():
             if kind is StatementKind.PRE_PREPARE and slot_key[0] == self.view and isinstance(message, PrePrepare):
-                self.next_seq = max(self.next_seq, slot_key[1] + 1)
-                if self.view_active and message.seq > self.state.seq:
-                    self._slot(message.seq).pre_prepare = message
+                if message.epoch == self.config.epoch and message.seq > self._epoch_floor():
+                    self.next_seq = max(self.next_seq, slot_key[1] + 1)
+                    if self.view_active and message.seq > self.state.seq:
+                        self._slot(message.seq).pre_prepare = message
         self._rebuild_proposed()
         # checkpoint messages this replica sent before the crash still count
         for (kind, slot_key), message in self.signed.items():
             if kind is StatementKind.CHECKPOINT and isinstance(message, Checkpoint) and message.seq > self.low:
                 self._add_checkpoint(message)
+        self.retired = not self.config.is_member(self.id)
         self._ready = Ready()  # nothing restored needs persisting again
         self.restored = True
 
@@ -1727,7 +1969,16 @@ class ConsensusNode:
             if message.seq >= self.low:
                 self.signed[(StatementKind.CHECKPOINT, (message.seq,))] = message
         elif isinstance(message, ViewChange):
-            self.signed[(StatementKind.VIEW_CHANGE, (message.new_view,))] = message
+            if message.epoch == self.config.epoch:
+                self.signed[(StatementKind.VIEW_CHANGE, (message.new_view,))] = message
         elif isinstance(message, NewView):
-            self.signed[(StatementKind.NEW_VIEW, (message.view,))] = message
-            self.new_views[message.view] = message
+            if message.epoch == self.config.epoch:
+                self.signed[(StatementKind.NEW_VIEW, (message.view,))] = message
+                self.new_views[message.view] = message
+
+
+def _op_key(op: ControlOp) -> tuple[object, ...]:
+    """How pending control operations are told apart (and deduplicated)."""
+    if isinstance(op, ModelUpdate):
+        return ("model", op.replica_id, op.new_version)
+    return ("membership", digest(Domain.CONTROL_OPS, op.canonical()))

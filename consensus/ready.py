@@ -21,6 +21,7 @@ from typing import Union
 from certs.batch import BatchHeader
 from certs.request import InferenceRequest
 from certs.evidence import Equivocation
+from certs.membership import ConfigLink
 
 from consensus.messages import (
     Checkpoint,
@@ -119,7 +120,17 @@ class ViewRecord:
     view: int
 
 
-PersistRecord = Union[SignedRecord, PreparedRecord, CommittedRecord, StableCheckpointRecord, ViewRecord]
+@dataclass(frozen=True, slots=True)
+class ConfigLinkRecord:
+    """An epoch began after batch `start_seq` with `link.config`; `link.signatures` are the
+    previous epoch's replicas vouching for it (a quorum once complete). Kept forever: clients
+    follow these links from the genesis config."""
+
+    link: ConfigLink
+    start_seq: int
+
+
+PersistRecord = Union[SignedRecord, PreparedRecord, CommittedRecord, StableCheckpointRecord, ViewRecord, ConfigLinkRecord]
 
 
 @dataclass
@@ -131,8 +142,9 @@ class Ready:
     activations: list[Activation] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     evidence: list[Equivocation] = field(default_factory=list)  # proofs that a peer equivocated
+    config_links: list[ConfigLinkRecord] = field(default_factory=list)  # epochs begun or newly vouched for
 
     def __bool__(self) -> bool:
         return bool(
-            self.persist or self.messages or self.inference or self.committed or self.activations or self.events or self.evidence
+            self.persist or self.messages or self.inference or self.committed or self.activations or self.events or self.evidence or self.config_links
         )

@@ -66,8 +66,18 @@ def check_pre_prepare_signature(config: GroupConfig, verifier: SignatureVerifier
     )
 
 
-def check_view_change(config: GroupConfig, verifier: SignatureVerifier, vc: ViewChange) -> None:
-    """Raise ByzantineMessageError unless `vc` is well-formed and every proof in it holds."""
+def check_view_change(
+    config: GroupConfig,
+    verifier: SignatureVerifier,
+    vc: ViewChange,
+    checkpoint_config: GroupConfig | None = None,
+    floor_seq: int = 0,
+) -> None:
+    """Raise ByzantineMessageError unless `vc` is well-formed and every proof in it holds.
+
+    `checkpoint_config` is the config whose replicas signed the checkpoint at `vc.stable_seq`
+    (the previous epoch's, when the checkpoint closed it); `floor_seq` is where the current epoch
+    began: batches up to it belong to an earlier epoch and are never re-proposed."""
     sender = vc.sender
     public_key = config.public_key(sender)
     if public_key is None:
@@ -79,13 +89,13 @@ def check_view_change(config: GroupConfig, verifier: SignatureVerifier, vc: View
     interval = config.params.checkpoint_interval_batches
     if vc.stable_seq % interval:
         raise ByzantineMessageError(sender, "bad-checkpoint", f"checkpoint at {vc.stable_seq} is off the interval")
-    if not check_checkpoint_proof(config, verifier, vc.stable_seq, vc.stable_digest, vc.checkpoint_proof):
+    if not check_checkpoint_proof(checkpoint_config or config, verifier, vc.stable_seq, vc.stable_digest, vc.checkpoint_proof):
         raise ByzantineMessageError(sender, "bad-checkpoint", f"no valid quorum for checkpoint {vc.stable_seq}")
     window = config.params.log_window_batches
-    previous_seq = vc.stable_seq
+    previous_seq = max(vc.stable_seq, floor_seq)
     for proof in vc.prepared:
         pp = proof.pre_prepare
-        if not previous_seq < pp.seq <= vc.stable_seq + window:
+        if not previous_seq < pp.seq <= max(vc.stable_seq, floor_seq) + window:
             raise ByzantineMessageError(sender, "bad-prepared-proof", f"prepared seq {pp.seq} out of order or window")
         previous_seq = pp.seq
         if pp.view >= vc.new_view or pp.epoch != config.epoch:
@@ -125,11 +135,12 @@ class NewViewPlan:
     batches: tuple[tuple[int, PrePrepare | None], ...]  # ascending seq in (min_seq, max_seq]
 
 
-def plan_new_view(view_changes: Sequence[ViewChange]) -> NewViewPlan:
-    """PBFT's choice of O: for each seq above the latest stable checkpoint, the batch prepared in
-    the highest view, or a null batch where none prepared. Inputs must already be checked."""
+def plan_new_view(view_changes: Sequence[ViewChange], floor_seq: int = 0) -> NewViewPlan:
+    """PBFT's choice of O: for each seq above the latest stable checkpoint (and above the start
+    of the current epoch), the batch prepared in the highest view, or a null batch where none
+    prepared. Inputs must already be checked."""
     best = max(view_changes, key=lambda vc: vc.stable_seq)
-    min_seq = best.stable_seq
+    min_seq = max(best.stable_seq, floor_seq)
     chosen: dict[int, PrePrepare] = {}
     for vc in view_changes:
         for proof in vc.prepared:

@@ -46,8 +46,8 @@ def _run(batches: Sequence[tuple[Sequence[tuple[str, str]], Sequence[ModelUpdate
 
 def test_apply_records_each_request_with_its_seq_and_advances() -> None:
     state = ReplicatedState(CONFIG)
-    duplicates, activations = state.apply(*_batch(1, [("a", "1"), ("b", "1")]))
-    assert (duplicates, activations) == ([], [])
+    applied = state.apply(*_batch(1, [("a", "1"), ("b", "1")]))
+    assert (applied.duplicates, applied.activations, applied.new_config) == ([], [], None)
     state.apply(*_batch(2, [("a", "2")]))
     assert state.seq == 2
     assert {key: seq for key, (seq, _) in state.executed.items()} == {("a", "1"): 1, ("b", "1"): 1, ("a", "2"): 2}
@@ -65,7 +65,7 @@ def test_apply_out_of_order_raises_and_changes_nothing(seq: int) -> None:
 def test_a_request_seen_again_is_a_duplicate_and_keeps_its_first_seq() -> None:
     state = _run([([("a", "1")], ())])
     before_hash = state.summary().executed_hash
-    duplicates, _ = state.apply(*_batch(2, [("b", "1"), ("a", "1"), ("b", "1")]))
+    duplicates = state.apply(*_batch(2, [("b", "1"), ("a", "1"), ("b", "1")])).duplicates
     assert duplicates == [1, 2]  # across batches and within one
     assert state.executed[("a", "1")][0] == 1 and state.executed[("b", "1")][0] == 2
     assert state.summary().executed_hash != before_hash  # ("b", "1") was new
@@ -91,7 +91,7 @@ def test_model_update_ordered_at_t_takes_effect_at_t_plus_window() -> None:
     t = 3
     for seq in range(1, t):
         state.apply(*_batch(seq))
-    _, activations = state.apply(*_batch(t, ops=[op]))
+    activations = state.apply(*_batch(t, ops=[op])).activations
     assert activations == []
     assert state.latest_version(2) == 2 and state.versions[2] == genesis[2]
     assert state.versions_at(t + WINDOW - 1)[2] == genesis[2]
@@ -101,9 +101,9 @@ def test_model_update_ordered_at_t_takes_effect_at_t_plus_window() -> None:
     assert before != after
     assert after == model_versions_digest([(rid, v, wd) for rid, (v, wd) in state.versions_at(t + WINDOW).items()])
     for seq in range(t + 1, t + WINDOW - 1):
-        assert state.apply(*_batch(seq))[1] == []
+        assert state.apply(*_batch(seq)).activations == []
     # executing the batch just before t + W makes the new version the one in effect for t + W
-    _, activations = state.apply(*_batch(t + WINDOW - 1))
+    activations = state.apply(*_batch(t + WINDOW - 1)).activations
     assert activations == [(2, 2, op.weights_digest, t + WINDOW)]
     assert state.versions[2] == (2, op.weights_digest) and state.scheduled == []
 
@@ -124,7 +124,7 @@ def test_two_updates_in_flight_activate_in_order() -> None:
     assert state.versions_at(2 + WINDOW)[2][0] == 3
     activations = []
     for seq in range(3, 2 + WINDOW):
-        activations += state.apply(*_batch(seq))[1]
+        activations += state.apply(*_batch(seq)).activations
     assert [(rid, v, from_seq) for rid, v, _, from_seq in activations] == [(2, 2, 1 + WINDOW), (2, 3, 2 + WINDOW)]
 
 
