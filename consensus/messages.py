@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from certs.batch import BatchHeader, Leaf, VoteEntry, vote_batch_content
-from certs.membership import Approval, JoinRequest, LeaveRequest
+from certs.membership import Approval, ConfigLink, JoinRequest, LeaveRequest
 from certs.encoding import Domain, Encodable, digest, encode
 from certs.merkle import root_of_hashes
 from certs.request import InferenceRequest
@@ -317,6 +317,9 @@ class StateReply:
     snapshot: StateSnapshot | None  # present when the requester is below the sender's checkpoint
     checkpoint_proof: tuple[Checkpoint, ...]
     batches: tuple[CommittedProof, ...]  # consecutive, right after the snapshot or executed_seq
+    # configs of later epochs with their quorum links (a replica catching up by snapshot may have
+    # skipped the membership change that made them)
+    config_links: tuple[tuple[ConfigLink, int], ...] = ()  # (link, epoch start seq)
 
 
 PeerMessage = Union[

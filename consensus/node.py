@@ -26,7 +26,16 @@ from certs.config import GroupConfig
 from certs.encoding import Domain, digest
 from certs.errors import CertificateError
 from certs.evidence import Equivocation, decode_evidence, verify_evidence
-from certs.membership import ConfigLink, MembershipError, QuorumSigned, check_join, check_leave, link_message, next_config
+from certs.membership import (
+    ConfigLink,
+    MembershipError,
+    QuorumSigned,
+    check_join,
+    check_leave,
+    link_message,
+    next_config,
+    verify_link,
+)
 from certs.keys import SignatureVerifier, Signer
 from certs.merkle import root_of_hashes
 from certs.outputs import ModelOutput, decision_space
@@ -344,6 +353,12 @@ class ConsensusNode:
             raise LocalProtocolError(f"not a peer message: {type(message).__name__}")
         sender = message.sender
         if not self.config.is_member(sender) and not self._member_nearby(sender):
+            epoch = getattr(message, "epoch", None)
+            if isinstance(epoch, int) and epoch > self.config.epoch:
+                self._check_epoch(sender, epoch, type(message).__name__)  # a member of an epoch we have not reached
+            if epoch is None:
+                # unsigned: perhaps a replica that joined in an epoch we have not reached yet
+                raise ByzantineMessageError(sender, "unknown-sender", f"{type(message).__name__} from replica {sender}, not a member we know")
             raise ByzantineMessageError(sender, "non-member", f"{type(message).__name__} from a non-member")
         if self.retired and not isinstance(message, (FetchState, FetchVotes, ConfigSignature)):
             return  # out of the group: it only helps others catch up
@@ -1152,6 +1167,8 @@ class ConsensusNode:
     def _take_checkpoint(self) -> None:
         summary = self.state.summary()
         self.summaries[summary.seq] = summary
+        if not self.config.is_member(self.id):
+            return  # replaying an epoch this replica was not part of: it has nothing to sign
         state_digest = summary.state_digest()
         statement = Statement(StatementKind.CHECKPOINT, self.config.group_id, self.config.epoch, self.id, (summary.seq,), state_digest)
         previous = self.signed.get((StatementKind.CHECKPOINT, (summary.seq,)))
@@ -1316,17 +1333,65 @@ class ConsensusNode:
             if slot is None or slot.committed is None or len(batches) >= FETCH_BATCHES_MAX:
                 break
             batches.append(CommittedProof(*slot.committed))
-        self._send(request.sender, StateReply(self.id, snapshot, proof, tuple(batches)))
+        self._send(request.sender, StateReply(self.id, snapshot, proof, tuple(batches), self._known_links()))
+
+    def _known_links(self) -> tuple[tuple[ConfigLink, int], ...]:
+        """Every later epoch's config with the signatures vouching for it so far."""
+        links = []
+        for epoch in sorted(self.config_signatures):
+            signatures = self.config_signatures[epoch]
+            if epoch in self.configs:
+                link = ConfigLink(self.configs[epoch], tuple(QuorumSigned(r, s) for r, s in sorted(signatures.items())))
+                links.append((link, self.epoch_starts[epoch]))
+        return tuple(links)
+
+    def _learn_links(self, sender: int, links: Sequence[tuple[ConfigLink, int]]) -> None:
+        """Adopt later configs a peer vouches for, each checked against the one before it: a
+        replica that skipped a membership change by state transfer learns the new members."""
+        for link, start_seq in sorted(links, key=lambda item: item[0].config.epoch):
+            config = link.config
+            previous = self.configs.get(config.epoch - 1)
+            if config.epoch in self.configs or previous is None:
+                continue
+            if len(link.signatures) < previous.quorum_size:
+                continue  # not yet vouched for by a quorum (may still come in a snapshot, see below)
+            try:
+                verify_link(previous, link, self._verifier)
+            except CertificateError as exc:
+                raise ByzantineMessageError(sender, "bad-state", f"config link for epoch {config.epoch}: {exc}") from exc
+            self.configs[config.epoch] = config
+            self.epoch_starts[config.epoch] = start_seq
+            self.config_signatures[config.epoch] = {s.replica_id: s.signature for s in link.signatures}
+            record = ConfigLinkRecord(link, start_seq)
+            self._persist(record)
+            self._ready.config_links.append(record)
 
     def _on_state_reply(self, reply: StateReply) -> None:
         sender = reply.sender
+        self._learn_links(sender, reply.config_links)
         if reply.snapshot is not None and reply.snapshot.seq > self.state.seq:
             snapshot = reply.snapshot
-            if snapshot.seq % self.params.checkpoint_interval_batches:
+            # the replicas that signed the checkpoint: those of the epoch its messages name
+            signers = self.configs.get(reply.checkpoint_proof[0].epoch) if reply.checkpoint_proof else None
+            if signers is None:
+                return  # an epoch this replica cannot check yet: ask again once it knows its config
+            if snapshot.seq % signers.params.checkpoint_interval_batches:
                 raise ByzantineMessageError(sender, "bad-state", f"snapshot at seq {snapshot.seq} is off the interval")
             state_digest = snapshot_digest(snapshot)
-            if not check_checkpoint_proof(self._config_at(snapshot.seq), self._verifier, snapshot.seq, state_digest, reply.checkpoint_proof):
+            if not check_checkpoint_proof(signers, self._verifier, snapshot.seq, state_digest, reply.checkpoint_proof):
                 raise ByzantineMessageError(sender, "bad-state", f"snapshot at seq {snapshot.seq} lacks a valid checkpoint quorum")
+            if self._config_with_digest(snapshot.config_digest) is None:
+                # the snapshot closed an epoch: the next config is certified through its digest,
+                # which the checkpoint quorum signed as part of the state
+                carried = [(link, start) for link, start in reply.config_links if link.config.digest == snapshot.config_digest]
+                if not carried:
+                    raise ByzantineMessageError(sender, "bad-state", f"snapshot at seq {snapshot.seq} names a config the reply does not carry")
+                link, start_seq = carried[0]
+                self.configs[link.config.epoch] = link.config
+                self.epoch_starts[link.config.epoch] = start_seq
+                record = ConfigLinkRecord(link, start_seq)
+                self._persist(record)
+                self._ready.config_links.append(record)
             self._install_snapshot(snapshot, state_digest, reply.checkpoint_proof)
         for proof in reply.batches:
             seq = proof.pre_prepare.seq
@@ -1818,6 +1883,10 @@ class ConsensusNode:
         self.vote_batch_variants.clear()
         self.vote_batch_count.clear()
         self.eligible.clear()
+        if self.retired:
+            self.pending.clear()
+            self.by_request_key.clear()
+            self.inference_queue.clear()
         for key, pending in list(self.pending.items()):
             if pending.request is None:
                 self._forget_pending(key)

@@ -29,11 +29,131 @@ class ModelUpdate(_message.Message):
     owner_signature: bytes
     def __init__(self, group_id: _Optional[str] = ..., replica_id: _Optional[int] = ..., new_version: _Optional[int] = ..., weights_digest: _Optional[bytes] = ..., owner_signature: _Optional[bytes] = ...) -> None: ...
 
+class JoinRequest(_message.Message):
+    __slots__ = ("group_id", "epoch", "owner_id", "owner_public_key", "replica_public_key", "address", "model_version", "weights_digest", "owner_signature", "replica_signature")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    OWNER_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    OWNER_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    group_id: str
+    epoch: int
+    owner_id: str
+    owner_public_key: bytes
+    replica_public_key: bytes
+    address: str
+    model_version: int
+    weights_digest: bytes
+    owner_signature: bytes
+    replica_signature: bytes
+    def __init__(self, group_id: _Optional[str] = ..., epoch: _Optional[int] = ..., owner_id: _Optional[str] = ..., owner_public_key: _Optional[bytes] = ..., replica_public_key: _Optional[bytes] = ..., address: _Optional[str] = ..., model_version: _Optional[int] = ..., weights_digest: _Optional[bytes] = ..., owner_signature: _Optional[bytes] = ..., replica_signature: _Optional[bytes] = ...) -> None: ...
+
+class Approval(_message.Message):
+    __slots__ = ("group_id", "epoch", "join_digest", "approver", "signature")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    JOIN_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    APPROVER_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    group_id: str
+    epoch: int
+    join_digest: bytes
+    approver: int
+    signature: bytes
+    def __init__(self, group_id: _Optional[str] = ..., epoch: _Optional[int] = ..., join_digest: _Optional[bytes] = ..., approver: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class LeaveRequest(_message.Message):
+    __slots__ = ("group_id", "epoch", "replica_id", "owner_signature")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    group_id: str
+    epoch: int
+    replica_id: int
+    owner_signature: bytes
+    def __init__(self, group_id: _Optional[str] = ..., epoch: _Optional[int] = ..., replica_id: _Optional[int] = ..., owner_signature: _Optional[bytes] = ...) -> None: ...
+
+class JoinOp(_message.Message):
+    __slots__ = ("join", "approvals")
+    JOIN_FIELD_NUMBER: _ClassVar[int]
+    APPROVALS_FIELD_NUMBER: _ClassVar[int]
+    join: JoinRequest
+    approvals: _containers.RepeatedCompositeFieldContainer[Approval]
+    def __init__(self, join: _Optional[_Union[JoinRequest, _Mapping]] = ..., approvals: _Optional[_Iterable[_Union[Approval, _Mapping]]] = ...) -> None: ...
+
+class LeaveOp(_message.Message):
+    __slots__ = ("leave",)
+    LEAVE_FIELD_NUMBER: _ClassVar[int]
+    leave: LeaveRequest
+    def __init__(self, leave: _Optional[_Union[LeaveRequest, _Mapping]] = ...) -> None: ...
+
+class EvictOp(_message.Message):
+    __slots__ = ("group_id", "epoch", "replica_id", "evidence")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    group_id: str
+    epoch: int
+    replica_id: int
+    evidence: bytes
+    def __init__(self, group_id: _Optional[str] = ..., epoch: _Optional[int] = ..., replica_id: _Optional[int] = ..., evidence: _Optional[bytes] = ...) -> None: ...
+
 class ControlOp(_message.Message):
-    __slots__ = ("model_update",)
+    __slots__ = ("model_update", "join", "leave", "evict")
     MODEL_UPDATE_FIELD_NUMBER: _ClassVar[int]
+    JOIN_FIELD_NUMBER: _ClassVar[int]
+    LEAVE_FIELD_NUMBER: _ClassVar[int]
+    EVICT_FIELD_NUMBER: _ClassVar[int]
     model_update: ModelUpdate
-    def __init__(self, model_update: _Optional[_Union[ModelUpdate, _Mapping]] = ...) -> None: ...
+    join: JoinOp
+    leave: LeaveOp
+    evict: EvictOp
+    def __init__(self, model_update: _Optional[_Union[ModelUpdate, _Mapping]] = ..., join: _Optional[_Union[JoinOp, _Mapping]] = ..., leave: _Optional[_Union[LeaveOp, _Mapping]] = ..., evict: _Optional[_Union[EvictOp, _Mapping]] = ...) -> None: ...
+
+class ConfigSignature(_message.Message):
+    __slots__ = ("sender", "epoch", "config_digest", "signature")
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    sender: int
+    epoch: int
+    config_digest: bytes
+    signature: bytes
+    def __init__(self, sender: _Optional[int] = ..., epoch: _Optional[int] = ..., config_digest: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class QuorumSigned(_message.Message):
+    __slots__ = ("replica_id", "signature")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    replica_id: int
+    signature: bytes
+    def __init__(self, replica_id: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class ConfigLink(_message.Message):
+    __slots__ = ("config_json", "signatures")
+    CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURES_FIELD_NUMBER: _ClassVar[int]
+    config_json: bytes
+    signatures: _containers.RepeatedCompositeFieldContainer[QuorumSigned]
+    def __init__(self, config_json: _Optional[bytes] = ..., signatures: _Optional[_Iterable[_Union[QuorumSigned, _Mapping]]] = ...) -> None: ...
+
+class LedgerEntry(_message.Message):
+    __slots__ = ("kind", "account", "amount")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    account: str
+    amount: int
+    def __init__(self, kind: _Optional[str] = ..., account: _Optional[str] = ..., amount: _Optional[int] = ...) -> None: ...
 
 class RequestMessage(_message.Message):
     __slots__ = ("sender", "request")
@@ -246,18 +366,28 @@ class ScheduledVersion(_message.Message):
     def __init__(self, activation_seq: _Optional[int] = ..., replica_id: _Optional[int] = ..., version: _Optional[int] = ..., weights_digest: _Optional[bytes] = ...) -> None: ...
 
 class StateSnapshot(_message.Message):
-    __slots__ = ("seq", "chain_digest", "executed", "versions", "scheduled")
+    __slots__ = ("seq", "chain_digest", "executed", "versions", "scheduled", "epoch", "config_digest", "epoch_change_seq", "epoch_change_ops", "ledger")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     CHAIN_DIGEST_FIELD_NUMBER: _ClassVar[int]
     EXECUTED_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     SCHEDULED_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_CHANGE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_CHANGE_OPS_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_FIELD_NUMBER: _ClassVar[int]
     seq: int
     chain_digest: bytes
     executed: _containers.RepeatedCompositeFieldContainer[ExecutedRequest]
     versions: _containers.RepeatedCompositeFieldContainer[ModelVersion]
     scheduled: _containers.RepeatedCompositeFieldContainer[ScheduledVersion]
-    def __init__(self, seq: _Optional[int] = ..., chain_digest: _Optional[bytes] = ..., executed: _Optional[_Iterable[_Union[ExecutedRequest, _Mapping]]] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., scheduled: _Optional[_Iterable[_Union[ScheduledVersion, _Mapping]]] = ...) -> None: ...
+    epoch: int
+    config_digest: bytes
+    epoch_change_seq: int
+    epoch_change_ops: _containers.RepeatedCompositeFieldContainer[ControlOp]
+    ledger: _containers.RepeatedCompositeFieldContainer[LedgerEntry]
+    def __init__(self, seq: _Optional[int] = ..., chain_digest: _Optional[bytes] = ..., executed: _Optional[_Iterable[_Union[ExecutedRequest, _Mapping]]] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., scheduled: _Optional[_Iterable[_Union[ScheduledVersion, _Mapping]]] = ..., epoch: _Optional[int] = ..., config_digest: _Optional[bytes] = ..., epoch_change_seq: _Optional[int] = ..., epoch_change_ops: _Optional[_Iterable[_Union[ControlOp, _Mapping]]] = ..., ledger: _Optional[_Iterable[_Union[LedgerEntry, _Mapping]]] = ...) -> None: ...
 
 class FetchState(_message.Message):
     __slots__ = ("sender", "executed_seq")
@@ -268,19 +398,21 @@ class FetchState(_message.Message):
     def __init__(self, sender: _Optional[int] = ..., executed_seq: _Optional[int] = ...) -> None: ...
 
 class StateReply(_message.Message):
-    __slots__ = ("sender", "snapshot", "checkpoint_proof", "batches")
+    __slots__ = ("sender", "snapshot", "checkpoint_proof", "batches", "config_links")
     SENDER_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_PROOF_FIELD_NUMBER: _ClassVar[int]
     BATCHES_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_LINKS_FIELD_NUMBER: _ClassVar[int]
     sender: int
     snapshot: StateSnapshot
     checkpoint_proof: _containers.RepeatedCompositeFieldContainer[Checkpoint]
     batches: _containers.RepeatedCompositeFieldContainer[CommittedProof]
-    def __init__(self, sender: _Optional[int] = ..., snapshot: _Optional[_Union[StateSnapshot, _Mapping]] = ..., checkpoint_proof: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ..., batches: _Optional[_Iterable[_Union[CommittedProof, _Mapping]]] = ...) -> None: ...
+    config_links: _containers.RepeatedCompositeFieldContainer[ConfigLinkRecord]
+    def __init__(self, sender: _Optional[int] = ..., snapshot: _Optional[_Union[StateSnapshot, _Mapping]] = ..., checkpoint_proof: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ..., batches: _Optional[_Iterable[_Union[CommittedProof, _Mapping]]] = ..., config_links: _Optional[_Iterable[_Union[ConfigLinkRecord, _Mapping]]] = ...) -> None: ...
 
 class PeerMessage(_message.Message):
-    __slots__ = ("request", "control", "vote_batch", "pre_prepare", "prepare", "commit", "checkpoint", "view_change", "new_view", "fetch_votes", "fetch_state", "state_reply")
+    __slots__ = ("request", "control", "vote_batch", "pre_prepare", "prepare", "commit", "checkpoint", "view_change", "new_view", "fetch_votes", "fetch_state", "state_reply", "config_signature")
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     CONTROL_FIELD_NUMBER: _ClassVar[int]
     VOTE_BATCH_FIELD_NUMBER: _ClassVar[int]
@@ -293,6 +425,7 @@ class PeerMessage(_message.Message):
     FETCH_VOTES_FIELD_NUMBER: _ClassVar[int]
     FETCH_STATE_FIELD_NUMBER: _ClassVar[int]
     STATE_REPLY_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     request: RequestMessage
     control: ControlMessage
     vote_batch: VoteBatch
@@ -305,7 +438,8 @@ class PeerMessage(_message.Message):
     fetch_votes: FetchVotes
     fetch_state: FetchState
     state_reply: StateReply
-    def __init__(self, request: _Optional[_Union[RequestMessage, _Mapping]] = ..., control: _Optional[_Union[ControlMessage, _Mapping]] = ..., vote_batch: _Optional[_Union[VoteBatch, _Mapping]] = ..., pre_prepare: _Optional[_Union[PrePrepare, _Mapping]] = ..., prepare: _Optional[_Union[Prepare, _Mapping]] = ..., commit: _Optional[_Union[Commit, _Mapping]] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., view_change: _Optional[_Union[ViewChange, _Mapping]] = ..., new_view: _Optional[_Union[NewView, _Mapping]] = ..., fetch_votes: _Optional[_Union[FetchVotes, _Mapping]] = ..., fetch_state: _Optional[_Union[FetchState, _Mapping]] = ..., state_reply: _Optional[_Union[StateReply, _Mapping]] = ...) -> None: ...
+    config_signature: ConfigSignature
+    def __init__(self, request: _Optional[_Union[RequestMessage, _Mapping]] = ..., control: _Optional[_Union[ControlMessage, _Mapping]] = ..., vote_batch: _Optional[_Union[VoteBatch, _Mapping]] = ..., pre_prepare: _Optional[_Union[PrePrepare, _Mapping]] = ..., prepare: _Optional[_Union[Prepare, _Mapping]] = ..., commit: _Optional[_Union[Commit, _Mapping]] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., view_change: _Optional[_Union[ViewChange, _Mapping]] = ..., new_view: _Optional[_Union[NewView, _Mapping]] = ..., fetch_votes: _Optional[_Union[FetchVotes, _Mapping]] = ..., fetch_state: _Optional[_Union[FetchState, _Mapping]] = ..., state_reply: _Optional[_Union[StateReply, _Mapping]] = ..., config_signature: _Optional[_Union[ConfigSignature, _Mapping]] = ...) -> None: ...
 
 class PeerBatch(_message.Message):
     __slots__ = ("sender", "messages")
@@ -374,15 +508,25 @@ class ViewRecord(_message.Message):
     def __init__(self, view: _Optional[int] = ...) -> None: ...
 
 class PersistRecord(_message.Message):
-    __slots__ = ("signed", "prepared", "committed", "stable_checkpoint", "view")
+    __slots__ = ("signed", "prepared", "committed", "stable_checkpoint", "view", "config_link")
     SIGNED_FIELD_NUMBER: _ClassVar[int]
     PREPARED_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_FIELD_NUMBER: _ClassVar[int]
     STABLE_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     VIEW_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_LINK_FIELD_NUMBER: _ClassVar[int]
     signed: SignedRecord
     prepared: PreparedRecord
     committed: CommittedRecord
     stable_checkpoint: StableCheckpointRecord
     view: ViewRecord
-    def __init__(self, signed: _Optional[_Union[SignedRecord, _Mapping]] = ..., prepared: _Optional[_Union[PreparedRecord, _Mapping]] = ..., committed: _Optional[_Union[CommittedRecord, _Mapping]] = ..., stable_checkpoint: _Optional[_Union[StableCheckpointRecord, _Mapping]] = ..., view: _Optional[_Union[ViewRecord, _Mapping]] = ...) -> None: ...
+    config_link: ConfigLinkRecord
+    def __init__(self, signed: _Optional[_Union[SignedRecord, _Mapping]] = ..., prepared: _Optional[_Union[PreparedRecord, _Mapping]] = ..., committed: _Optional[_Union[CommittedRecord, _Mapping]] = ..., stable_checkpoint: _Optional[_Union[StableCheckpointRecord, _Mapping]] = ..., view: _Optional[_Union[ViewRecord, _Mapping]] = ..., config_link: _Optional[_Union[ConfigLinkRecord, _Mapping]] = ...) -> None: ...
+
+class ConfigLinkRecord(_message.Message):
+    __slots__ = ("link", "start_seq")
+    LINK_FIELD_NUMBER: _ClassVar[int]
+    START_SEQ_FIELD_NUMBER: _ClassVar[int]
+    link: ConfigLink
+    start_seq: int
+    def __init__(self, link: _Optional[_Union[ConfigLink, _Mapping]] = ..., start_seq: _Optional[int] = ...) -> None: ...

@@ -22,13 +22,20 @@ from google.protobuf.message import Message
 from certs import wire
 from certs.errors import DecodeError
 from certs.keys import SIGNATURE_SIZE
-from certs.wire import check_digest, check_int, check_str, decode_all, parse_canonical
+from certs.wire import check_digest, check_int, check_list, check_str, decode_all, parse_canonical
+from certs.config import GroupConfig
+from certs.errors import ConfigError
+from certs.membership import Approval, ConfigLink, JoinRequest, LeaveRequest, QuorumSigned
 from consensus.messages import (
     Checkpoint,
     Commit,
     CommittedProof,
+    ConfigSignature,
     ControlMessage,
     ControlOp,
+    EvictOp,
+    JoinOp,
+    LeaveOp,
     FetchState,
     FetchVotes,
     ModelUpdate,
@@ -48,6 +55,7 @@ from consensus.messages import (
 )
 from consensus.ready import (
     CommittedBatch,
+    ConfigLinkRecord,
     CommittedRecord,
     PersistRecord,
     PreparedRecord,
@@ -123,19 +131,136 @@ def model_update_from_proto(message: pb.ModelUpdate) -> ModelUpdate:
     )
 
 
+def join_request_to_proto(join: JoinRequest, out: pb.JoinRequest) -> pb.JoinRequest:
+    out.SetInParent()
+    out.group_id = join.group_id
+    out.epoch = join.epoch
+    out.owner_id = join.owner_id
+    out.owner_public_key = join.owner_public_key
+    out.replica_public_key = join.replica_public_key
+    out.address = join.address
+    out.model_version = join.model_version
+    out.weights_digest = join.weights_digest
+    out.owner_signature = join.owner_signature
+    out.replica_signature = join.replica_signature
+    return out
+
+
+def join_request_from_proto(message: pb.JoinRequest) -> JoinRequest:
+    return JoinRequest(
+        group_id=check_str(message.group_id, "join group id"),
+        epoch=check_int(message.epoch, "join epoch"),
+        owner_id=check_str(message.owner_id, "owner id"),
+        owner_public_key=_check_key(message.owner_public_key, "owner public key"),
+        replica_public_key=_check_key(message.replica_public_key, "replica public key"),
+        address=check_str(message.address, "replica address"),
+        model_version=check_int(message.model_version, "model version"),
+        weights_digest=check_digest(message.weights_digest, "weights digest"),
+        owner_signature=_check_signature(message.owner_signature, "join owner"),
+        replica_signature=_check_signature(message.replica_signature, "join replica"),
+    )
+
+
+def _check_key(value: bytes, what: str) -> bytes:
+    if len(value) != 32:
+        raise DecodeError(f"{what} must be 32 bytes, is {len(value)}")
+    return bytes(value)
+
+
 def control_op_to_proto(op: ControlOp, out: pb.ControlOp) -> pb.ControlOp:
     if isinstance(op, ModelUpdate):
         out.model_update.SetInParent()
         model_update_to_proto(op, out.model_update)
-        return out
-    raise TypeError(f"no wire form for control operation {type(op).__name__}")
+    elif isinstance(op, JoinOp):
+        out.join.SetInParent()
+        join_request_to_proto(op.join, out.join.join)
+        for a in op.approvals:
+            out.join.approvals.add(group_id=a.group_id, epoch=a.epoch, join_digest=a.join_digest, approver=a.approver, signature=a.signature)
+    elif isinstance(op, LeaveOp):
+        out.leave.SetInParent()
+        leave = op.leave
+        out.leave.leave.SetInParent()
+        out.leave.leave.group_id, out.leave.leave.epoch = leave.group_id, leave.epoch
+        out.leave.leave.replica_id, out.leave.leave.owner_signature = leave.replica_id, leave.owner_signature
+    elif isinstance(op, EvictOp):
+        out.evict.SetInParent()
+        out.evict.group_id, out.evict.epoch, out.evict.replica_id, out.evict.evidence = op.group_id, op.epoch, op.replica_id, op.evidence
+    else:
+        raise TypeError(f"no wire form for control operation {type(op).__name__}")
+    return out
+
+
+EVIDENCE_SIZE_MAX = 1 << 20
 
 
 def control_op_from_proto(message: pb.ControlOp) -> ControlOp:
     kind = message.WhichOneof("op")
     if kind == "model_update":
         return model_update_from_proto(message.model_update)
+    if kind == "join":
+        _require(message.join, "join", "join operation")
+        return JoinOp(
+            join=join_request_from_proto(message.join.join),
+            approvals=decode_all(
+                message.join.approvals,
+                lambda a: Approval(
+                    check_str(a.group_id, "approval group id"), check_int(a.epoch, "approval epoch"),
+                    check_digest(a.join_digest, "approved join digest"), a.approver, _check_signature(a.signature, "approval"),
+                ),
+                "approvals",
+                QUORUM_MAX,
+            ),
+        )
+    if kind == "leave":
+        _require(message.leave, "leave", "leave operation")
+        leave = message.leave.leave
+        return LeaveOp(
+            LeaveRequest(
+                check_str(leave.group_id, "leave group id"), check_int(leave.epoch, "leave epoch"),
+                leave.replica_id, _check_signature(leave.owner_signature, "leave owner"),
+            )
+        )
+    if kind == "evict":
+        evict = message.evict
+        if len(evict.evidence) > EVIDENCE_SIZE_MAX:
+            raise DecodeError("eviction evidence is too large")
+        return EvictOp(check_str(evict.group_id, "evict group id"), check_int(evict.epoch, "evict epoch"), evict.replica_id, bytes(evict.evidence))
     raise DecodeError("control operation of no known kind")
+
+
+def config_signature_to_proto(message: ConfigSignature, out: pb.ConfigSignature) -> pb.ConfigSignature:
+    out.sender, out.epoch, out.config_digest, out.signature = message.sender, message.epoch, message.config_digest, message.signature
+    return out
+
+
+def config_signature_from_proto(message: pb.ConfigSignature) -> ConfigSignature:
+    return ConfigSignature(
+        message.sender, check_int(message.epoch, "config epoch"), check_digest(message.config_digest, "config digest"),
+        _check_signature(message.signature, "config signature"),
+    )
+
+
+def config_link_to_proto(link: ConfigLink, out: pb.ConfigLink) -> pb.ConfigLink:
+    import json
+
+    out.SetInParent()
+    out.config_json = json.dumps(link.config.to_json(), sort_keys=True).encode()
+    for s in link.signatures:
+        out.signatures.add(replica_id=s.replica_id, signature=s.signature)
+    return out
+
+
+def config_link_from_proto(message: pb.ConfigLink) -> ConfigLink:
+    import json
+
+    try:
+        config = GroupConfig.from_json(json.loads(message.config_json.decode("utf-8")))
+    except (ConfigError, ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise DecodeError(f"config link holds no valid group config: {exc}") from exc
+    return ConfigLink(
+        config,
+        decode_all(message.signatures, lambda s: QuorumSigned(s.replica_id, _check_signature(s.signature, "config link")), "config link signatures", QUORUM_MAX),
+    )
 
 
 # -- requests and votes ----------------------------------------------------------------------
@@ -434,6 +559,13 @@ def snapshot_to_proto(snapshot: StateSnapshot, out: pb.StateSnapshot) -> pb.Stat
         s.replica_id = replica_id
         s.version = version
         s.weights_digest = weights_digest
+    out.epoch = snapshot.epoch
+    out.config_digest = snapshot.config_digest
+    out.epoch_change_seq = snapshot.epoch_change_seq
+    for op in snapshot.epoch_change_ops:
+        control_op_to_proto(op, out.epoch_change_ops.add())
+    for kind, account, amount in snapshot.ledger:
+        out.ledger.add(kind=kind, account=account, amount=amount)
     return out
 
 
@@ -466,7 +598,27 @@ def snapshot_from_proto(message: pb.StateSnapshot) -> StateSnapshot:
             )
             for s in message.scheduled
         ),
+        epoch=check_int(message.epoch, "snapshot epoch"),
+        config_digest=check_digest(message.config_digest, "snapshot config digest"),
+        epoch_change_seq=check_int(message.epoch_change_seq, "epoch change seq"),
+        epoch_change_ops=tuple(_membership_op(control_op_from_proto(op)) for op in check_list(message.epoch_change_ops, "epoch change ops", 16)),
+        ledger=tuple(
+            (_ledger_kind(e.kind), check_str(e.account, "ledger account"), check_int(e.amount, "ledger amount"))
+            for e in check_list(message.ledger, "ledger", EXECUTED_MAX)
+        ),
     )
+
+
+def _membership_op(op: ControlOp) -> JoinOp | LeaveOp | EvictOp:
+    if not isinstance(op, (JoinOp, LeaveOp, EvictOp)):
+        raise DecodeError("a scheduled epoch change lists a non-membership operation")
+    return op
+
+
+def _ledger_kind(kind: str) -> str:
+    if kind not in ("client", "owner"):
+        raise DecodeError(f"ledger entry of unknown kind {kind!r}")
+    return kind
 
 
 def fetch_state_to_proto(fetch: FetchState, out: pb.FetchState) -> pb.FetchState:
@@ -485,6 +637,10 @@ def state_reply_to_proto(reply: StateReply, out: pb.StateReply) -> pb.StateReply
         snapshot_to_proto(reply.snapshot, out.snapshot)
     _all_to_proto(reply.checkpoint_proof, checkpoint_to_proto, out.checkpoint_proof)
     _all_to_proto(reply.batches, committed_proof_to_proto, out.batches)
+    for link, start_seq in reply.config_links:
+        record = out.config_links.add()
+        config_link_to_proto(link, record.link)
+        record.start_seq = start_seq
     return out
 
 
@@ -494,6 +650,12 @@ def state_reply_from_proto(message: pb.StateReply) -> StateReply:
         snapshot=snapshot_from_proto(message.snapshot) if message.HasField("snapshot") else None,
         checkpoint_proof=decode_all(message.checkpoint_proof, checkpoint_from_proto, "state checkpoint proof", QUORUM_MAX),
         batches=decode_all(message.batches, committed_proof_from_proto, "state batches", STATE_BATCHES_MAX),
+        config_links=decode_all(
+            message.config_links,
+            lambda r: (config_link_from_proto(r.link), check_int(r.start_seq, "epoch start")),
+            "state config links",
+            64,
+        ),
     )
 
 
@@ -513,6 +675,7 @@ _ENCODERS: dict[type, tuple[str, Callable[[Any, Any], Any]]] = {
     FetchVotes: ("fetch_votes", fetch_votes_to_proto),
     FetchState: ("fetch_state", fetch_state_to_proto),
     StateReply: ("state_reply", state_reply_to_proto),
+    ConfigSignature: ("config_signature", config_signature_to_proto),
 }
 _DECODERS: dict[str, Callable[[Any], PeerMessage]] = {
     "request": request_message_from_proto,
@@ -527,6 +690,7 @@ _DECODERS: dict[str, Callable[[Any], PeerMessage]] = {
     "fetch_votes": fetch_votes_from_proto,
     "fetch_state": fetch_state_from_proto,
     "state_reply": state_reply_from_proto,
+    "config_signature": config_signature_from_proto,
 }
 
 
@@ -659,6 +823,10 @@ def record_to_proto(record: PersistRecord) -> pb.PersistRecord:
     elif isinstance(record, ViewRecord):
         out.view.SetInParent()
         out.view.view = record.view
+    elif isinstance(record, ConfigLinkRecord):
+        out.config_link.SetInParent()
+        config_link_to_proto(record.link, out.config_link.link)
+        out.config_link.start_seq = record.start_seq
     else:
         raise TypeError(f"no stored form for {type(record).__name__}")
     return out
@@ -683,6 +851,9 @@ def record_from_proto(message: pb.PersistRecord) -> PersistRecord:
         return stable_checkpoint_from_proto(message.stable_checkpoint)
     if kind == "view":
         return ViewRecord(view=check_int(message.view.view, "view"))
+    if kind == "config_link":
+        _require(message.config_link, "link", "config link record")
+        return ConfigLinkRecord(config_link_from_proto(message.config_link.link), check_int(message.config_link.start_seq, "epoch start"))
     raise DecodeError("persisted record of no known kind")
 
 

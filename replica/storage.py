@@ -59,6 +59,7 @@ from consensus.messages import (
     VoteBatch,
 )
 from consensus.ready import (
+    ConfigLinkRecord,
     Activation,
     CommittedBatch,
     CommittedRecord,
@@ -70,7 +71,7 @@ from consensus.ready import (
 )
 from replica import codec
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 R = TypeVar("R")
 
@@ -120,6 +121,11 @@ CREATE TABLE IF NOT EXISTS certificates (
     PRIMARY KEY (client_id, request_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS certificates_by_seq ON certificates (seq);
+CREATE TABLE IF NOT EXISTS config_links (
+    epoch INTEGER PRIMARY KEY,
+    start_seq INTEGER NOT NULL,  -- the epoch's batches are those above it
+    record BLOB NOT NULL  -- ConfigLinkRecord: the config and the previous epoch's signatures
+);
 CREATE TABLE IF NOT EXISTS evidence (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     evidence BLOB NOT NULL,  -- quorumserve.v1.Evidence (certs/evidence.py), verifiable offline
@@ -267,10 +273,17 @@ class ReplicaStore:
                 elif isinstance(record, StableCheckpointRecord):
                     self._put_checkpoint(db, record)
                     height.clear()
+                elif isinstance(record, ConfigLinkRecord):
+                    # a later record for an epoch carries more signatures: it replaces the earlier
+                    db.execute(
+                        "INSERT OR REPLACE INTO config_links (epoch, start_seq, record) VALUES (?, ?, ?)",
+                        (record.link.config.epoch, record.start_seq, codec.encode_record(record)),
+                    )
                 elif isinstance(record, ViewRecord):
                     db.execute(
                         "INSERT INTO current_view (id, view) VALUES (0, ?) "
-                        "ON CONFLICT (id) DO UPDATE SET view = max(view, excluded.view)",
+                        # the last view written is current: views start again at 0 in a new epoch
+                        "ON CONFLICT (id) DO UPDATE SET view = excluded.view",
                         (record.view,),
                     )
                 else:
@@ -365,7 +378,10 @@ class ReplicaStore:
         needed (in the order they were written)."""
         with self._lock:
             db = self._db
-            records: list[PersistRecord] = []
+            records: list[PersistRecord] = [
+                self._decode(bytes(row[0]), ConfigLinkRecord, "config link")
+                for row in db.execute("SELECT record FROM config_links ORDER BY epoch")
+            ]
             stable_seq = 0
             row = db.execute("SELECT seq, record FROM checkpoint ORDER BY seq DESC LIMIT 1").fetchone()
             if row is not None:
@@ -540,3 +556,9 @@ class ReplicaStore:
                 "SELECT id, evidence, summary FROM evidence WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
             ).fetchall()
         return [(int(i), bytes(e), str(s)) for i, e, s in rows]
+
+    def config_links(self) -> list[ConfigLinkRecord]:
+        """Every later epoch's config with the signatures vouching for it, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT record FROM config_links ORDER BY epoch").fetchall()
+        return [self._decode(bytes(row[0]), ConfigLinkRecord, "config link") for row in rows]

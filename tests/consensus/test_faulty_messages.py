@@ -258,7 +258,9 @@ def test_message_from_a_non_member(kind: str) -> None:
         message = replace(original, sender=outsider)
     else:
         message = RequestMessage(outsider, cluster.new_request())
-    _rejects(cluster, message, outsider, "non-member")
+    # an unsigned message from an unknown id may come from a replica that joined in an epoch
+    # this one has not reached: refused as from an unknown sender, not as a proven outsider
+    _rejects(cluster, message, outsider, "unknown-sender" if kind == "request" else "non-member")
     _carries_on(cluster)
 
 

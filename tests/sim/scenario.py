@@ -13,6 +13,8 @@ from certs.verify import verify
 from consensus.messages import ModelUpdate
 from consensus.ready import CommittedBatch
 
+import random
+
 from tests.sim.world import World, lost_with_crashes
 
 SAFETY_TICKS = 600
@@ -79,6 +81,13 @@ def _drive(world: World, requests: int | None) -> None:
         owner = rng.choice(world.correct)
         world.constant_after_update[owner] = rng.randrange(10)
         world.at(rng.randint(50, 300), lambda: world.submit_update(owner, 2))
+    # membership: its own random stream, so seeds without it replay as before
+    members = random.Random(world.seed * 7919 + 17)
+    if members.random() < 0.35:
+        world.at(members.randint(40, 250), world.submit_join)
+        if members.random() < 0.6:
+            leaver = members.choice(world.correct)
+            world.at(members.randint(260, 450), lambda: world.submit_leave(leaver))
     if world.crashes_enabled:
         budget = max(1, world.f - len(world.byzantine)) if rng.random() < 0.7 else world.f + 1
         for victim in rng.sample(world.correct, min(budget, len(world.correct))):
@@ -98,7 +107,7 @@ def _drive(world: World, requests: int | None) -> None:
     world.loss = 0.0
     world.duplication = 0.0
     world.delay_max_ticks = 2
-    for r in range(world.n):
+    for r in list(world.nodes):
         world.restart(r)
     for request in lost_with_crashes(world):
         world.submit(request, everyone, False)  # the client's retry after a timeout
@@ -114,8 +123,6 @@ def _fail(world: World, message: str) -> None:
 
 
 def _check(world: World) -> None:
-    config = world.config
-    q = config.quorum_size
     # agreement: no two correct replicas commit different batches at one sequence number
     chosen: dict[int, bytes] = {}
     for r in world.correct:
@@ -128,6 +135,8 @@ def _check(world: World) -> None:
         seen: set[tuple[str, str]] = set()
         for seq in sorted(world.committed[r]):
             batch = world.committed[r][seq]
+            config = world.configs[batch.header.epoch]  # each epoch under its own config
+            q = config.quorum_size
             duplicates = set(batch.duplicate_entries)
             for index, entry in enumerate(batch.proposal.entries):
                 leaf = entry.leaf
@@ -160,6 +169,8 @@ def _check(world: World) -> None:
     for r in world.correct:
         node = world.nodes[r]
         assert node is not None
+        if node.retired:
+            continue  # left the group: it owes nothing after that
         missing = [key for key in world.submitted_to_correct if key not in node.state.executed]
         if missing:
             _fail(world, f"liveness: replica {r} (seq {node.executed_seq}, view {node.view}, active {node.view_active}) never executed {len(missing)} requests, e.g. {missing[:3]}")
@@ -176,7 +187,7 @@ def _check_model_versions(world: World) -> None:
     for r in world.correct:
         for seq, batch in world.committed[r].items():
             log.setdefault(seq, batch)
-    versions = {m.replica_id: m.model_version for m in config.members}
+    versions: dict[int, int] = {m.replica_id: m.model_version for c in world.configs.values() for m in c.members}
     scheduled: list[tuple[int, int, int]] = []
     for seq in range(1, max(log, default=0) + 1):
         if seq not in log:
@@ -217,6 +228,6 @@ def _check_certificates(world: World) -> None:
         for leaf, certificate in zip(leaves, certificates):
             request = world.requests.get((leaf.client_id, leaf.request_id))
             try:
-                verify(decode_certificate(encode_certificate(certificate)), config, request, verifier=world.verifier)
+                verify(decode_certificate(encode_certificate(certificate)), world.configs[batch.header.epoch], request, verifier=world.verifier)
             except CertificateError as exc:
                 _fail(world, f"seq {seq}: certificate for {leaf.client_id}/{leaf.request_id} does not verify: {exc}")

@@ -28,10 +28,13 @@ from certs.policy import AgreementPolicy, PolicyKind
 from certs.request import InferenceRequest, TensorData
 from certs.statements import StatementKind
 
-from consensus.errors import ByzantineMessageError
+from certs.membership import Approval, JoinRequest, LeaveRequest
+from consensus.errors import ByzantineMessageError, RequestRejectedError
 from consensus.messages import (
     Checkpoint,
     Commit,
+    JoinOp,
+    LeaveOp,
     ModelUpdate,
     PeerMessage,
     PrePrepare,
@@ -42,6 +45,7 @@ from consensus.messages import (
 from consensus.node import ConsensusNode
 from consensus.ready import (
     CommittedBatch,
+    ConfigLinkRecord,
     CommittedRecord,
     PersistRecord,
     PreparedRecord,
@@ -177,6 +181,8 @@ class World:
         self.stats = SimStats()
         self.evidence: list[object] = []
         self.model_versions: dict[int, int] = {r: 1 for r in range(self.n)}
+        self.configs: dict[int, GroupConfig] = {0: self.config}  # every epoch's config
+        self.join_points: dict[int, tuple[GroupConfig, GroupConfig, int]] = {}  # joined replica -> (config, previous, start)
         # replicas whose model version >= 2 always answers one class (to watch votes switch)
         self.constant_after_update: dict[int, int] = {}
         self.trace: list[str] = []
@@ -219,9 +225,15 @@ class World:
             self.at(self.now + latency, lambda r=r, batch=batch: self._inference_done(r, batch))
         for batch in ready.committed:
             self.committed[r][batch.header.seq] = batch
+        for record in ready.config_links:
+            config = record.link.config
+            self.configs[config.epoch] = config
+            for member in config.members:
+                if member.replica_id not in self.nodes:
+                    self._add_replica(member.replica_id, config, node.configs[config.epoch - 1], record.start_seq)
 
     def _targets(self, sender: int, to: int | None) -> list[int]:
-        return [to] if to is not None else [r for r in range(self.n) if r != sender]
+        return [to] if to is not None else [r for r in self.nodes if r != sender]
 
     def _transmit(self, sender: int, to: int, message: PeerMessage, extra_delay: int = 0) -> None:
         if (sender, to) in self.cut:
@@ -248,7 +260,7 @@ class World:
             node.step(message, via=via)
         except ByzantineMessageError as exc:
             self.stats.rejected[exc.kind] = self.stats.rejected.get(exc.kind, 0) + 1
-            if exc.sender in self.correct and to in self.correct and exc.kind not in ("stale", "outside-window"):
+            if exc.sender in self.correct and to in self.correct and exc.kind not in ("stale", "outside-window", "future-epoch", "unknown-sender"):
                 raise AssertionError(f"correct replica {to} rejected correct replica {exc.sender}: {exc}") from exc
         self._drain(to)
 
@@ -281,7 +293,10 @@ class World:
             node = self.nodes[r]
             if node is None:
                 continue
-            node.submit(request, disseminate=disseminate)
+            try:
+                node.submit(request, disseminate=disseminate)
+            except RequestRejectedError:
+                continue  # a replica that left the group refuses new requests
             self.recipients.setdefault(request.key, []).append((r, self.now))
             if r in self.correct:
                 self.submitted_to_correct.setdefault(request.key, self.now)
@@ -308,9 +323,65 @@ class World:
         if self.nodes[r] is not None:
             return
         records = load_like_store(self.disks[r])
-        self.nodes[r] = ConsensusNode(self.config, r, _KEYS[r].signer(), self.verifier, records=records)
+        if r in self.join_points:
+            config, previous, start = self.join_points[r]
+            self.nodes[r] = ConsensusNode(config, r, _KEYS[r].signer(), self.verifier, records=records, joined_at=(previous, start))
+        else:
+            self.nodes[r] = ConsensusNode(self.config, r, _KEYS[r].signer(), self.verifier, records=records)
         self.nodes[r].now = self.now
         self.trace.append(f"t={self.now} r{r} restarted at seq {self.nodes[r].executed_seq} view {self.nodes[r].view}")
+
+    # -- membership --------------------------------------------------------------------------------
+    def current_config(self) -> GroupConfig:
+        return max(self.configs.values(), key=lambda c: c.epoch)
+
+    def submit_join(self) -> None:
+        """A new owner asks to join, approved by a quorum of current owners."""
+        config = self.current_config()
+        new_id = max(config.replica_ids) + 1
+        if new_id >= len(_KEYS):
+            return
+        join = JoinRequest(
+            config.group_id, config.epoch, f"owner-{new_id}", b"", b"", f"sim:{new_id}", 1, sha256(b"weights-%d-1" % new_id)
+        ).signed(_OWNER_KEYS[new_id], _KEYS[new_id])
+        approvals = tuple(
+            Approval(config.group_id, config.epoch, join.digest, rid).signed(_OWNER_KEYS[rid])
+            for rid in config.replica_ids[: config.quorum_size]
+        )
+        self._submit_op(JoinOp(join, approvals), f"join of replica {new_id}")
+
+    def submit_leave(self, replica_id: int) -> None:
+        config = self.current_config()
+        if not config.is_member(replica_id):
+            return
+        leave = LeaveRequest(config.group_id, config.epoch, replica_id).signed(_OWNER_KEYS[replica_id])
+        self._submit_op(LeaveOp(leave), f"leave of replica {replica_id}")
+
+    def _submit_op(self, op: object, what: str) -> None:
+        for r in self.correct:
+            node = self.nodes.get(r)
+            if node is None or node.retired:
+                continue
+            try:
+                node.submit_control(op)  # type: ignore[arg-type]
+            except RequestRejectedError as exc:
+                self.trace.append(f"t={self.now} {what} refused: {exc}")
+                return
+            self.trace.append(f"t={self.now} {what} submitted to r{r}")
+            self._drain(r)
+            return
+
+    def _add_replica(self, rid: int, config: GroupConfig, previous: GroupConfig, start_seq: int) -> None:
+        self.join_points[rid] = (config, previous, start_seq)
+        self.disks[rid] = []
+        self.sent_log[rid] = []
+        self.committed[rid] = {}
+        self.crash_ticks[rid] = []
+        node = ConsensusNode(config, rid, _KEYS[rid].signer(), self.verifier, joined_at=(previous, start_seq))
+        node.now = self.now
+        self.nodes[rid] = node
+        self.correct.append(rid)
+        self.trace.append(f"t={self.now} r{rid} joined for epoch {config.epoch} from seq {start_seq + 1}")
 
     # -- Byzantine behaviour ------------------------------------------------------------------------
     def _tamper(self, r: int, to: int | None, message: PeerMessage) -> list[tuple[PeerMessage, list[int]]]:
@@ -406,6 +477,11 @@ def load_like_store(records: list[PersistRecord]) -> list[PersistRecord]:
             else:
                 parts.append(record.snapshot)
         out.append(StableCheckpointRecord(merge_snapshots(parts), 0, checkpoints[-1].proof))
+    links: dict[int, ConfigLinkRecord] = {}
+    for record in records:
+        if isinstance(record, ConfigLinkRecord):
+            links[record.link.config.epoch] = record  # a later record for an epoch has more signatures
+    out = [links[e] for e in sorted(links)] + out
     out.extend(r for r in records if isinstance(r, (SignedRecord, PreparedRecord, CommittedRecord, ViewRecord)))
     return out
 
