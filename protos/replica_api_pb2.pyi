@@ -169,3 +169,41 @@ class EvidenceReply(_message.Message):
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[EvidenceItem]
     def __init__(self, items: _Optional[_Iterable[_Union[EvidenceItem, _Mapping]]] = ...) -> None: ...
+
+class ConfigChainRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ConfigChainReply(_message.Message):
+    __slots__ = ("links",)
+    LINKS_FIELD_NUMBER: _ClassVar[int]
+    links: _containers.RepeatedCompositeFieldContainer[_consensus_pb2.ConfigLinkRecord]
+    def __init__(self, links: _Optional[_Iterable[_Union[_consensus_pb2.ConfigLinkRecord, _Mapping]]] = ...) -> None: ...
+
+class ControlRequest(_message.Message):
+    __slots__ = ("op",)
+    OP_FIELD_NUMBER: _ClassVar[int]
+    op: _consensus_pb2.ControlOp
+    def __init__(self, op: _Optional[_Union[_consensus_pb2.ControlOp, _Mapping]] = ...) -> None: ...
+
+class ControlReply(_message.Message):
+    __slots__ = ("status", "epoch")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    epoch: int
+    def __init__(self, status: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class LedgerRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LedgerReply(_message.Message):
+    __slots__ = ("summary", "executed_hash", "proof")
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    EXECUTED_HASH_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    summary: _consensus_pb2.StateSnapshot
+    executed_hash: bytes
+    proof: _containers.RepeatedCompositeFieldContainer[_consensus_pb2.Checkpoint]
+    def __init__(self, summary: _Optional[_Union[_consensus_pb2.StateSnapshot, _Mapping]] = ..., executed_hash: _Optional[bytes] = ..., proof: _Optional[_Iterable[_Union[_consensus_pb2.Checkpoint, _Mapping]]] = ...) -> None: ...

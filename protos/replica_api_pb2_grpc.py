@@ -69,6 +69,21 @@ class ReplicaStub:
                 request_serializer=protos_dot_replica__api__pb2.EvidenceRequest.SerializeToString,
                 response_deserializer=protos_dot_replica__api__pb2.EvidenceReply.FromString,
                 _registered_method=True)
+        self.GetConfigChain = channel.unary_unary(
+                '/quorumserve.v1.Replica/GetConfigChain',
+                request_serializer=protos_dot_replica__api__pb2.ConfigChainRequest.SerializeToString,
+                response_deserializer=protos_dot_replica__api__pb2.ConfigChainReply.FromString,
+                _registered_method=True)
+        self.SubmitControl = channel.unary_unary(
+                '/quorumserve.v1.Replica/SubmitControl',
+                request_serializer=protos_dot_replica__api__pb2.ControlRequest.SerializeToString,
+                response_deserializer=protos_dot_replica__api__pb2.ControlReply.FromString,
+                _registered_method=True)
+        self.Ledger = channel.unary_unary(
+                '/quorumserve.v1.Replica/Ledger',
+                request_serializer=protos_dot_replica__api__pb2.LedgerRequest.SerializeToString,
+                response_deserializer=protos_dot_replica__api__pb2.LedgerReply.FromString,
+                _registered_method=True)
 
 
 class ReplicaServicer:
@@ -116,6 +131,24 @@ class ReplicaServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetConfigChain(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitControl(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Ledger(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplicaServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +186,21 @@ def add_ReplicaServicer_to_server(servicer, server):
                     servicer.ListEvidence,
                     request_deserializer=protos_dot_replica__api__pb2.EvidenceRequest.FromString,
                     response_serializer=protos_dot_replica__api__pb2.EvidenceReply.SerializeToString,
+            ),
+            'GetConfigChain': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConfigChain,
+                    request_deserializer=protos_dot_replica__api__pb2.ConfigChainRequest.FromString,
+                    response_serializer=protos_dot_replica__api__pb2.ConfigChainReply.SerializeToString,
+            ),
+            'SubmitControl': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitControl,
+                    request_deserializer=protos_dot_replica__api__pb2.ControlRequest.FromString,
+                    response_serializer=protos_dot_replica__api__pb2.ControlReply.SerializeToString,
+            ),
+            'Ledger': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ledger,
+                    request_deserializer=protos_dot_replica__api__pb2.LedgerRequest.FromString,
+                    response_serializer=protos_dot_replica__api__pb2.LedgerReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -344,6 +392,87 @@ class Replica:
             '/quorumserve.v1.Replica/ListEvidence',
             protos_dot_replica__api__pb2.EvidenceRequest.SerializeToString,
             protos_dot_replica__api__pb2.EvidenceReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConfigChain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quorumserve.v1.Replica/GetConfigChain',
+            protos_dot_replica__api__pb2.ConfigChainRequest.SerializeToString,
+            protos_dot_replica__api__pb2.ConfigChainReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitControl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quorumserve.v1.Replica/SubmitControl',
+            protos_dot_replica__api__pb2.ControlRequest.SerializeToString,
+            protos_dot_replica__api__pb2.ControlReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ledger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quorumserve.v1.Replica/Ledger',
+            protos_dot_replica__api__pb2.LedgerRequest.SerializeToString,
+            protos_dot_replica__api__pb2.LedgerReply.FromString,
             options,
             channel_credentials,
             insecure,

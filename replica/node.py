@@ -21,7 +21,7 @@ import concurrent.futures
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from certs.certificate import (
     encode_certificate,
 )
 from certs.config import GroupConfig, load_group_config
+from certs.membership import verify_chain
 from certs.evidence import describe_evidence, encode_evidence
 from certs.keys import Ed25519Verifier, load_private_key
 from certs.outputs import ModelOutput, map_probabilities, quantise
@@ -43,7 +44,9 @@ from certs.request import InferenceRequest
 from consensus.errors import ByzantineMessageError, ConsensusError, RequestRejectedError
 from consensus.messages import ModelUpdate, PeerMessage, VoteBatch
 from consensus.node import ConsensusNode, SubmitOutcome
-from consensus.ready import Activation, CommittedBatch, InferenceBatch, Ready
+from consensus.messages import Checkpoint
+from consensus.ready import Activation, CommittedBatch, ConfigLinkRecord, InferenceBatch, Ready
+from consensus.state import CheckpointSummary
 from replica.config import ReplicaConfig
 from replica.metrics import ReplicaMetrics
 from replica.storage import CertificateRow, ReplicaStore
@@ -77,27 +80,78 @@ class _Waiters:
     received_s: float = 0.0
 
 
+def fetch_config_chain(addresses: Sequence[str], timeout_s: float = 5.0) -> list[ConfigLinkRecord]:
+    """The config links one of `addresses` serves (the first that answers)."""
+    import grpc
+
+    from protos import replica_api_pb2 as api
+    from protos import replica_api_pb2_grpc as api_grpc
+    from replica.codec import record_from_proto
+
+    for address in addresses:
+        try:
+            with grpc.insecure_channel(address) as channel:
+                reply = api_grpc.ReplicaStub(channel).GetConfigChain(api.ConfigChainRequest(), timeout=timeout_s)
+        except grpc.RpcError:
+            continue
+        links = []
+        for item in reply.links:
+            record = record_from_proto(_as_record(item))
+            if isinstance(record, ConfigLinkRecord):
+                links.append(record)
+        return links
+    return []
+
+
+def _as_record(link_record: object) -> object:
+    from protos import consensus_pb2
+
+    wrapper = consensus_pb2.PersistRecord()
+    wrapper.config_link.CopyFrom(link_record)
+    return wrapper
+
+
+def membership_of(
+    genesis: GroupConfig, replica_id: int, public_key: bytes, links: Sequence[ConfigLinkRecord]
+) -> tuple[GroupConfig, tuple[GroupConfig, int] | None]:
+    """The config this replica starts from: genesis if it is a founding member, else the epoch
+    it joined (checked link by link from genesis) with (previous config, epoch start)."""
+    configs = verify_chain(genesis, [record.link for record in links if record.link.signatures])
+    starts = {record.link.config.epoch: record.start_seq for record in links}
+    for index, config in enumerate(configs):
+        member = config.member(replica_id)
+        if member is not None and member.public_key == public_key:
+            return config, (None if index == 0 else (configs[index - 1], starts[config.epoch]))
+    raise ReplicaError(f"replica {replica_id} with this key is in no epoch of group {genesis.group_id} known here")
+
+
 class ReplicaNode:
     def __init__(self, config: ReplicaConfig, backend: object | None = None) -> None:
         self.config = config
-        self.group: GroupConfig = load_group_config(config.group_config)
-        member = self.group.member(config.replica_id)
-        if member is None:
-            raise ReplicaError(f"replica {config.replica_id} is not a member of group {self.group.group_id}")
-        self.member = member
+        self.genesis: GroupConfig = load_group_config(config.group_config)
         self.replica_id = config.replica_id
         self.key = load_private_key(config.key_file)
-        if self.key.public_key != member.public_key:
-            raise ReplicaError(f"{config.key_file} is not replica {config.replica_id}'s key in the group config")
         self.verifier = Ed25519Verifier()
-        self.metrics = ReplicaMetrics(config.replica_id, self.group.group_id)
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = ReplicaStore(config.data_dir / "replica.sqlite")
-        self.core = ConsensusNode(self.group, self.replica_id, self.key.signer(), self.verifier, self.store.load_records())
+        records = self.store.load_records()
+        links = [r for r in records if isinstance(r, ConfigLinkRecord)]
+        if self.genesis.member(self.replica_id) is None and not links:
+            # a replica that joined after genesis: learn the chain from the group (checked below)
+            links = fetch_config_chain(_addresses(self.genesis))
+            if links:
+                self.store.persist(links)
+                records = self.store.load_records()
+        start, joined_at = membership_of(self.genesis, self.replica_id, self.key.public_key, links)
+        self.group = start
+        self.member = start.member(self.replica_id)  # type: ignore[assignment]
+        self.metrics = ReplicaMetrics(config.replica_id, self.genesis.group_id)
+        self.core = ConsensusNode(start, self.replica_id, self.key.signer(), self.verifier, records, joined_at=joined_at)
+        self.group = self.core.config
         self.backend = backend
         self.transport = PeerTransport(
             self.replica_id,
-            {m.replica_id: m.address for m in self.group.members},
+            _peer_addresses(self.core.configs),
             self._on_peer_messages,
             self._on_reject,
         )
@@ -245,6 +299,17 @@ class ReplicaNode:
         """Stored evidence items (id, encoded certs.evidence.Evidence, one-line summary)."""
         return await asyncio.get_running_loop().run_in_executor(self._io, self.store.list_evidence, after_id, min(limit, 1000))
 
+    async def config_links(self) -> list[ConfigLinkRecord]:
+        return await asyncio.get_running_loop().run_in_executor(self._io, self.store.config_links)
+
+    def ledger(self) -> tuple[CheckpointSummary, tuple[Checkpoint, ...]] | None:
+        """The ledger as of the last stable checkpoint, with the checkpoint's quorum proof."""
+        core = self.core
+        summary = core.summaries.get(core.low)
+        if summary is None or not core.stable_proof:
+            return None
+        return summary, core.stable_proof
+
     async def activations(self) -> list[Activation]:
         return await asyncio.get_running_loop().run_in_executor(self._io, self.store.activations)
 
@@ -283,7 +348,18 @@ class ReplicaNode:
             if committed:
                 await self._certify(committed)
 
+    def _on_config_links(self, records: Sequence[ConfigLinkRecord]) -> None:
+        for record in records:
+            config = record.link.config
+            self.transport.add_peers(_peer_addresses({config.epoch: config}))
+            if config.epoch == self.core.config.epoch:
+                self.group = config
+                if self.core.retired:
+                    log.warning("replica %d left group %s at epoch %d; it keeps serving its certificates", self.replica_id, config.group_id, config.epoch)
+
     def _handle(self, ready: Ready) -> None:
+        if ready.config_links:
+            self._on_config_links(ready.config_links)
         for event in ready.events:
             level = logging.WARNING if event.kind in ("view-change", "state-divergence", "rejected") else logging.INFO
             log.log(level, "replica %d %s: %s", self.replica_id, event.kind, event.detail)
@@ -469,12 +545,14 @@ class ReplicaNode:
         state = "normal" if core.view_active else "view-change"
         if core.fetching_state_since is not None:
             state = "state-transfer"
+        if core.retired:
+            state = "retired"
         versions = core.state.versions_at(core.executed_seq + 1)
         loaded = tuple(self.backend.loaded_versions()) if self.backend is not None else ()  # type: ignore[attr-defined]
         return {
-            "group_id": self.group.group_id,
-            "epoch": self.group.epoch,
-            "config_digest": self.group.digest,
+            "group_id": self.core.config.group_id,
+            "epoch": self.core.config.epoch,
+            "config_digest": self.core.config.digest,
             "replica_id": self.replica_id,
             "view": core.view,
             "primary": core.primary,
@@ -485,6 +563,19 @@ class ReplicaNode:
             "versions": sorted((rid, v, wd) for rid, (v, wd) in versions.items()),
             "loaded_versions": loaded,
         }
+
+
+def _addresses(config: GroupConfig) -> list[str]:
+    return [m.address for m in config.members]
+
+
+def _peer_addresses(configs: Mapping[int, GroupConfig]) -> dict[int, str]:
+    """Every replica of the known epochs, the latest address winning."""
+    peers: dict[int, str] = {}
+    for epoch in sorted(configs):
+        for member in configs[epoch].members:
+            peers[member.replica_id] = member.address
+    return peers
 
 
 SWAPPED_MODEL_VERSION = 1_000_000  # where the swap-weak misbehaviour keeps its hidden model

@@ -26,7 +26,16 @@ from certs.errors import CertificateError
 from certs.wire import request_from_proto
 from consensus.errors import RequestRejectedError
 from protos import replica_api_pb2 as api
-from replica.codec import model_update_from_proto
+from consensus.messages import ModelUpdate
+from replica.codec import checkpoint_to_proto, control_op_from_proto, model_update_from_proto, snapshot_to_proto
+
+
+def config_link_record_to_proto(record: Any, out: Any) -> Any:
+    from replica.codec import config_link_to_proto
+
+    config_link_to_proto(record.link, out.link)
+    out.start_seq = record.start_seq
+    return out
 from replica.node import Certified, ReplicaError, ReplicaNode
 
 log = logging.getLogger("quorumserve.replica.api")
@@ -178,6 +187,40 @@ class ReplicaService:
         items = await self.node.list_evidence(message.after_id, message.limit or 100)
         return api.EvidenceReply(items=[api.EvidenceItem(id=i, evidence=e, summary=s) for i, e, s in items])
 
+    async def get_config_chain(self, raw: bytes, context: grpc.aio.ServicerContext) -> api.ConfigChainReply:
+        await self._checked(context, api.ConfigChainRequest, raw)
+        reply = api.ConfigChainReply()
+        for record in await self.node.config_links():
+            config_link_record_to_proto(record, reply.links.add())
+        return reply
+
+    async def submit_control(self, raw: bytes, context: grpc.aio.ServicerContext) -> api.ControlReply:
+        message = await self._checked(context, api.ControlRequest, raw)
+        try:
+            op = control_op_from_proto(message.op)
+        except CertificateError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed control operation: {exc}")
+        if isinstance(op, ModelUpdate):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model updates go through UpdateModel (the replica loads the model first)")
+        try:
+            self.node.submit_control(op)
+        except RequestRejectedError as exc:
+            code = grpc.StatusCode.PERMISSION_DENIED if "signature" in str(exc) or "approval" in str(exc) else grpc.StatusCode.FAILED_PRECONDITION
+            await context.abort(code, str(exc))
+        return api.ControlReply(status="submitted", epoch=self.node.core.config.epoch)
+
+    async def ledger(self, raw: bytes, context: grpc.aio.ServicerContext) -> api.LedgerReply:
+        await self._checked(context, api.LedgerRequest, raw)
+        found = self.node.ledger()
+        if found is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no stable checkpoint yet: the ledger is not certified")
+        summary, proof = found
+        reply = api.LedgerReply(executed_hash=summary.executed_hash.to_bytes(32, "big"))
+        snapshot_to_proto(self.node.core.state.snapshot(summary, since_seq=summary.seq), reply.summary)
+        for checkpoint in proof:
+            checkpoint_to_proto(checkpoint, reply.proof.add())
+        return reply
+
     async def _checked(self, context: grpc.aio.ServicerContext, message_type: type[Message], raw: bytes) -> Any:
         try:
             return self._parse(message_type, raw)
@@ -200,6 +243,9 @@ class ReplicaService:
                 "Status": unary(self.status, api.StatusReply),
                 "UpdateModel": unary(self.update_model, api.ModelUpdateReply),
                 "ListEvidence": unary(self.list_evidence, api.EvidenceReply),
+                "GetConfigChain": unary(self.get_config_chain, api.ConfigChainReply),
+                "SubmitControl": unary(self.submit_control, api.ControlReply),
+                "Ledger": unary(self.ledger, api.LedgerReply),
             },
         )
 

@@ -151,6 +151,21 @@ class PeerTransport:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    def add_peers(self, peers: dict[int, str]) -> None:
+        """Open links to replicas that joined (or moved); existing links stay as they are."""
+        loop = asyncio.get_running_loop()
+        for peer, address in peers.items():
+            if peer == self.replica_id:
+                continue
+            link = self._links.get(peer)
+            if link is not None and link.address == address:
+                continue
+            if link is not None and link.task is not None:
+                link.task.cancel()
+            link = _PeerLink(self, peer, address)
+            self._links[peer] = link
+            link.task = loop.create_task(link.run(), name=f"peer-link-{peer}")
+
     def send(self, to: int | None, message: PeerMessage) -> None:
         encoded = encode_peer_message(message)
         if to is None:
