@@ -13,7 +13,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMAND_MODULES = ("certs.cli", "replica.cli", "marketplace.commands", "marketplace.owner_commands", "marketplace.demo")
+COMMAND_MODULES = ("certs.cli", "replica.cli", "marketplace.commands", "marketplace.owner_commands", "marketplace.demo", "marketplace.audit_commands")
 
 
 def build_parser() -> argparse.ArgumentParser:
