@@ -300,7 +300,7 @@ def _examples() -> dict[str, Evidence]:
     leaves = list(_batch().leaves)
     twin = dataclasses.replace(leaves[1], request_digest=sha256(b"twin"))
     bad_entries = _entries(4)
-    bad_entries[3] = _malformed(bad_entries[3], ModelOutput(((3, 20000),)))
+    bad_entries[3] = _malformed(bad_entries[3], ModelOutput(((10, 9000),)))  # class 10 of 10
     twin_entries = [*_entries(3), _entries(3)[1]]
     examples: dict[str, Evidence | None] = {
         "invalid leaf": _proposal_evidence([*leaves[:4], _wrong_decision(leaves[4]), leaves[5]]),
