@@ -46,12 +46,15 @@ from deploy.testbed.group import TestbedGroup
 from deploy.testbed.network import Testbed, TestbedError, unavailable_reason
 from marketplace.local import LocalGroup
 from marketplace.models import held_out_digits, train_digits_models
-from tests.replica.load import Load
+from tests.replica.load import Load, LoadResult
 
 REFERENCE = {
     "certified_requests_per_s": 800,
     "what": "published figure for a BFT multi-model inference system: ImageNet models, 3 cloud sites, on GPUs",
 }
+
+
+STALL_S = 120.0  # after the window: how long clients may still wait for their last certificates
 
 
 class BenchError(RuntimeError):
@@ -88,7 +91,15 @@ def measure(group: LocalGroup, setup: str, inputs: np.ndarray, concurrency: int,
         raise BenchError("group not prepared")
     load = Load(group.config, group.addresses, inputs, client_id=f"bench-{setup.replace(' ', '')}-c{concurrency}-{time.time_ns()}")
     load_before = os.getloadavg()[0]
-    result = asyncio.run(load.run(concurrency, duration_s=warmup_s + duration_s))
+
+    async def run() -> LoadResult:
+        # a client retries until certified: a group that stopped certifying would hold it forever
+        return await asyncio.wait_for(load.run(concurrency, duration_s=warmup_s + duration_s), warmup_s + duration_s + STALL_S)
+
+    try:
+        result = asyncio.run(run())
+    except asyncio.TimeoutError:
+        raise BenchError(f"[{setup}] requests still uncertified {STALL_S:.0f} s after the window; see the replicas' logs in {group.data_dir}") from None
     load_after = os.getloadavg()[0]
     # certified and timeline are appended together, one entry per certified request, in order
     window_end_s = warmup_s + duration_s
@@ -281,13 +292,17 @@ def main(argv: list[str] | None = None) -> int:
         inputs, _ = held_out_digits(0)
         measurements: list[Measurement] = []
         workload = (args.concurrency, args.warmup, args.duration, args.gateway_calls, args.gateway_rows)
-        measurements += run_setup(LocalGroup(data / "loopback", model_packages=packages), "loopback", inputs, *workload)
+        try:
+            measurements += run_setup(LocalGroup(data / "loopback", model_packages=packages), "loopback", inputs, *workload)
+        except BenchError as exc:
+            print(f"bench_testbed: {exc}", file=sys.stderr)
+            return 1
         testbed = Testbed()
         try:
             testbed.start()
             group = TestbedGroup(data / "sites", model_packages=packages, testbed=testbed)
             measurements += run_setup(group, "3 sites", inputs, *workload)
-        except TestbedError as exc:
+        except (TestbedError, BenchError) as exc:
             print(f"bench_testbed: {exc}", file=sys.stderr)
             return 1
         finally:

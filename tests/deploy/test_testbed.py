@@ -43,6 +43,7 @@ pytestmark = pytest.mark.processes
 log = logging.getLogger("tests.testbed")
 
 CATCH_UP_TIMEOUT_S = 180.0  # liveness bound only: far above what catching up takes
+STALL_S = 120.0  # liveness bound only: how long clients may wait for their last certificates
 
 
 @dataclass
@@ -104,7 +105,9 @@ def certify_all(group: TestbedGroup, requests: list[Any]) -> list[Certified]:
         channels = [grpc.aio.insecure_channel(a) for a in group.addresses]
         stubs = [api_grpc.ReplicaStub(c) for c in channels]
         try:
-            return list(await asyncio.gather(*(load.certify(r, stubs) for r in requests)))
+            return list(await asyncio.wait_for(asyncio.gather(*(load.certify(r, stubs) for r in requests)), STALL_S))
+        except asyncio.TimeoutError:
+            pytest.fail(f"requests still uncertified after {STALL_S:.0f} s; see {group.data_dir}/replica-*.log")
         finally:
             for c in channels:
                 await c.close()
@@ -129,7 +132,12 @@ def run_load_around(
         await asyncio.get_running_loop().run_in_executor(None, action)
         await asyncio.sleep(after_s)
         done.set()
-        return await running, at_s
+        # clients retry until certified: bound the wait so a group that stopped certifying fails
+        # the test instead of hanging it (a liveness bound, far above any certification time)
+        try:
+            return await asyncio.wait_for(running, STALL_S), at_s
+        except asyncio.TimeoutError:
+            pytest.fail(f"requests still uncertified {STALL_S:.0f} s after the load stopped; see {group.data_dir}/replica-*.log")
 
     return asyncio.run(scenario())
 
