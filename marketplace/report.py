@@ -67,6 +67,7 @@ class LiveInfo:
     activations: list[Activation] = field(default_factory=list)
     current_versions: dict[int, int] = field(default_factory=dict)  # replica -> version in effect
     unreachable: dict[int, str] = field(default_factory=dict)  # replica -> error
+    ledger: tuple[int, int, int] | None = None  # (replica, checkpoint seq, accounts) of a certified fee ledger
 
 
 # A section a later part of the system adds (e.g. the fee ledger): (title, HTML body) or None.
@@ -97,6 +98,8 @@ def collect_live(config: GroupConfig, *, timeout_s: float = 3.0, page_size: int 
                         live.current_versions[rid] = int(v.version)
                 for a in status.activations:
                     activations.add(Activation(int(a.replica_id), int(a.version), int(a.from_seq), bytes(a.weights_digest).hex()))
+                if live.ledger is None:
+                    live.ledger = _ledger(stub, api, rid, timeout_s)
                 after = 0
                 while True:
                     reply = stub.ListEvidence(api.EvidenceRequest(after_id=after, limit=page_size), timeout=timeout_s)
@@ -129,6 +132,19 @@ def collect_live(config: GroupConfig, *, timeout_s: float = 3.0, page_size: int 
             live.evidence.append(EvidenceRow(tuple(sorted(holders)), kind, False, (), f"proves nothing: {exc}"))
     live.activations = sorted(activations, key=lambda a: (a.replica_id, a.from_seq))
     return live
+
+
+def _ledger(stub: Any, api: Any, replica_id: int, timeout_s: float) -> tuple[int, int, int] | None:
+    """Whether the group keeps a certified fee ledger: (replica, checkpoint seq, accounts)."""
+    import grpc
+
+    if not hasattr(api, "LedgerRequest"):
+        return None
+    try:
+        reply = stub.Ledger(api.LedgerRequest(), timeout=timeout_s)
+    except grpc.RpcError:  # no stable checkpoint yet, or a replica without fees
+        return None
+    return (replica_id, int(reply.summary.seq), len(getattr(reply.summary, "ledger", ())))
 
 
 # =========================================================================================
@@ -308,8 +324,16 @@ def render_report(
     parts.append(_window_table(analysis))
     parts.append(_evidence_section(live))
     parts.append(_versions_section(analysis, live))
-    for title, body in _extra_sections(config, out, sections):
+    extra = _extra_sections(config, out, sections)
+    for title, body in extra:
         parts.append(f"<h2>{_e(title)}</h2>{body}")
+    if live is not None and live.ledger is not None and not any(title.lower().startswith("fee") for title, _ in extra):
+        rid, seq, accounts = live.ledger
+        # a placeholder until the fee report renders the ledger itself
+        parts.append(
+            f"<h2>Fee ledger</h2><p>The group keeps a certified fee ledger: {accounts} accounts at the stable "
+            f"checkpoint of seq {seq} (from replica {rid}). Its breakdown belongs to the fee report.</p>"
+        )
     parts.append("</body></html>")
     index = out / "index.html"
     index.write_text("\n".join(parts), encoding="utf-8")

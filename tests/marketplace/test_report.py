@@ -85,6 +85,10 @@ def test_the_report_shows_verified_evidence_and_version_history(recorded: tuple[
     assert "replica 3 equivocated" in page and "<span class='flag'>proven</span>" in page
     assert "proves nothing: bad vote batch signature" in page
     assert "none since genesis; v1 in effect" in page
+    assert "Fee ledger" not in page  # this group keeps none
+    live.ledger = (0, 64, 5)
+    page = render_report(audit_log, tmp_path / "live", live=live).read_text()
+    assert "<h2>Fee ledger</h2><p>The group keeps a certified fee ledger: 5 accounts" in page
 
 
 def test_extra_sections_appear_only_when_a_part_provides_them(recorded: tuple[AuditLog, Path], tmp_path: Path) -> None:
