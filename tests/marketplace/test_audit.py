@@ -422,3 +422,68 @@ def test_verify_audit_cli_checks_a_proof_offline(swap_run: SwapRun, tmp_path: Pa
     assert capsys.readouterr().out.startswith("NOT PROVEN: the proof's window votes give")
     (tmp_path / "junk.json").write_text("{")
     assert main(["verify-audit", str(tmp_path / "junk.json"), "--config", str(config_path)]) == 2
+
+
+# -- a real group: replica 3 quietly swaps in a weak model -----------------------------------------
+
+SWAP_AFTER_REQUESTS = 600  # three windows of 200: two form the baseline, one is tested before the swap
+
+
+@pytest.fixture(scope="module")
+def swapping_group(tmp_path_factory: pytest.TempPathFactory, digits_packages: list[Path]) -> Iterator[tuple[Any, Any]]:
+    """Four replica processes with real Tritons and a gateway; after 600 requests replica 3
+    answers with a weak model (about 62 % accurate) while still signing model version 1."""
+    from marketplace.commands import start_gateway_process
+    from marketplace.local import LocalGroup
+
+    directory = tmp_path_factory.mktemp("swapping")
+    group = LocalGroup(directory, model_packages=digits_packages, misbehave={SWAPPER: f"swap-weak:{SWAP_AFTER_REQUESTS}"})
+    gateway = None
+    try:
+        group.start()
+        gateway = start_gateway_process([group.group_config_path], log_path=directory / "gateway.log")
+        yield group, gateway
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        group.stop()
+
+
+@pytest.mark.processes
+def test_a_real_replica_that_quietly_swaps_models_is_flagged_with_proof(
+    swapping_group: tuple[Any, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    group, gateway = swapping_group
+    config_path = str(group.group_config_path)
+    log_path = tmp_path / "audit.sqlite"
+    status = main([
+        "audit", "--gateway", gateway.address, "--config", config_path, "--rate", "0.5", "--requests", "1000",
+        "--qps", "0", "--window-requests", "200", "--client-id", "shop", "--log", str(log_path), "--seed", "11", "--json",
+    ])
+    result = json.loads(capsys.readouterr().out)
+    assert status == 3, result
+    flags = {(f["window"], f["replica_id"], f["kind"]) for f in result["flags"]}
+    # flagged after the swap, and nobody before it or besides it
+    assert all(window > 3 and replica == SWAPPER for window, replica, _ in flags), flags
+    assert {w for w, _, _ in flags} == {4, 5}
+    assert any(kind == ACCURACY_DROP for _, _, kind in flags)
+    owners = {o["replica_id"]: o["windows"] for o in result["analysis"]["owners"]}
+    before = [w["accuracy"] for w in owners[SWAPPER][:3]]
+    after = [w["accuracy"] for w in owners[SWAPPER][3:]]
+    assert all(k / n > 0.9 for k, n in before) and all(k / n < 0.8 for k, n in after), (before, after)
+    assert all(w["model_versions"] == [1] for w in owners[SWAPPER])  # quietly: it still claims version 1
+
+    # the proof is the replica's own signed votes, and checks out offline with the labelled set
+    flag = next(f for f in result["flags"] if f["kind"] == ACCURACY_DROP)
+    assert "as in its baseline" in flag["statement"]
+    assert main(["verify-audit", flag["proof"], "--config", config_path, "--labelled", "digits"]) == 0
+    assert capsys.readouterr().out.startswith("PROVEN: with 99.9 % confidence, owner-3 (replica 3)'s accuracy")
+    bundle = json.loads(Path(flag["proof"]).read_text())
+    certificate = decode_certificate(base64.b64decode(bundle["items"][0]["certificate"]))
+    assert [p.voter for p in certificate.vote_proofs] == [v.replica_id for v in certificate.leaf.votes]
+
+    # the report, with what the live replicas say
+    assert main(["report", "digits", "--log", str(log_path), "--out", str(tmp_path / "report")]) == 0
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "No replica holds evidence of misbehaviour." in page and "Not reachable" not in page
+    assert "none since genesis; v1 in effect" in page
