@@ -259,7 +259,10 @@ def load_labelled(path: str | Path | None, config: GroupConfig) -> LabelledData:
         raise AuditError(f"{path}: X has {features.shape[0]} rows, y {labels.shape[0]} labels")
     if labels.size == 0 or labels.min() < 0 or labels.max() >= num_classes:
         raise AuditError(f"{path}: labels must be class indexes 0..{num_classes - 1}")
-    return LabelledData(features, labels, str(path))
+    values = int(np.prod(config.task.input_shape))
+    if features.size != labels.size * values:
+        raise AuditError(f"{path}: each input must have {values} values (shape {list(config.task.input_shape)})")
+    return LabelledData(features.reshape((labels.size, *config.task.input_shape)), labels, str(path))
 
 
 def digits_traffic() -> np.ndarray:

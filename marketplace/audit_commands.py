@@ -54,7 +54,7 @@ def register(subparsers: Any) -> None:
     amount = audit.add_mutually_exclusive_group()
     amount.add_argument("--requests", type=int, metavar="N", help="send N requests (default 2000)")
     amount.add_argument("--duration", type=float, metavar="S", help="send for S seconds")
-    audit.add_argument("--qps", type=float, default=20.0, help="average requests per second, Poisson arrivals (default 20)")
+    audit.add_argument("--qps", type=float, default=20.0, help="average requests per second, Poisson arrivals (default 20; 0: as fast as --concurrency allows)")
     audit.add_argument("--window-requests", type=int, default=400, help="requests per window (default 400)")
     audit.add_argument("--window-seconds", type=float, default=0.0, help="or close windows after this long (default: off)")
     audit.add_argument("--baseline-windows", type=int, default=2, help="an owner's first windows that form its baseline (default 2)")
@@ -147,7 +147,8 @@ def run_audit(args: argparse.Namespace) -> int:
         print(json.dumps({"log": str(log_path), "flags": flags, "analysis": summarise(analysis)}, indent=1))
     else:
         print(_table(analysis))
-        print(f"audit log: {log_path}")
+        print(f"{analysis.requests} requests ({analysis.canaries} canaries), {analysis.accountable} with accountable "
+              f"certificates, {analysis.failed} failed; audit log: {log_path}")
         print(
             f"{analysis.tests_made} tests at alpha {settings.alpha:g} each: a false alarm anywhere in this run "
             f"has probability at most {analysis.family_alarm_bound:.3g}"

@@ -379,6 +379,48 @@ def test_a_log_refuses_a_second_group(tmp_path: Path) -> None:
         Auditor(group, audit_log, canaries, SMALL_WINDOWS)
 
 
+def test_the_agreement_flag_verifies_offline_too(swap_run: SwapRun) -> None:
+    flag = next(f for f in swap_run.log.flags() if f["kind"] == AGREEMENT_DRIFT)
+    bundle = flag_proof(swap_run.log, flag)
+    verdict = verify_flag_proof(bundle, swap_run.group.config)
+    assert verdict.kind == AGREEMENT_DRIFT and verdict.replica_id == SWAPPER
+    # normal traffic counts here too: no labels needed to compare with the certified decision
+    baseline = verdict.outcome.baseline
+    assert baseline is not None and verdict.certificates == verdict.outcome.window.trials + baseline.trials > 500
+    assert any(item["true_label"] is None for item in bundle["items"])
+    assert "agreement with the certified decision" in verdict.describe(swap_run.group.config)
+
+
+def test_your_own_traffic_carries_canaries_in_time_windows(tmp_path: Path) -> None:
+    """`Auditor.infer` for an application's own requests: results come back as usual, canaries
+    ride along at about the stated rate, and windows close by time on the auditor's clock."""
+    canaries = synthetic_digits(300)
+    traffic = synthetic_digits(200, seed=5)
+    group = FakeGroup(truth_of(canaries, traffic), lambda rid, sent: HONEST[rid])
+    now = [1000.0]
+    settings = AuditSettings(canary_rate=0.3, window_requests=0, window_seconds=60.0, min_canaries=5, min_compared=5)
+
+    async def application() -> list[Any]:
+        auditor = Auditor(group, AuditLog(tmp_path / "own.sqlite"), canaries, settings, rng=random.Random(3), clock=lambda: now[0])
+        results = []
+        for row in traffic.features:
+            results.append(await auditor.infer(row))
+            now[0] += 1.0  # one request a second: a window every 60
+        await auditor.flush()
+        return results
+
+    results = asyncio.run(application())
+    assert [r.request.inputs[0].data for r in results] == [np.asarray(row).tobytes() for row in traffic.features]
+    with AuditLog(tmp_path / "own.sqlite") as audit_log:
+        records = audit_log.requests()
+        windows = audit_log.windows()
+        analysis = analyse(audit_log)
+    canary_count = sum(1 for r in records if r.canary)
+    assert 0.2 < canary_count / len(records) < 0.4
+    assert [w for w, _, _ in windows] == [1, 2, 3, 4] and all(closed is not None for _, _, closed in windows)
+    assert analysis.flagged() == []
+
+
 # -- labelled data ------------------------------------------------------------------------------
 
 
@@ -395,6 +437,9 @@ def test_labelled_data_from_npz_with_indexes_or_names(tmp_path: Path) -> None:
     np.savez(tmp_path / "short.npz", X=X, y=np.array([1, 2]))
     with pytest.raises(AuditError, match="3 rows"):
         load_labelled(tmp_path / "short.npz", config)
+    np.savez(tmp_path / "narrow.npz", X=np.zeros((3, 8), dtype=np.float32), y=np.array([1, 2, 3]))
+    with pytest.raises(AuditError, match="64 values"):
+        load_labelled(tmp_path / "narrow.npz", config)
     np.savez(tmp_path / "nox.npz", y=np.array([1]))
     with pytest.raises(AuditError, match="arrays X"):
         load_labelled(tmp_path / "nox.npz", config)
