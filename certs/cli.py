@@ -3,6 +3,22 @@
 Exit status of the verify commands: 0 only when the certificate is valid (or the evidence proves
 misbehaviour), 1 when it was read but is invalid, 2 when an input cannot be read at all. A
 certificate or evidence file may be binary protobuf, base64 text of it, or the JSON form.
+
+A certificate from a later epoch than the pinned config verifies only with `--chain CHAIN.json`:
+the configs of the later epochs, each signed by a quorum of the epoch before it, checked link by
+link from the pinned config (certs.membership.verify_chain). `verify` never fetches anything;
+`quorumserve chain GROUP --config GENESIS.json --out CHAIN.json` writes such a file. Its format:
+
+    {
+      "format": "quorumserve-config-chain/1",
+      "group_id": "digits",
+      "links": [                       # oldest first; epochs at or below the pinned one are skipped
+        {"config": {...group config JSON of epoch e...},
+         "signatures": [{"replica_id": 0, "signature": "<hex Ed25519 over link_message>"}, ...]}
+      ]
+    }
+
+A bare JSON list of links is accepted too.
 """
 
 from __future__ import annotations
@@ -12,7 +28,7 @@ import base64
 import binascii
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +44,7 @@ from certs.evidence import (
     verify_evidence,
 )
 from certs.keys import KeyPair, save_private_key, save_public_key
+from certs.membership import ConfigLink, QuorumSigned, verify_chain
 from certs.request import InferenceRequest, request_from_json
 from certs.verify import VerifiedCertificate, verify
 
@@ -35,6 +52,7 @@ EXIT_VALID = 0
 EXIT_INVALID = 1
 EXIT_UNREADABLE = 2
 INPUT_MAX_BYTES = 16 * 1024 * 1024  # certificates are kilobytes; refuse to slurp anything huge
+CHAIN_FORMAT = "quorumserve-config-chain/1"
 
 T = TypeVar("T")
 
@@ -61,6 +79,11 @@ def register(subparsers: Any) -> None:
     verify_parser.add_argument("cert", metavar="CERT", help="certificate: binary protobuf, base64 or JSON; - for stdin")
     verify_parser.add_argument("--config", required=True, metavar="GROUP", help="the group config (JSON) you pinned")
     verify_parser.add_argument("--request", metavar="FILE", help="your request (JSON): check the certificate is about it")
+    verify_parser.add_argument(
+        "--chain", metavar="CHAIN.json",
+        help="the signed configs of later epochs (quorumserve chain writes one): needed for a certificate "
+        "from an epoch after the pinned config's; each link is checked from the pinned config",
+    )
     verify_parser.add_argument("--json", action="store_true", help="print the verdict and certificate as JSON")
     verify_parser.set_defaults(handler=run_verify)
 
@@ -147,6 +170,76 @@ def load_config(path: str) -> GroupConfig:
         raise InputError(f"group config: {exc}") from exc
     except OSError as exc:
         raise InputError(f"cannot read group config {path}: {exc.strerror or exc}") from exc
+
+
+def link_to_json(link: ConfigLink) -> dict[str, Any]:
+    return {
+        "config": link.config.to_json(),
+        "signatures": [{"replica_id": s.replica_id, "signature": s.signature.hex()} for s in link.signatures],
+    }
+
+
+def link_from_json(data: Any) -> ConfigLink:
+    """One link of a chain file; raises DecodeError on anything malformed (nothing is verified)."""
+    if not isinstance(data, dict) or not isinstance(data.get("config"), dict) or not isinstance(data.get("signatures"), list):
+        raise DecodeError("a config link is an object with a config and a list of signatures")
+    try:
+        config = GroupConfig.from_json(data["config"])
+        signatures = []
+        for item in data["signatures"]:
+            replica_id, signature = item["replica_id"], bytes.fromhex(item["signature"])
+            if isinstance(replica_id, bool) or not isinstance(replica_id, int) or len(signature) != 64:
+                raise DecodeError("a link signature is a replica id and 64 bytes of hex")
+            signatures.append(QuorumSigned(replica_id, signature))
+    except CertificateError as exc:
+        raise DecodeError(f"config link: {exc}") from exc
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DecodeError(f"config link: malformed signature ({exc!r})") from exc
+    return ConfigLink(config, tuple(signatures))
+
+
+def chain_to_json(links: Sequence[ConfigLink]) -> dict[str, Any]:
+    """The chain file form of `links` (oldest first)."""
+    group_id = links[0].config.group_id if links else ""
+    return {"format": CHAIN_FORMAT, "group_id": group_id, "links": [link_to_json(link) for link in links]}
+
+
+def chain_from_json(data: Any) -> list[ConfigLink]:
+    """The links of a chain file (an object with "links", or a bare list); raises DecodeError."""
+    items = data.get("links") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise DecodeError('a config chain is a JSON list of links, or an object with "links"')
+    if isinstance(data, dict) and data.get("format", CHAIN_FORMAT) != CHAIN_FORMAT:
+        raise DecodeError(f"unknown config chain format {data.get('format')!r}")
+    return [link_from_json(item) for item in items]
+
+
+def load_chain(path: str) -> list[ConfigLink]:
+    try:
+        return chain_from_json(parse_json(read_input(path, "config chain"), "config chain"))
+    except DecodeError as exc:
+        raise InputError(f"config chain {path}: {exc}") from exc
+
+
+def config_for_epoch(pinned: GroupConfig, links: Sequence[ConfigLink], epoch: int) -> GroupConfig:
+    """The config of `epoch`, reached from the pinned config through `links` (each link checked
+    against the one before it). Raises CertificateError when the chain does not hold or stops
+    short of `epoch`."""
+    if epoch == pinned.epoch:
+        return pinned
+    try:
+        configs = verify_chain(pinned, links)
+    except CertificateError as exc:
+        raise CertificateError(f"config chain does not verify from the pinned config: {exc}") from exc
+    for config in configs:
+        if config.epoch == epoch:
+            return config
+    reach = configs[-1].epoch
+    hint = "" if links else "; pass --chain CHAIN.json (quorumserve chain writes one)"
+    raise CertificateError(
+        f"certificate is from epoch {epoch} of group {pinned.group_id!r}; the pinned config is epoch {pinned.epoch} "
+        f"and the chain reaches epoch {reach}{hint}"
+    )
 
 
 def load_request(path: str) -> InferenceRequest:
@@ -237,14 +330,18 @@ def _result_json(result: VerifiedCertificate) -> dict[str, Any]:
 
 def run_verify(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config)
+        pinned = load_config(args.config)
+        links = load_chain(args.chain) if args.chain else []
         request = load_request(args.request) if args.request else None
         cert = decode_document(
             read_input(args.cert, "certificate"), "certificate", decode_certificate, certificate_from_json
         )
     except InputError as exc:
         return _unreadable("verify", str(exc), args.json)
+    config = pinned
     try:
+        if cert.header.epoch > pinned.epoch and cert.header.group_id == pinned.group_id:
+            config = config_for_epoch(pinned, links, cert.header.epoch)
         result = verify(cert, config, request)
     except CertificateError as exc:
         if args.json:

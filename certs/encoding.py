@@ -57,33 +57,66 @@ class Domain(enum.Enum):
     PAYLOAD = b"quorumserve/v1/request-payload\x00"
 
 
+def _encode_int(value: int, out: bytearray) -> None:
+    if not _INT_MIN <= value <= _INT_MAX:
+        raise ValueError(f"integer {value} does not fit in 64 bits")
+    out += b"i"
+    out += _pack_i64(value)
+
+
+def _encode_bytes(value: bytes, out: bytearray) -> None:
+    out += b"b"
+    out += _pack_u32(len(value))
+    out += value
+
+
+def _encode_str(value: str, out: bytearray) -> None:
+    raw = value.encode("utf-8")
+    out += b"s"
+    out += _pack_u32(len(raw))
+    out += raw
+
+
+def _encode_none(value: None, out: bytearray) -> None:
+    out += b"n"
+
+
+def _encode_sequence(value: tuple[Encodable, ...] | list[Encodable], out: bytearray) -> None:
+    out += b"l"
+    out += _pack_u32(len(value))
+    for item in value:
+        encoder = _ENCODERS.get(type(item))
+        if encoder is None:
+            _encode_into(item, out)
+        else:
+            encoder(item, out)  # type: ignore[operator]
+
+
+# exact-type dispatch: this runs for every vote and leaf hashed, so it avoids isinstance chains
+# (bool is deliberately absent: True and 1 must never collide)
+_ENCODERS = {
+    int: _encode_int,
+    bytes: _encode_bytes,
+    str: _encode_str,
+    type(None): _encode_none,
+    tuple: _encode_sequence,
+    list: _encode_sequence,
+}
+
+
 def _encode_into(value: Encodable, out: bytearray) -> None:
-    # bool is a subclass of int: refuse it so True and 1 can never collide.
+    encoder = _ENCODERS.get(type(value))
+    if encoder is not None:
+        encoder(value, out)  # type: ignore[operator]
+        return
+    # subclasses of the supported types (an IntEnum, a str subclass) encode as their base type
     if isinstance(value, bool):
         raise TypeError("booleans have no canonical encoding; use 0/1 explicitly")
-    if isinstance(value, int):
-        if not _INT_MIN <= value <= _INT_MAX:
-            raise ValueError(f"integer {value} does not fit in 64 bits")
-        out += b"i"
-        out += _pack_i64(value)
-    elif isinstance(value, bytes):
-        out += b"b"
-        out += _pack_u32(len(value))
-        out += value
-    elif isinstance(value, str):
-        raw = value.encode("utf-8")
-        out += b"s"
-        out += _pack_u32(len(raw))
-        out += raw
-    elif value is None:
-        out += b"n"
-    elif isinstance(value, (tuple, list)):
-        out += b"l"
-        out += _pack_u32(len(value))
-        for item in value:
-            _encode_into(item, out)
-    else:
-        raise TypeError(f"no canonical encoding for {type(value).__name__}")
+    for base, encoder in _ENCODERS.items():
+        if isinstance(value, base):
+            encoder(value, out)  # type: ignore[operator]
+            return
+    raise TypeError(f"no canonical encoding for {type(value).__name__}")
 
 
 def encode(domain: Domain, *fields: Encodable) -> bytes:

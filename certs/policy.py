@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from certs.encoding import Encodable
 from certs.errors import PolicyError
-from certs.outputs import ModelOutput
+from certs.outputs import ModelOutput, pack_pairs
 
 NO_AGREEMENT = -1
 
@@ -72,7 +72,7 @@ class Decision:
         return self.label != NO_AGREEMENT
 
     def canonical(self) -> Encodable:
-        return (self.label, tuple(self.probabilities), tuple(self.support))
+        return (self.label, pack_pairs(self.probabilities), tuple(self.support))
 
 
 def _canonical_top(weights: dict[int, int], top_k: int) -> tuple[tuple[int, int], ...]:

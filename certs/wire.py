@@ -90,10 +90,11 @@ def output_to_proto(output: ModelOutput, out: pb.ModelOutput | None = None) -> p
 
 
 def _pairs_from_proto(message: pb.ModelOutput, what: str) -> tuple[tuple[int, int], ...]:
-    if len(message.classes) != len(message.probabilities):
+    classes, probabilities = message.classes, message.probabilities
+    if len(classes) != len(probabilities):
         raise DecodeError(f"{what}: classes and probabilities differ in length")
-    check_list(message.classes, what, 1 << 16)
-    return tuple(zip((int(c) for c in message.classes), (int(q) for q in message.probabilities)))
+    check_list(classes, what, 1 << 16)
+    return tuple(zip(classes, probabilities))
 
 
 def output_from_proto(message: pb.ModelOutput) -> ModelOutput:

@@ -727,9 +727,10 @@ class ConsensusNode:
             if self.state.seq < seq - params.log_window_batches or not self._knows_batches_before(seq):
                 return  # the version table or the batches before seq are not known yet
             table = self.state.versions_at(seq)
-            entries: list[ProposalEntry] = []
+            ready: list[tuple[PendingRequest, list[tuple[int, int, int]]]] = []
             taken: set[tuple[str, str]] = set()
             waiting_for_more = False
+            oldest_tick: int | None = None
             for key in list(self.eligible):
                 pending = self.pending.get(key)
                 if pending is None:
@@ -747,22 +748,25 @@ class ConsensusNode:
                 if len(chosen) < self.n and self.now - (pending.quorum_tick or 0) < params.vote_timeout_ticks:
                     waiting_for_more = True
                     continue
-                entries.append(self._build_entry(pending, chosen))
+                ready.append((pending, chosen))
                 taken.add(request_key)
-                if len(entries) >= params.proposal_size_max:
+                if oldest_tick is None:
+                    oldest_tick = pending.quorum_tick or 0  # eligible is in quorum order
+                if len(ready) >= params.proposal_size_max:
                     break
             ops = self._ops_to_propose()
             # keep ordering (empty) batches while an activation or epoch change is due and
             # nothing else is: they take effect at a sequence number, not at a time
             due = bool(self.state.scheduled) or self.state.epoch_change is not None
-            idle_with_activation = not entries and not ops and not waiting_for_more and due and seq == self.state.seq + 1
-            if not entries and not ops and not idle_with_activation:
+            idle_with_activation = not ready and not ops and not waiting_for_more and due and seq == self.state.seq + 1
+            if not ready and not ops and not idle_with_activation:
                 return
             inflight = seq - 1 - self.state.seq
-            if entries and not ops and inflight > 0 and len(entries) < params.proposal_size_max // 4:
-                oldest = min(self.pending[k].quorum_tick or 0 for k in self.eligible if k in self.pending)
-                if self.now - oldest < 1:
+            if ready and not ops and inflight > 0 and len(ready) < params.proposal_size_max // 4:
+                if self.now - (oldest_tick or 0) < 1:
                     return  # let a few more join; the pipeline is busy anyway
+            # only now build the leaves (decisions, hashes): the costly part
+            entries = [self._build_entry(pending, chosen) for pending, chosen in ready]
             self._propose(seq, Proposal(tuple(entries), ops), table)
 
     def _rebuild_proposed(self) -> None:
