@@ -77,6 +77,7 @@ class Measurement:
     invalid: int
     load_before: float  # 1-minute load average of the machine when the phase started
     load_after: float
+    first_error: str = ""
 
 
 def percentile(ordered: Sequence[float], fraction: float) -> float:
@@ -141,6 +142,7 @@ def measure_gateway(
     run = f"bench-{setup.replace(' ', '')}-gw{calls}x{rows}-{time.time_ns()}"
     done: list[tuple[float, float]] = []  # (seconds since start when answered, latency)
     failures = 0
+    errors: list[str] = []
 
     async def scenario() -> None:
         nonlocal failures
@@ -159,8 +161,9 @@ def measure_gateway(
                 sent = time.monotonic()
                 try:
                     await client.infer(config.group_id, [tensor], request_id=f"{run}-{i}", client_timeout=120)
-                except InferenceServerException:
+                except InferenceServerException as exc:
                     failures += 1
+                    errors.append(str(exc)[:300])
                     continue
                 now = time.monotonic()
                 done.append((now - started, now - sent))
@@ -189,6 +192,7 @@ def measure_gateway(
         invalid=failures,
         load_before=load_before,
         load_after=load_after,
+        first_error=errors[0] if errors else "",
     )
 
 
@@ -199,6 +203,8 @@ def report(m: Measurement) -> None:
         f"(n={m.certified}, retries {m.retries}, failed/invalid {m.invalid}, load {m.load_before:.1f}->{m.load_after:.1f})",
         flush=True,
     )
+    if m.first_error:
+        print(f"[{m.setup}]   first failure: {m.first_error}", flush=True)
 
 
 def run_setup(
@@ -276,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=20.0, help="measurement window per point, seconds (default 20)")
     parser.add_argument("--warmup", type=float, default=5.0, help="warm-up before each window, seconds (default 5)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64], help="closed-loop clients (default 1 16 64)")
+    parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 16, 64], help="closed-loop fan-out clients (default 1 16 64; none: skip)")
     parser.add_argument("--gateway-calls", type=int, default=4, help="ModelInfer calls in flight through a gateway (0: skip; default 4)")
     parser.add_argument("--gateway-rows", type=int, default=64, help="rows per ModelInfer call (default 64)")
     parser.add_argument("--out-dir", default="results")
