@@ -178,8 +178,6 @@ def test_round_trips_between_sites_follow_the_delay_table(testbed: Testbed) -> N
             log.warning("client (site %s) -> replica %d (site %s): %.1f ms round trip, table %.0f ms", topology.client_site, replica_id, site, measured_ms, expected_ms)
             # a round trip can never be shorter than the emulated path
             assert measured_ms >= 0.95 * expected_ms
-            if site == topology.client_site:
-                assert measured_ms < min(topology.delay_ms(a, b) for a, b in topology.pairs()), "a LAN round trip crossed a WAN link"
         # between replicas too: replica 0 (site a) to replica 3 (site c)
         out = subprocess.run(
             [*testbed.exec_prefix(0), sys.executable, "-m", "deploy.testbed.probe", "rtt", testbed.replica_address(3), str(port), "5"],
