@@ -47,7 +47,7 @@ def register(subparsers: Any) -> None:
     )
     audit.add_argument("--gateway", metavar="ADDR", help="host:port of a gateway (default: the config's replicas directly)")
     audit.add_argument("--config", required=True, metavar="GROUP.json", help="the group config you pin")
-    audit.add_argument("--labelled", metavar="DATA.npz", help="labelled inputs: arrays X and y (default: digits held-out set)")
+    audit.add_argument("--labelled", metavar="DATA.npz", help="labelled inputs: arrays X and y (default 'digits': the digits held-out set)")
     audit.add_argument("--traffic", metavar="ROWS.npy", help="normal traffic to mix canaries into (default for digits: "
                        "the digits outside the held-out set; else canaries only)")
     audit.add_argument("--rate", type=float, default=0.25, metavar="R", help="fraction of requests that are canaries (default 0.25)")
@@ -125,8 +125,9 @@ def run_audit(args: argparse.Namespace) -> int:
             agreement_margin=args.agreement_margin,
             accuracy_floor=args.floor,
         )
-        labelled = load_labelled(args.labelled, config)
-        traffic = _traffic(args, config, np)
+        digits = args.labelled in (None, "digits")
+        labelled = load_labelled(None if digits else args.labelled, config)
+        traffic = _traffic(args, digits, np)
     except (InputError, AuditError, ValueError, OSError) as exc:
         return _fail("audit", str(exc))
     log_path = Path(args.log).expanduser() if args.log else default_log_path(config.group_id)
@@ -158,11 +159,11 @@ def run_audit(args: argparse.Namespace) -> int:
     return EXIT_FLAGGED if flags else 0
 
 
-def _traffic(args: argparse.Namespace, config: Any, np: Any) -> Any:
+def _traffic(args: argparse.Namespace, digits: bool, np: Any) -> Any:
     if args.traffic:
         rows = np.load(args.traffic, allow_pickle=False)
         return rows.reshape(rows.shape[0], -1) if rows.ndim > 1 else rows.reshape(1, -1)
-    if args.labelled is None:
+    if digits:
         from marketplace.audit import digits_traffic
 
         return digits_traffic()
