@@ -1057,7 +1057,7 @@ class Auditor:
         closed_at = self.clock()
         self.log.close_window(window.number, closed_at)
         for flag in record_flags(self.log, analyse(self.log), closed_at):
-            log.warning("audit flag: %s", flag["statement"])
+            log.info("audit flag: %s", flag["statement"])
             self.new_flags.append(flag)
             if self.on_flag is not None:
                 self.on_flag(flag)
