@@ -86,6 +86,7 @@ from consensus.ready import (
     SignedRecord,
     StableCheckpointRecord,
     ViewRecord,
+    VoteReservationRecord,
 )
 from consensus.state import ZERO_DIGEST, CheckpointSummary, ReplicatedState, snapshot_digest
 from consensus.viewchange import (
@@ -103,6 +104,7 @@ VOTE_BATCHES_PER_VOTER_MAX = 4096
 FETCH_BATCHES_MAX = 64
 FUTURE_VIEWS_MAX = 8
 VOTE_BATCH_VARIANTS_MAX = 8
+VOTE_NUMBERS_RESERVED = 10_000  # vote batch numbers reserved per durable write
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +167,7 @@ class ConsensusNode:
         self.vote_batch_variants: dict[tuple[int, int], list[StoredVoteBatch]] = {}
         self.vote_batch_count: dict[int, int] = {}
         self.vote_batch_no = 0  # the last vote batch number this replica signed
+        self.vote_batch_ceiling = 0  # numbers up to here are reserved on disk
         self.waiting: dict[tuple[int, int], tuple[PrePrepare, int]] = {}  # (view, seq) -> (pp, deadline)
         self.pending_ops: dict[tuple[object, ...], ControlOp] = {}
 
@@ -309,10 +312,13 @@ class ConsensusNode:
             entries.append(VoteEntry(key[1], key[2], key[0], key[3], output))
         if entries:
             self.vote_batch_no += 1
+            if self.vote_batch_no > self.vote_batch_ceiling:
+                self.vote_batch_ceiling = self.vote_batch_no + VOTE_NUMBERS_RESERVED
+                self._persist(VoteReservationRecord(self.vote_batch_ceiling))
             batch = VoteBatch(self.id, self.config.epoch, self.vote_batch_no, version, tuple(entries), b"")
             signature = self._sign(batch.statement(self.config.group_id))
             batch = VoteBatch(self.id, self.config.epoch, self.vote_batch_no, version, tuple(entries), signature)
-            self._record_signed(StatementKind.VOTE_BATCH, (batch.batch_no,), batch)
+            self.signed[(StatementKind.VOTE_BATCH, (batch.batch_no,))] = batch
             self._send(None, batch)
             self._store_vote_batch(batch)
         # anything still needing a vote with the current version goes back in the queue
@@ -1961,6 +1967,10 @@ class ConsensusNode:
                 self.config_signatures.setdefault(config.epoch, {}).update({s.replica_id: s.signature for s in record.link.signatures})
             elif isinstance(record, ViewRecord):
                 active_view = record.view  # the last one written is the view in effect
+            elif isinstance(record, VoteReservationRecord):
+                # continue above everything that may have been used before the restart
+                self.vote_batch_no = max(self.vote_batch_no, record.ceiling)
+                self.vote_batch_ceiling = max(self.vote_batch_ceiling, record.ceiling)
         for record in records:
             if isinstance(record, StableCheckpointRecord) and record.snapshot.seq >= self.low:
                 config = self._config_with_digest(record.snapshot.config_digest)

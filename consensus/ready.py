@@ -130,7 +130,18 @@ class ConfigLinkRecord:
     start_seq: int
 
 
-PersistRecord = Union[SignedRecord, PreparedRecord, CommittedRecord, StableCheckpointRecord, ViewRecord, ConfigLinkRecord]
+@dataclass(frozen=True, slots=True)
+class VoteReservationRecord:
+    """Vote batch numbers up to `ceiling` may be used. Reserved in blocks so that a vote batch
+    needs no write of its own before it is sent: a restarted replica continues above the last
+    ceiling, so it never signs two batches under one number."""
+
+    ceiling: int
+
+
+PersistRecord = Union[
+    SignedRecord, PreparedRecord, CommittedRecord, StableCheckpointRecord, ViewRecord, ConfigLinkRecord, VoteReservationRecord
+]
 
 
 @dataclass

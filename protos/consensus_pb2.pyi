@@ -508,20 +508,28 @@ class ViewRecord(_message.Message):
     def __init__(self, view: _Optional[int] = ...) -> None: ...
 
 class PersistRecord(_message.Message):
-    __slots__ = ("signed", "prepared", "committed", "stable_checkpoint", "view", "config_link")
+    __slots__ = ("signed", "prepared", "committed", "stable_checkpoint", "view", "config_link", "vote_reservation")
     SIGNED_FIELD_NUMBER: _ClassVar[int]
     PREPARED_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_FIELD_NUMBER: _ClassVar[int]
     STABLE_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     VIEW_FIELD_NUMBER: _ClassVar[int]
     CONFIG_LINK_FIELD_NUMBER: _ClassVar[int]
+    VOTE_RESERVATION_FIELD_NUMBER: _ClassVar[int]
     signed: SignedRecord
     prepared: PreparedRecord
     committed: CommittedRecord
     stable_checkpoint: StableCheckpointRecord
     view: ViewRecord
     config_link: ConfigLinkRecord
-    def __init__(self, signed: _Optional[_Union[SignedRecord, _Mapping]] = ..., prepared: _Optional[_Union[PreparedRecord, _Mapping]] = ..., committed: _Optional[_Union[CommittedRecord, _Mapping]] = ..., stable_checkpoint: _Optional[_Union[StableCheckpointRecord, _Mapping]] = ..., view: _Optional[_Union[ViewRecord, _Mapping]] = ..., config_link: _Optional[_Union[ConfigLinkRecord, _Mapping]] = ...) -> None: ...
+    vote_reservation: VoteReservationRecord
+    def __init__(self, signed: _Optional[_Union[SignedRecord, _Mapping]] = ..., prepared: _Optional[_Union[PreparedRecord, _Mapping]] = ..., committed: _Optional[_Union[CommittedRecord, _Mapping]] = ..., stable_checkpoint: _Optional[_Union[StableCheckpointRecord, _Mapping]] = ..., view: _Optional[_Union[ViewRecord, _Mapping]] = ..., config_link: _Optional[_Union[ConfigLinkRecord, _Mapping]] = ..., vote_reservation: _Optional[_Union[VoteReservationRecord, _Mapping]] = ...) -> None: ...
+
+class VoteReservationRecord(_message.Message):
+    __slots__ = ("ceiling",)
+    CEILING_FIELD_NUMBER: _ClassVar[int]
+    ceiling: int
+    def __init__(self, ceiling: _Optional[int] = ...) -> None: ...
 
 class ConfigLinkRecord(_message.Message):
     __slots__ = ("link", "start_seq")

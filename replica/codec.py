@@ -56,6 +56,7 @@ from consensus.messages import (
 from consensus.ready import (
     CommittedBatch,
     ConfigLinkRecord,
+    VoteReservationRecord,
     CommittedRecord,
     PersistRecord,
     PreparedRecord,
@@ -823,6 +824,9 @@ def record_to_proto(record: PersistRecord) -> pb.PersistRecord:
     elif isinstance(record, ViewRecord):
         out.view.SetInParent()
         out.view.view = record.view
+    elif isinstance(record, VoteReservationRecord):
+        out.vote_reservation.SetInParent()
+        out.vote_reservation.ceiling = record.ceiling
     elif isinstance(record, ConfigLinkRecord):
         out.config_link.SetInParent()
         config_link_to_proto(record.link, out.config_link.link)
@@ -851,6 +855,8 @@ def record_from_proto(message: pb.PersistRecord) -> PersistRecord:
         return stable_checkpoint_from_proto(message.stable_checkpoint)
     if kind == "view":
         return ViewRecord(view=check_int(message.view.view, "view"))
+    if kind == "vote_reservation":
+        return VoteReservationRecord(check_int(message.vote_reservation.ceiling, "vote batch ceiling"))
     if kind == "config_link":
         _require(message.config_link, "link", "config link record")
         return ConfigLinkRecord(config_link_from_proto(message.config_link.link), check_int(message.config_link.start_seq, "epoch start"))

@@ -13,6 +13,10 @@ Example:
     package = "models/replica-0"         # TorchScript + spec (replica/model_spec.py)
     version = 1                          # must match this member's genesis version and digest
 
+    [storage]
+    sync = "full"                        # full: durable against power loss (fsync per write)
+                                         # process: durable against the process dying only
+
     [triton]
     grpc_port = 8101
     http_port = 8100
@@ -61,6 +65,7 @@ class ReplicaConfig:
     model_version: int
     triton: TritonPorts
     metrics_port: int = 0
+    storage_sync: str = "full"
     misbehave: str = "none"
     swap_after_requests: int = 100
     weak_package: Path | None = None
@@ -84,6 +89,12 @@ def _int(table: dict[str, Any], name: str, default: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ReplicaConfigError(f"{name} must be an integer")
     return value
+
+
+def _sync(value: Any) -> str:
+    if value not in ("full", "process"):
+        raise ReplicaConfigError('storage.sync must be "full" or "process"')
+    return str(value)
 
 
 def load_replica_config(path: str | os.PathLike[str]) -> ReplicaConfig:
@@ -123,6 +134,7 @@ def load_replica_config(path: str | os.PathLike[str]) -> ReplicaConfig:
                 torch_threads=_int(triton, "torch_threads", 1),
             ),
             metrics_port=_int(data, "metrics_port", 0),
+            storage_sync=_sync(data.get("storage", {}).get("sync", "full")),
             misbehave=misbehave,
             swap_after_requests=_int(misbehave_table, "swap_after_requests", 100),
             weak_package=_path(base, weak, "misbehave.weak_package") if weak else None,
@@ -151,6 +163,9 @@ def render_replica_config(config: ReplicaConfig) -> str:
             "[model]",
             f"package = {q(config.model_package)}",
             f"version = {config.model_version}",
+            "",
+            "[storage]",
+            f"sync = {q(config.storage_sync)}",
             "",
             "[triton]",
             f"grpc_port = {config.triton.grpc_port}",

@@ -45,7 +45,7 @@ from consensus.errors import ByzantineMessageError, ConsensusError, RequestRejec
 from consensus.messages import ModelUpdate, PeerMessage, VoteBatch
 from consensus.node import ConsensusNode, SubmitOutcome
 from consensus.messages import Checkpoint
-from consensus.ready import Activation, CommittedBatch, ConfigLinkRecord, InferenceBatch, Ready
+from consensus.ready import Activation, CommittedBatch, CommittedRecord, ConfigLinkRecord, InferenceBatch, PersistRecord, Ready
 from consensus.state import CheckpointSummary
 from replica.config import ReplicaConfig
 from replica.metrics import ReplicaMetrics
@@ -133,7 +133,7 @@ class ReplicaNode:
         self.key = load_private_key(config.key_file)
         self.verifier = Ed25519Verifier()
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = ReplicaStore(config.data_dir / "replica.sqlite")
+        self.store = ReplicaStore(config.data_dir / "replica.sqlite", sync=config.storage_sync)
         records = self.store.load_records()
         links = [r for r in records if isinstance(r, ConfigLinkRecord)]
         if self.genesis.member(self.replica_id) is None and not links:
@@ -156,6 +156,7 @@ class ReplicaNode:
             self._on_reject,
         )
         self._io = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"replica-{self.replica_id}-io")
+        self._certificates = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"replica-{self.replica_id}-certs")
         self._ready_queue: asyncio.Queue[Ready] = asyncio.Queue()
         self._waiters: dict[tuple[str, str], _Waiters] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -194,6 +195,7 @@ class ReplicaNode:
             for future in waiters.futures:
                 if not future.done():
                     future.set_exception(ReplicaError("replica stopping"))
+        self._certificates.shutdown(wait=True)
         self._io.shutdown(wait=True)
         self.store.close()
 
@@ -297,10 +299,10 @@ class ReplicaNode:
 
     async def list_evidence(self, after_id: int, limit: int) -> list[tuple[int, bytes, str]]:
         """Stored evidence items (id, encoded certs.evidence.Evidence, one-line summary)."""
-        return await asyncio.get_running_loop().run_in_executor(self._io, self.store.list_evidence, after_id, min(limit, 1000))
+        return await asyncio.get_running_loop().run_in_executor(self._certificates, self.store.list_evidence, after_id, min(limit, 1000))
 
     async def config_links(self) -> list[ConfigLinkRecord]:
-        return await asyncio.get_running_loop().run_in_executor(self._io, self.store.config_links)
+        return await asyncio.get_running_loop().run_in_executor(self._certificates, self.store.config_links)
 
     def ledger(self) -> tuple[CheckpointSummary, tuple[Checkpoint, ...]] | None:
         """The ledger as of the last stable checkpoint, with the checkpoint's quorum proof."""
@@ -311,10 +313,10 @@ class ReplicaNode:
         return summary, core.stable_proof
 
     async def activations(self) -> list[Activation]:
-        return await asyncio.get_running_loop().run_in_executor(self._io, self.store.activations)
+        return await asyncio.get_running_loop().run_in_executor(self._certificates, self.store.activations)
 
     async def get_certificate(self, client_id: str, request_id: str) -> Certified | None:
-        return await asyncio.get_running_loop().run_in_executor(self._io, self._load_certified, client_id, request_id)
+        return await asyncio.get_running_loop().run_in_executor(self._certificates, self._load_certified, client_id, request_id)
 
     def _load_certified(self, client_id: str, request_id: str) -> Certified | None:
         full = self.store.get_certificate(client_id, request_id)
@@ -336,9 +338,15 @@ class ReplicaNode:
                 readies.append(self._ready_queue.get_nowait())  # group commit: one fsync for all
             records = [record for ready in readies for record in ready.persist]
             if records:
-                started = time.monotonic()
-                await loop.run_in_executor(self._io, self.store.persist, records)
-                self.metrics.labels(self.metrics.persist_latency).observe(time.monotonic() - started)
+                if any(ready.messages for ready in readies) or not all(isinstance(r, CommittedRecord) for r in records):
+                    started = time.monotonic()
+                    await loop.run_in_executor(self._io, self.store.persist, records)
+                    self.metrics.labels(self.metrics.persist_latency).observe(time.monotonic() - started)
+                else:
+                    # committed batches protect no message this replica sends (the quorum's
+                    # signatures already make them final): write them without waiting; the single
+                    # I/O thread keeps every write in order
+                    self._io.submit(self._persist_quietly, records)
             for ready in readies:
                 try:
                     self._handle(ready)
@@ -346,7 +354,16 @@ class ReplicaNode:
                     log.exception("replica %d: failed to handle a ready batch", self.replica_id)
             committed = [batch for ready in readies for batch in ready.committed]
             if committed:
-                await self._certify(committed)
+                # certificates are built beside the ordering, never in its way
+                task = loop.create_task(self._certify(committed))
+                self._inference_tasks.add(task)
+                task.add_done_callback(self._inference_tasks.discard)
+
+    def _persist_quietly(self, records: list[PersistRecord]) -> None:
+        try:
+            self.store.persist(records)
+        except Exception:
+            log.exception("replica %d: writing committed batches failed", self.replica_id)
 
     def _on_config_links(self, records: Sequence[ConfigLinkRecord]) -> None:
         for record in records:
@@ -482,7 +499,7 @@ class ReplicaNode:
 
     async def _certify(self, batches: Sequence[CommittedBatch]) -> None:
         loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self._io, self._build_and_store, list(batches))
+        results = await loop.run_in_executor(self._certificates, self._build_and_store, list(batches))
         now = time.monotonic()
         for certified in results:
             waiters = self._waiters.pop((certified.client_id, certified.request_id), None)

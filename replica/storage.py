@@ -60,6 +60,7 @@ from consensus.messages import (
 )
 from consensus.ready import (
     ConfigLinkRecord,
+    VoteReservationRecord,
     Activation,
     CommittedBatch,
     CommittedRecord,
@@ -71,7 +72,7 @@ from consensus.ready import (
 )
 from replica import codec
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 R = TypeVar("R")
 
@@ -121,6 +122,10 @@ CREATE TABLE IF NOT EXISTS certificates (
     PRIMARY KEY (client_id, request_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS certificates_by_seq ON certificates (seq);
+CREATE TABLE IF NOT EXISTS vote_reservation (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    ceiling INTEGER NOT NULL  -- vote batch numbers up to here may have been used
+);
 CREATE TABLE IF NOT EXISTS config_links (
     epoch INTEGER PRIMARY KEY,
     start_seq INTEGER NOT NULL,  -- the epoch's batches are those above it
@@ -191,7 +196,12 @@ def _slot_of(message: PeerMessage) -> tuple[str, int, int, int, int | None]:
 class ReplicaStore:
     """The durable state of one replica. Safe to call from several threads (one at a time)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, sync: str = "full") -> None:
+        """`sync`: "full" (the default) makes every persist() durable against power loss (fsync
+        of the WAL at each commit); "process" makes it durable against the replica process
+        dying (kill -9, OOM) but not against the machine crashing, for ~100x cheaper commits."""
+        if sync not in ("full", "process"):
+            raise StorageError(f"sync must be 'full' or 'process', not {sync!r}")
         self.path = Path(path)
         self._lock = threading.Lock()
         # isolation_level=None: transactions are ours (BEGIN IMMEDIATE ... COMMIT), never implicit
@@ -203,7 +213,7 @@ class ReplicaStore:
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StorageError(f"{self.path}: SQLite refused WAL mode (got {mode!r})")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA synchronous=FULL" if sync == "full" else "PRAGMA synchronous=NORMAL")
             with self._transaction():
                 self._create_schema()
         except sqlite3.Error as exc:
@@ -273,6 +283,12 @@ class ReplicaStore:
                 elif isinstance(record, StableCheckpointRecord):
                     self._put_checkpoint(db, record)
                     height.clear()
+                elif isinstance(record, VoteReservationRecord):
+                    db.execute(
+                        "INSERT INTO vote_reservation (id, ceiling) VALUES (0, ?) "
+                        "ON CONFLICT (id) DO UPDATE SET ceiling = max(ceiling, excluded.ceiling)",
+                        (record.ceiling,),
+                    )
                 elif isinstance(record, ConfigLinkRecord):
                     # a later record for an epoch carries more signatures: it replaces the earlier
                     db.execute(
@@ -382,6 +398,9 @@ class ReplicaStore:
                 self._decode(bytes(row[0]), ConfigLinkRecord, "config link")
                 for row in db.execute("SELECT record FROM config_links ORDER BY epoch")
             ]
+            reserved = db.execute("SELECT ceiling FROM vote_reservation WHERE id = 0").fetchone()
+            if reserved is not None:
+                records.append(VoteReservationRecord(int(reserved[0])))
             stable_seq = 0
             row = db.execute("SELECT seq, record FROM checkpoint ORDER BY seq DESC LIMIT 1").fetchone()
             if row is not None:

@@ -728,7 +728,8 @@ def test_restarted_backup_never_prepares_or_commits_another_batch_for_a_slot() -
 
 def test_restarted_replica_keeps_its_vote_batch_numbering() -> None:
     """4.2 / 4.4, restart: vote batch numbers are a signed slot too; after recovery a replica continues
-    after the last number it signed, so peers never see two batches under one number."""
+    above every number it may have signed (numbers are reserved on disk in blocks, so a vote
+    batch needs no write of its own), so peers never see two batches under one number."""
     cluster = Cluster()
     for _ in range(2):
         cluster.serve_one()
@@ -736,9 +737,10 @@ def test_restarted_replica_keeps_its_vote_batch_numbering() -> None:
     assert numbers == [1, 2]
     cluster.crash(2)
     node = cluster.restart(2)
-    assert node.vote_batch_no == 2
+    assert node.vote_batch_no >= 2
     cluster.serve_one()
-    assert [b.batch_no for b in cluster.sent_of(2, VoteBatch)][2:] == [3]
+    later = [b.batch_no for b in cluster.sent_of(2, VoteBatch)][2:]
+    assert later and min(later) > max(numbers) and later == sorted(set(later))
     assert not [k for k in cluster.rejected_kinds() if k[2] == "equivocation"]
 
 

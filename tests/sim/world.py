@@ -46,6 +46,7 @@ from consensus.node import ConsensusNode
 from consensus.ready import (
     CommittedBatch,
     ConfigLinkRecord,
+    VoteReservationRecord,
     CommittedRecord,
     PersistRecord,
     PreparedRecord,
@@ -482,7 +483,7 @@ def load_like_store(records: list[PersistRecord]) -> list[PersistRecord]:
         if isinstance(record, ConfigLinkRecord):
             links[record.link.config.epoch] = record  # a later record for an epoch has more signatures
     out = [links[e] for e in sorted(links)] + out
-    out.extend(r for r in records if isinstance(r, (SignedRecord, PreparedRecord, CommittedRecord, ViewRecord)))
+    out.extend(r for r in records if isinstance(r, (SignedRecord, PreparedRecord, CommittedRecord, ViewRecord, VoteReservationRecord)))
     return out
 
 
