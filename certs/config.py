@@ -72,7 +72,7 @@ class ProtocolParams:
     inference_batch_delay_ticks: int = 1  # how long a lone request waits for company
     inference_inflight_max: int = 2  # Triton calls outstanding per replica
     proposal_size_max: int = 1024  # requests per ordered batch
-    vote_timeout_ticks: int = 20  # after 2f+1 votes, how long to wait for the rest
+    vote_timeout_ticks: int = 6  # after 2f+1 votes, how long to wait for the rest (30 ms)
     pipeline_depth: int = 8  # proposals in flight (uncommitted) at once
     checkpoint_interval_batches: int = 32  # K
     log_window_batches: int = 64  # high watermark = low watermark + this; also the activation delay
