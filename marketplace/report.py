@@ -180,7 +180,7 @@ def _rate_plot(analysis: Analysis, path: Path, which: str) -> None:
             ys.append(counts.rate)
             lows.append(counts.rate - low)
             highs.append(high - counts.rate)
-            if cell.baseline and which == "accuracy":
+            if w in analysis.baselines.get(rid, ([], []))[0 if which == "accuracy" else 1]:
                 baseline_xs.append(w)
             if any(t.flagged and t.kind in (flag_kind, "below-floor") for t in cell.tests):
                 flagged_xs.append(w)
