@@ -10,6 +10,13 @@ It serves two gRPC APIs on one port:
   ListGroups, GetGroup (the config and the chain of configs, genesis first) and GroupStatus
   (each replica's own Status).
 
+Membership changes: the gateway follows each group's chain of configs from the registry's
+(GetConfigChain on the replicas, every link checked against the quorum of the epoch before it):
+when a certificate from a later epoch arrives, when GetGroup is asked, and every
+CHAIN_POLL_INTERVAL_S. From then on it sends to the new epoch's members, and GetGroup lists the
+new configs, each carrying under "link_signatures" the previous epoch's quorum signatures on it,
+so a client follows the chain from its pinned genesis without trusting the gateway.
+
 A ModelInfer with B rows is B certified requests. The gateway sends ONE SubmitBatch (fanout=1)
 with all B rows to every replica of the group and keeps, per row, the first certificate that
 verifies (certs.verify against the registry's config for the group and the row's own request).
@@ -87,7 +94,8 @@ from certs.config import GroupConfig
 from certs.errors import CertificateError
 from certs.request import DATATYPE_SIZES, InferenceRequest, TensorData
 from certs.wire import STRING_MAX, request_from_proto
-from marketplace.registry import GroupEntry, Registry, UnknownGroupError
+from marketplace.membership import config_json_with_link
+from marketplace.registry import GroupEntry, Registry, RegistryError, UnknownGroupError
 from marketplace.sdk import (
     CERTIFIED,
     DEFAULT_CLIENT_ID,
@@ -119,6 +127,7 @@ STREAM_INFLIGHT_MAX = 4096  # rows of one stream awaiting their certificate
 MESSAGE_SIZE_MIN_BYTES = 4 * 1024 * 1024
 SEND_SIZE_MAX_BYTES = 64 * 1024 * 1024
 INVALID_LOG_INTERVAL_S = 5.0
+CHAIN_POLL_INTERVAL_S = 10.0  # how often the gateway asks its groups' replicas for new epochs
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 # which typed-contents field carries each datatype (when raw_input_contents is not used)
@@ -312,6 +321,7 @@ class Gateway:
         self.port = 0
         self._groups: dict[str, _Group] = {}
         self._invalid_logged_s: dict[tuple[str, int], float] = {}
+        self._poll_task: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -334,10 +344,15 @@ class Gateway:
             raise GatewayError(f"cannot listen on {listen}")
         await server.start()
         self.server, self.port = server, port
+        self._poll_task = asyncio.get_running_loop().create_task(self._poll_chains())
         log.info("gateway serving %d group(s) %s on port %d", len(self.registry), self.registry.group_ids, port)
         return port
 
     async def stop(self, grace_s: float = 1.0) -> None:
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            await asyncio.gather(self._poll_task, return_exceptions=True)
+            self._poll_task = None
         if self.server is not None:
             await self.server.stop(grace_s)
             self.server = None
@@ -362,9 +377,36 @@ class Gateway:
             entry.addresses,
             on_invalid=lambda rid, request, reason: self._on_invalid(group_id, rid, request, reason),
             on_failure=lambda rid, kind: self.metrics.replica_errors.labels(group_id, str(rid), kind).inc(),
+            on_new_configs=lambda chain: self._on_new_configs(group_id, chain),
         )
         group = self._groups[group_id] = _Group(entry, fanout)
         return group
+
+    def _on_new_configs(self, group_id: str, chain: list[GroupConfig]) -> None:
+        """The group moved to a later epoch (its link verified): serve that epoch from now on."""
+        group = self._groups.get(group_id)
+        if group is None:
+            return
+        try:
+            entry = group.entry.extended(chain)
+            self.registry.update(entry)
+        except RegistryError as exc:
+            log.warning("group %s: cannot take the new configs: %s", group_id, exc)
+            return
+        group.entry = entry
+        config = entry.config
+        log.info("group %s: epoch %d, replicas %s (f=%d)", group_id, config.epoch, list(config.replica_ids), config.f)
+
+    async def _poll_chains(self) -> None:
+        """Ask the groups in use for new epochs now and then, so GetGroup shows a membership
+        change even when no certificate of the new epoch has passed through here yet."""
+        while True:
+            await asyncio.sleep(CHAIN_POLL_INTERVAL_S)
+            for group in list(self._groups.values()):
+                try:
+                    await group.fanout.follow_chain()
+                except Exception:  # a failing refresh must not end polling for every group
+                    log.exception("group %s: following the config chain failed", group.entry.group_id)
 
     def _on_invalid(self, group_id: str, replica_id: int, request: InferenceRequest | None, reason: str) -> None:
         self.metrics.invalid.labels(group_id, str(replica_id)).inc()
@@ -659,11 +701,14 @@ class Gateway:
         return mpb.ListGroupsReply(groups=[_summary(entry) for entry in self.registry])
 
     async def get_group(self, message: Any, context: grpc.aio.ServicerContext) -> Any:
-        entry = self.group(message.group_id).entry
+        group = self.group(message.group_id)
+        group.fanout.start_following()  # answers with what is known; a new epoch shows up next time
+        entry = group.entry
+        links = group.fanout.configs.links
         return mpb.GroupReply(
             summary=_summary(entry),
             config_json=json.dumps(entry.config.to_json()),
-            config_chain_json=[json.dumps(c.to_json()) for c in entry.chain],
+            config_chain_json=[config_json_with_link(c, links.get(c.epoch)) for c in entry.chain],
             addresses=entry.addresses,
         )
 

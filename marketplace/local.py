@@ -3,6 +3,12 @@
 Used by `quorumserve up`, the demo, the process-level tests and the benchmarks. Each replica is
 a separate `quorumserve replica` process (its own Triton, its own SQLite, gRPC to the others),
 started in its own process group so that stopping it also stops its tritonserver.
+
+Membership: `join_member()` prepares a new owner's replica (keys, model, ports, TOML) and its
+signed join request; once a quorum of owners approved it and the group ordered it
+(`admit_member`), `start_member()` starts the replica in the epoch it joined. `leave_member(i)`
+takes replica i out. The group's later configs are followed from the genesis config
+(`chain()`), each link checked against the quorum of the epoch before it.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -24,6 +30,8 @@ import grpc
 
 from certs.config import GroupConfig, Member, ProtocolParams, TaskSchema, save_group_config
 from certs.keys import KeyPair, load_private_key, save_private_key
+from certs.membership import JoinRequest
+from marketplace.membership import ConfigChain, follow_chain
 from certs.policy import AgreementPolicy
 from replica.config import ReplicaConfig, TritonPorts, render_replica_config
 
@@ -76,6 +84,30 @@ class ReplicaProcess:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+
+@dataclass
+class JoiningMember:
+    """A new owner's replica, prepared but not yet a member (its id comes with the new epoch)."""
+
+    slot: int  # numbers the joins of this local group (files are named after it)
+    owner_id: str
+    owner_key_path: Path
+    replica_key_path: Path
+    config: ReplicaConfig  # replica_id is the expected one until the join takes effect
+    join: JoinRequest  # signed for the epoch that was current when it was prepared
+
+    @property
+    def owner_key(self) -> KeyPair:
+        return load_private_key(self.owner_key_path)
+
+    @property
+    def replica_key(self) -> KeyPair:
+        return load_private_key(self.replica_key_path)
+
+    @property
+    def address(self) -> str:
+        return self.config.listen
 
 
 @dataclass
@@ -220,6 +252,124 @@ class LocalGroup:
         paths = [Path(t.package_dir) for t in trained]  # type: ignore[attr-defined]
         manifest.write_text(json.dumps({"packages": [str(p) for p in paths]}, indent=2))
         return paths
+
+    # -- membership -----------------------------------------------------------------------------
+    def chain(self, timeout_s: float = 5.0) -> ConfigChain:
+        """The group's configs from genesis, each later epoch's checked against the quorum of
+        the one before it."""
+        if self.config is None:
+            raise LocalGroupError("the group is not prepared")
+        chain = ConfigChain(self.config)
+        follow_chain(chain, timeout_s=timeout_s)
+        return chain
+
+    def current_config(self, timeout_s: float = 5.0) -> GroupConfig:
+        return self.chain(timeout_s).current
+
+    def join_member(self, *, owner_id: str | None = None, model_package: Path | None = None) -> JoiningMember:
+        """Prepare a new owner's replica: its owner and replica keys, a model (a freshly trained
+        digits model unless given), ports and TOML, and its signed join request for the
+        current epoch. Nothing is sent: approvals and submission come next."""
+        from marketplace.membership import expected_replica_id, sign_join
+        from replica.model_spec import weights_digest
+
+        if self.config is None:
+            raise LocalGroupError("the group is not prepared")
+        keys_dir = self.data_dir / "keys"
+        slot = sum(1 for _ in keys_dir.glob("owner-join-*.key"))
+        owner_id = owner_id or f"owner-join-{slot}"
+        owner_key_path = keys_dir / f"owner-join-{slot}.key"
+        replica_key_path = keys_dir / f"replica-join-{slot}.key"
+        owner_key, replica_key = self._key(owner_key_path), self._key(replica_key_path)
+        if model_package is None:
+            from marketplace.models import train_digits_models
+
+            trained = train_digits_models(self.data_dir / "models" / f"join-{slot}", count=1, seed=100 + slot, progress=False)
+            model_package = Path(trained[0].package_dir)
+        package = Path(model_package).resolve()
+        current = self.current_config()
+        rid = expected_replica_id(current)
+        ports = free_ports(5, self.host)
+        replica_config = ReplicaConfig(
+            group_config=self.group_config_path,
+            replica_id=rid,
+            key_file=replica_key_path,
+            listen=f"{self.host}:{ports[0]}",
+            data_dir=self.data_dir / f"replica-join-{slot}",
+            model_package=package,
+            model_version=1,
+            triton=TritonPorts(ports[1], ports[2], ports[3]),
+            metrics_port=ports[4],
+        )
+        join = sign_join(
+            current, owner_id=owner_id, owner_key=owner_key, replica_key=replica_key,
+            address=replica_config.listen, weights_digest=weights_digest(package),
+        )
+        (self.data_dir / f"replica-join-{slot}.toml").write_text(render_replica_config(replica_config))
+        return JoiningMember(slot, owner_id, owner_key_path, replica_key_path, replica_config, join)
+
+    def admit_member(self, member: JoiningMember, approvers: Sequence[int] | None = None, *, wait: bool = True, timeout_s: float = 600.0) -> GroupConfig:
+        """Have a quorum of the current members' owners approve the join and submit it; with
+        `wait`, return the config of the epoch that admits it (else the current one)."""
+        from marketplace.membership import approve_join, join_op, submit_control
+
+        current = self.current_config()
+        ids = list(approvers) if approvers is not None else list(current.replica_ids[: current.quorum_size])
+        approvals = [approve_join(current, member.join, rid, self.owner_key(rid)) for rid in ids]
+        submit_control(current, join_op(current, member.join, approvals))
+        if not wait:
+            return current
+        return self.wait_for_config(lambda c: any(m.public_key == member.join.replica_public_key for m in c.members), timeout_s)
+
+    def wait_for_config(self, predicate: Callable[[GroupConfig], bool], timeout_s: float = 600.0) -> GroupConfig:
+        """The first epoch's config that satisfies `predicate` (polling the chain)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for config in self.chain().configs:
+                if predicate(config):
+                    return config
+            if time.monotonic() > deadline:
+                raise LocalGroupError(f"no epoch with the expected membership after {timeout_s:.0f} s")
+            time.sleep(0.5)
+
+    def start_member(self, member: JoiningMember, *, wait: bool = True, timeout_s: float = 180.0) -> int:
+        """Start an admitted member's replica (it fetches the chain from the genesis members,
+        starts in the epoch it joined and catches up by state transfer); returns its id."""
+        joined = self.wait_for_config(lambda c: any(m.public_key == member.join.replica_public_key for m in c.members), 0)
+        rid = next(m.replica_id for m in joined.members if m.public_key == member.join.replica_public_key)
+        replica_config = replace(member.config, replica_id=rid)
+        member.config = replica_config
+        config_path = self.data_dir / f"replica-{rid}.toml"
+        config_path.write_text(render_replica_config(replica_config))
+        keys_dir = self.data_dir / "keys"
+        for source, target in ((member.owner_key_path, self.owner_key_path(rid)), (member.replica_key_path, keys_dir / f"replica-{rid}.key")):
+            if not target.exists():  # so owner_key(rid) finds the new owner's key like everyone else's
+                save_private_key(load_private_key(source), target)
+        process = ReplicaProcess(rid, config_path, replica_config, self.data_dir / f"replica-{rid}.log")
+        if rid < len(self.replicas):
+            if self.replicas[rid].running:
+                raise LocalGroupError(f"replica {rid} is still running; the new member got its id")
+            self.replicas[rid] = process
+        elif rid == len(self.replicas):
+            self.replicas.append(process)
+        else:
+            raise LocalGroupError(f"replica id {rid} skips ids this launcher never started")
+        self.start_replica(rid, wait=wait, timeout_s=timeout_s)
+        return rid
+
+    def leave_member(self, replica_id: int, *, wait: bool = True, stop: bool = True, timeout_s: float = 600.0) -> GroupConfig:
+        """Replica `replica_id`'s owner takes it out of the group. With `wait`, return the config
+        of the epoch without it (and, with `stop`, stop its process then)."""
+        from marketplace.membership import leave_op, submit_control
+
+        current = self.current_config()
+        submit_control(current, leave_op(current, replica_id, self.owner_key(replica_id)))
+        if not wait:
+            return current
+        config = self.wait_for_config(lambda c: c.epoch > current.epoch and not c.is_member(replica_id), timeout_s)
+        if stop:
+            self.stop_replica(replica_id)
+        return config
 
     # -- running --------------------------------------------------------------------------------
     def start(self, *, timeout_s: float = 180.0) -> None:

@@ -10,9 +10,11 @@ directory of JSON files (or built in code), one group per file, in either form:
   config is the default).
 
 The chain is checked for its links here (same group, consecutive epochs, each config naming the
-digest of the one before it, genesis first). The 2f+1 signatures of the old epoch on each new
-config are the reconfiguration layer's to check; clients never trust a registry anyway: they
-verify certificates against the config they pinned.
+digest of the one before it, genesis first). The quorum signatures of the old epoch on each new
+config are checked where a chain is learned from the replicas (a gateway follows the group's
+chain and `Registry.update`s the entry with the configs whose links verify); clients never trust
+a registry anyway: they verify certificates against the config they pinned, and later configs
+only through quorum-signed links.
 
 The price per certified request is the current config's `price_per_request`.
 """
@@ -107,6 +109,15 @@ class GroupEntry:
     def addresses(self) -> dict[int, str]:
         """replica id -> where to reach it."""
         return {m.replica_id: self.address_overrides.get(m.replica_id, m.address) for m in self.config.members}
+
+    def extended(self, chain: Sequence[GroupConfig]) -> GroupEntry:
+        """This group with a longer chain (this entry's chain must be a prefix of it); address
+        overrides of replicas that are no longer members are dropped."""
+        if len(chain) < len(self.chain) or tuple(c.digest for c in chain[: len(self.chain)]) != tuple(c.digest for c in self.chain):
+            raise RegistryError(f"group {self.group_id!r}: the new chain does not extend the registered one")
+        members = set(chain[-1].replica_ids)
+        overrides = {rid: a for rid, a in self.address_overrides.items() if rid in members}
+        return GroupEntry(tuple(chain), overrides, self.source)
 
     def config_for_epoch(self, epoch: int) -> GroupConfig | None:
         for config in self.chain:
@@ -207,6 +218,15 @@ class Registry:
         if existing is not None and existing.config.digest != entry.config.digest:
             where = f" ({existing.source} and {entry.source})" if existing.source and entry.source else ""
             raise RegistryError(f"group {entry.group_id!r} is registered twice with different configs{where}")
+        self._entries[entry.group_id] = entry
+
+    def update(self, entry: GroupEntry) -> None:
+        """Replace a group's entry with one whose chain extends it (a later epoch)."""
+        existing = self._entries.get(entry.group_id)
+        if existing is not None:
+            prefix = entry.chain[: len(existing.chain)]
+            if len(entry.chain) < len(existing.chain) or tuple(c.digest for c in prefix) != tuple(c.digest for c in existing.chain):
+                raise RegistryError(f"group {entry.group_id!r}: the new chain does not extend the registered one")
         self._entries[entry.group_id] = entry
 
     def get(self, group_id: str) -> GroupEntry:

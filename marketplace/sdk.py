@@ -47,11 +47,13 @@ from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from certs.certificate import Certificate, decode_certificate
 from certs.config import GroupConfig, load_group_config
-from certs.errors import CertificateError
+from certs.errors import CertificateError, DecodeError
+from certs.membership import ConfigLink
 from certs.outputs import PROB_SCALE, decision_space
 from certs.request import InferenceRequest, TensorData
 from certs.verify import VerifiedCertificate, verify
 from certs.wire import request_to_proto
+from marketplace.membership import ConfigChain, Ledger, LedgerError, UnknownEpochError, best_ledger, links_from_chain_reply, links_from_group_reply
 from protos import marketplace_pb2 as mpb
 from protos import replica_api_pb2 as api
 
@@ -76,6 +78,9 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.max_reconnect_backoff_ms", 2000),
 )
 STREAM_REOPEN_INTERVAL_S = 1.0
+CHAIN_TIMEOUT_S = 5.0  # one round of asking the replicas for their config links
+CHAIN_REFRESH_INTERVAL_S = 1.0  # unforced refreshes of the chain, at most this often
+CHAIN_RETRY_INTERVAL_S = 0.2  # a new epoch's link may still be gathering its quorum of signatures
 STREAM_QUEUE_MAX = 8192  # requests waiting to be written to one replica's stream
 # KServe v2 datatype -> numpy dtype (BF16 and BYTES have none)
 NUMPY_DTYPES: dict[str, str] = {
@@ -347,34 +352,68 @@ def make_result(
     )
 
 
+class LaterEpochError(InvalidCertificateError):
+    """A certificate from an epoch after every config the client holds: it verifies only once
+    the chain of configs from the pinned one reaches that epoch (see `ReplicaFanout.follow_chain`)."""
+
+    def __init__(self, epoch: int, message: str, *, request_id: str | None = None) -> None:
+        super().__init__(message, request_id=request_id)
+        self.epoch = epoch
+
+
 class PinnedConfigs:
-    """The configs a client trusts, by epoch: the pinned one (a chain, once reconfiguration
-    provides verified chains). A certificate from any other epoch is refused."""
+    """The configs a client trusts, by epoch: the ones it pinned (a GroupConfig, or a chain of
+    them it trusts as given), then each later epoch's config accepted only through a link signed
+    by a quorum of the epoch before it (`extend`). A certificate from an epoch with no trusted
+    config is refused."""
 
     def __init__(self, config: GroupConfig | Sequence[GroupConfig]) -> None:
-        chain = (config,) if isinstance(config, GroupConfig) else tuple(config)
-        if not chain:
+        pinned = (config,) if isinstance(config, GroupConfig) else tuple(config)
+        if not pinned:
             raise ValueError("at least one group config is needed")
-        self.chain = chain
-        self._by_epoch = {c.epoch: c for c in chain}
+        self.trusted = ConfigChain(pinned[-1])
+        self._given = {c.epoch: c for c in pinned}
+
+    @property
+    def chain(self) -> tuple[GroupConfig, ...]:
+        """Every trusted config, oldest first."""
+        by_epoch = {**self._given, **{c.epoch: c for c in self.trusted.configs}}
+        return tuple(by_epoch[e] for e in sorted(by_epoch))
 
     @property
     def current(self) -> GroupConfig:
-        return self.chain[-1]
+        return self.trusted.current
+
+    @property
+    def links(self) -> dict[int, ConfigLink]:
+        """epoch -> the quorum-signed link through which that epoch's config was accepted."""
+        return dict(self.trusted.links)
+
+    def extend(self, links: Iterable[ConfigLink], start_seqs: Mapping[int, int] | None = None) -> list[GroupConfig]:
+        """Accept the links that continue the chain (each checked against the config before it);
+        returns the configs gained. Raises InvalidCertificateError for a link that carries a
+        quorum of signatures that do not verify."""
+        try:
+            return self.trusted.extend(links, start_seqs)
+        except CertificateError as exc:
+            raise InvalidCertificateError(f"config chain: {exc}") from exc
 
     def for_epoch(self, epoch: int) -> GroupConfig:
-        config = self._by_epoch.get(epoch)
+        config = self._given.get(epoch) or self.trusted.for_epoch(epoch)
         if config is None:
-            known = sorted(self._by_epoch)
-            raise InvalidCertificateError(
-                f"certificate is from epoch {epoch} of group {self.current.group_id!r}; the pinned configs cover epochs {known}"
-            )
+            known = [c.epoch for c in self.chain]
+            message = f"certificate is from epoch {epoch} of group {self.current.group_id!r}; the trusted configs cover epochs {known}"
+            if epoch > self.current.epoch:
+                raise LaterEpochError(epoch, message + " (no valid chain to that epoch yet)")
+            raise InvalidCertificateError(message)
         return config
 
     def check(self, data: bytes, request: InferenceRequest | None, *, ids: tuple[str, str] | None = None) -> tuple[Certificate, VerifiedCertificate]:
         """Decode and verify; raise InvalidCertificateError saying what is wrong."""
         try:
             certificate = decode_certificate(data)
+            if certificate.header.group_id != self.current.group_id:
+                raise CertificateError(f"certificate is for group {certificate.header.group_id!r}, not {self.current.group_id!r}")
             verified = verify(certificate, self.for_epoch(certificate.header.epoch), request)
         except InvalidCertificateError:
             raise
@@ -460,6 +499,9 @@ class _Row:
         self.certified: RowOutcome | None = None
         self.conflicting: str | None = None
         self.waiter: asyncio.Future[None] | None = None
+        # certificates from an epoch the client has no config for yet: checked again once the
+        # chain of configs is followed (replica id, certificate bytes)
+        self.deferred: list[tuple[int, bytes]] = []
 
     @property
     def done(self) -> bool:
@@ -495,6 +537,11 @@ class _Row:
     def conflict(self, replica_id: int, error: str) -> None:
         """A valid certificate proves these ids were certified for another request."""
         self.conflicting = error
+        self._answer(replica_id)
+
+    def defer(self, replica_id: int, data: bytes) -> None:
+        """A certificate from a later epoch: it counts once the chain reaches that epoch."""
+        self.deferred.append((replica_id, bytes(data)))
         self._answer(replica_id)
 
     def invalid_answer(self, replica_id: int, error: str) -> None:
@@ -554,26 +601,41 @@ class ReplicaFanout:
 
     def __init__(
         self,
-        config: GroupConfig | Sequence[GroupConfig],
+        config: GroupConfig | Sequence[GroupConfig] | PinnedConfigs,
         addresses: Mapping[int, str] | Sequence[str] | None = None,
         *,
         on_invalid: InvalidHook | None = None,
         on_failure: FailureHook | None = None,
+        on_new_configs: Callable[[list[GroupConfig]], None] | None = None,
     ) -> None:
-        self.configs = PinnedConfigs(config)
+        self.configs = config if isinstance(config, PinnedConfigs) else PinnedConfigs(config)
         current = self.configs.current
         if addresses is None:
-            self.addresses = {m.replica_id: m.address for m in current.members}
+            self._overrides: dict[int, str] = {}
         elif isinstance(addresses, Mapping):
-            self.addresses = {m.replica_id: addresses.get(m.replica_id, m.address) for m in current.members}
+            self._overrides = dict(addresses)
         else:
             if len(addresses) != current.n:
                 raise ValueError(f"{len(addresses)} addresses for {current.n} replicas")
-            self.addresses = {m.replica_id: a for m, a in zip(current.members, addresses)}
+            self._overrides = {m.replica_id: a for m, a in zip(current.members, addresses)}
+        self.addresses = self._member_addresses(current)
         self.on_invalid = on_invalid
         self.on_failure = on_failure
+        self.on_new_configs = on_new_configs
         self._channels: dict[int, grpc.aio.Channel] = {}
         self._stream: FanoutStream | None = None
+        self._following: asyncio.Task[list[GroupConfig]] | None = None
+        self._followed_at_s = -CHAIN_REFRESH_INTERVAL_S
+
+    def _member_addresses(self, config: GroupConfig) -> dict[int, str]:
+        return {m.replica_id: self._overrides.get(m.replica_id, m.address) for m in config.members}
+
+    def _known_addresses(self) -> dict[int, str]:
+        """Every replica of every trusted epoch (a replica that left may still serve the chain)."""
+        known: dict[int, str] = {}
+        for config in self.configs.chain:
+            known.update(self._member_addresses(config))
+        return known
 
     @property
     def config(self) -> GroupConfig:
@@ -586,16 +648,186 @@ class ReplicaFanout:
     def channel(self, replica_id: int) -> grpc.aio.Channel:
         channel = self._channels.get(replica_id)
         if channel is None:
-            channel = grpc.aio.insecure_channel(self.addresses[replica_id], options=list(CHANNEL_OPTIONS))
+            address = self.addresses.get(replica_id) or self._known_addresses()[replica_id]
+            channel = grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS))
             self._channels[replica_id] = channel
         return channel
 
     async def close(self) -> None:
+        if self._following is not None:
+            await _cancel([self._following])
         if self._stream is not None:
             await self._stream.close()
             self._stream = None
         channels, self._channels = list(self._channels.values()), {}
         await asyncio.gather(*(c.close() for c in channels), return_exceptions=True)
+
+    # -- following the chain of configs ----------------------------------------------------
+    async def follow_chain(self, *, timeout_s: float = CHAIN_TIMEOUT_S, force: bool = False) -> list[GroupConfig]:
+        """Ask the replicas for the configs of later epochs and accept those whose links verify
+        from the pinned config; new members get requests from then on, members that left do
+        not. Returns the configs gained. At most one refresh runs at a time, and at most one
+        per CHAIN_REFRESH_INTERVAL_S (CHAIN_RETRY_INTERVAL_S when `force`d), so a faulty
+        replica flashing certificates of made-up epochs cannot make the client hammer the group."""
+        task = self.start_following(timeout_s=timeout_s, force=force)
+        if task is None:
+            return []
+        return list(await asyncio.shield(task))
+
+    def start_following(self, *, timeout_s: float = CHAIN_TIMEOUT_S, force: bool = False) -> asyncio.Task[list[GroupConfig]] | None:
+        """The running refresh of the chain, or a new one (None when one ran too recently)."""
+        loop = asyncio.get_running_loop()
+        if self._following is None:
+            interval_s = CHAIN_RETRY_INTERVAL_S if force else CHAIN_REFRESH_INTERVAL_S
+            if loop.time() - self._followed_at_s < interval_s:
+                return None
+            self._following = loop.create_task(self._follow(timeout_s))
+            self._following.add_done_callback(self._followed)
+        return self._following
+
+    def _followed(self, task: asyncio.Task[list[GroupConfig]]) -> None:
+        self._following = None
+        self._followed_at_s = asyncio.get_running_loop().time()
+
+    async def _follow(self, timeout_s: float) -> list[GroupConfig]:
+        gained: list[GroupConfig] = []
+        payload = api.ConfigChainRequest().SerializeToString()
+        asked: set[int] = set()
+
+        async def ask(rid: int) -> tuple[int, bytes | Exception]:
+            try:
+                return rid, await self._unary(rid, "GetConfigChain", payload, timeout_s)
+            except Exception as exc:  # unreachable, too old to serve the chain...: the others answer
+                return rid, exc
+
+        while True:
+            targets = [rid for rid in self._known_addresses() if rid not in asked]
+            asked.update(targets)
+            before = len(gained)
+            for next_done in asyncio.as_completed([ask(rid) for rid in targets]):
+                rid, raw = await next_done
+                if isinstance(raw, Exception):
+                    continue
+                reply = api.ConfigChainReply()
+                try:
+                    reply.ParseFromString(raw)
+                    links, starts = links_from_chain_reply(reply)
+                    new = self.configs.extend(links, starts)
+                except (ProtobufDecodeError, RuntimeError, ValueError, DecodeError, InvalidCertificateError) as exc:
+                    self._invalid(rid, None, f"config chain: {exc}")
+                    continue
+                if new:
+                    gained += new
+                    self._adopt_current()  # at once: requests waiting on this epoch need not wait for slow replicas
+            if len(gained) == before:
+                return gained
+            # members of the new epochs may already know of yet later ones: ask them too
+
+    def _adopt_current(self) -> None:
+        """Send to the members of the newest trusted epoch from now on."""
+        addresses = self._member_addresses(self.configs.current)
+        if addresses == self.addresses:
+            return
+        # channels to replicas that left stay open until close(): calls in flight on them
+        # finish normally (a replica that left still answers, or refuses, what it was sent)
+        self.addresses = addresses
+        if self._stream is not None:
+            self._stream.sync_replicas()
+        log.info("group %s: now at epoch %d, replicas %s", self.config.group_id, self.config.epoch, sorted(addresses))
+        if self.on_new_configs is not None:
+            self.on_new_configs(list(self.configs.chain))
+
+    def _follow_soon(self) -> None:
+        """Start following the chain now (a certificate of a later epoch just arrived)."""
+        self.start_following(force=True)
+
+    def learn_links(self, links: Iterable[ConfigLink]) -> list[GroupConfig]:
+        """Accept configs of later epochs from elsewhere (a gateway's GetGroup), each verified."""
+        gained = self.configs.extend(links)
+        if gained:
+            self._adopt_current()
+        return gained
+
+    async def _resolve_deferred(self, rows: Sequence[_Row], deadline_s: float) -> None:
+        """Certificates from epochs the client did not know when they arrived: follow the chain
+        and check them again, retrying until the deadline (right after an epoch change the
+        replicas may still be gathering the quorum of signatures on the new config)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            waiting = [row for row in rows if row.certified is None and row.deferred]
+            if not waiting:
+                return
+            final = loop.time() + CHAIN_RETRY_INTERVAL_S >= deadline_s
+            if not final:
+                task = self.start_following(timeout_s=min(CHAIN_TIMEOUT_S, deadline_s - loop.time()), force=True)
+                if task is not None:
+                    await asyncio.wait([task], timeout=CHAIN_RETRY_INTERVAL_S)
+                else:
+                    await asyncio.sleep(CHAIN_RETRY_INTERVAL_S)
+            for row in waiting:
+                self._recheck(row, final=final)
+            if final:
+                return
+
+    def _recheck(self, row: _Row, *, final: bool) -> None:
+        deferred, row.deferred = row.deferred, []
+        for replica_id, data in deferred:
+            if row.certified is not None:
+                return
+            try:
+                certificate, verified = self.configs.check(data, row.request if row.request.inputs else None)
+            except LaterEpochError as exc:
+                if final:
+                    self._invalid(replica_id, row, str(exc))
+                else:
+                    row.deferred.append((replica_id, data))
+                continue
+            except InvalidCertificateError as exc:
+                self._invalid(replica_id, row, str(exc))
+                continue
+            if (verified.client_id, verified.request_id) != row.request.key:
+                self._invalid(replica_id, row, f"certificate is for {verified.client_id}/{verified.request_id}")
+                continue
+            row.certify(replica_id, data, certificate, verified)
+
+    # -- the fee ledger --------------------------------------------------------------------
+    async def ledger(self, *, timeout_s: float = CHAIN_TIMEOUT_S) -> Ledger:
+        """The fee ledger at the newest stable checkpoint any replica proves: its figures are
+        checked against a quorum of checkpoint signatures of the epoch that signed them.
+        Raises UnavailableError when no replica returns one that verifies."""
+        payload = api.LedgerRequest().SerializeToString()
+        followed = False
+        while True:
+            targets = list(self.replica_ids)
+            raws = await asyncio.gather(*(self._unary(rid, "Ledger", payload, timeout_s) for rid in targets), return_exceptions=True)
+            replies: list[api.LedgerReply] = []
+            failures: list[str] = []
+            for rid, raw in zip(targets, raws):
+                if isinstance(raw, grpc.aio.AioRpcError):
+                    failures.append(f"replica {rid}: {raw.code().name} {raw.details()}")
+                    continue
+                if isinstance(raw, BaseException):
+                    failures.append(f"replica {rid}: {raw}")
+                    continue
+                reply = api.LedgerReply()
+                try:
+                    reply.ParseFromString(raw)
+                except (ProtobufDecodeError, RuntimeError, ValueError) as exc:
+                    failures.append(f"replica {rid}: malformed ledger reply: {exc}")
+                    continue
+                replies.append(reply)
+            best, errors = best_ledger(replies, self.configs.trusted)
+            for error in errors:
+                if not isinstance(error, UnknownEpochError):
+                    log.warning("group %s: a replica sent a ledger that does not verify: %s", self.config.group_id, error)
+            later = any(isinstance(e, UnknownEpochError) for e in errors)
+            if (later or best is None) and not followed:
+                followed = True
+                if await self.follow_chain(timeout_s=timeout_s, force=True):
+                    continue
+            if best is not None:
+                return best
+            raise UnavailableError("no replica returned a ledger that verifies: " + "; ".join([str(e) for e in errors] + failures))
 
     async def _unary(self, replica_id: int, method: str, payload: bytes, timeout_s: float) -> bytes:
         call = self.channel(replica_id).unary_unary(f"/{REPLICA_SERVICE}/{method}")  # raw bytes both ways
@@ -624,6 +856,10 @@ class ReplicaFanout:
                 return
             try:
                 certificate, verified = self.configs.check(reply.certificate, request)
+            except LaterEpochError:
+                row.defer(replica_id, reply.certificate)  # checked again once the chain is followed
+                self._follow_soon()
+                return
             except InvalidCertificateError as exc:
                 conflict = self.configs.conflict(reply.certificate, request)
                 if conflict is not None:
@@ -640,6 +876,10 @@ class ReplicaFanout:
             self._invalid(replica_id, row, f"reply with unknown status {reply.status}")
 
     def _absorb_batch(self, replica_id: int, task: asyncio.Task[bytes], rows: Sequence[_Row]) -> None:
+        if task.cancelled():
+            for row in rows:
+                row.fail(replica_id, "call cancelled")
+            return
         try:
             raw = task.result()
         except grpc.aio.AioRpcError as exc:
@@ -696,6 +936,7 @@ class ReplicaFanout:
                 done, pending = await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     self._absorb_batch(tasks[task], task, rows)
+            await self._resolve_deferred(rows, deadline)
         finally:
             await _cancel(pending)
         return [row.outcome() for row in rows]
@@ -746,10 +987,15 @@ class ReplicaFanout:
                         continue
                     try:
                         certificate, verified = self.configs.check(reply.certificate, request, ids=(client_id, request_id))
+                    except LaterEpochError:
+                        row.defer(rid, reply.certificate)
+                        self._follow_soon()
+                        continue
                     except InvalidCertificateError as exc:
                         self._invalid(rid, row, str(exc))
                         continue
                     row.certify(rid, bytes(reply.certificate), certificate, verified)
+            await self._resolve_deferred([row], deadline)
         finally:
             await _cancel(pending)
         outcome = row.outcome()
@@ -783,6 +1029,13 @@ class ReplicaFanout:
         if self._stream is None:
             self._stream = FanoutStream(self)
         return self._stream
+
+
+_BACKGROUND: set[asyncio.Task[Any]] = set()  # fire-and-forget tasks, kept referenced until done
+
+
+async def _close_streams(streams: Sequence[_ReplicaStream]) -> None:
+    await asyncio.gather(*(s.close() for s in streams), return_exceptions=True)
 
 
 async def _cancel(tasks: Iterable[asyncio.Task[Any]]) -> None:
@@ -901,16 +1154,31 @@ class FanoutStream:
             for rid, replica in self.replicas.items():
                 if not (replica.ensure_open() and replica.send(payload)):
                     row.fail(rid, "stream to this replica is down")
+            deadline = asyncio.get_running_loop().time() + timeout_s + REPLY_MARGIN_S
             if not row.done:
                 try:
                     await asyncio.wait_for(asyncio.shield(row.waiter), timeout_s + REPLY_MARGIN_S)
                 except asyncio.TimeoutError:
                     pass
+            await fanout._resolve_deferred([row], deadline)
             return row.outcome()
         finally:
             rows.remove(row)
             if not rows:
                 self.pending.pop(request.key, None)
+
+    def sync_replicas(self) -> None:
+        """The group's members changed: open streams to new members, close those to leavers."""
+        ids = set(self.fanout.replica_ids)
+        gone = [self.replicas.pop(rid) for rid in list(self.replicas) if rid not in ids]
+        for rid in sorted(ids - set(self.replicas)):
+            self.replicas[rid] = _ReplicaStream(self.fanout, self, rid)
+        for stream in gone:
+            self._replica_gone(stream.replica_id, "the replica left the group")  # its rows need not wait for it
+        if gone:
+            task = asyncio.get_running_loop().create_task(_close_streams(gone))
+            _BACKGROUND.add(task)
+            task.add_done_callback(_BACKGROUND.discard)
 
     def _dispatch(self, replica_id: int, reply: api.SubmitReply) -> None:
         for row in list(self.pending.get((reply.client_id, reply.request_id), ())):
@@ -952,7 +1220,7 @@ class AsyncReplicaClient:
         label_mapping: Mapping[str, str] | None = None,
     ) -> None:
         self.configs = _load_config(group_config)
-        self.fanout = ReplicaFanout(self.configs.chain, addresses, on_invalid=self._log_invalid)
+        self.fanout = ReplicaFanout(self.configs, addresses, on_invalid=self._log_invalid)
         self.client_id = client_id
         self.timeout_s = timeout_s
         self.label_mapping = label_mapping
@@ -1013,6 +1281,17 @@ class AsyncReplicaClient:
 
     async def status(self, *, timeout_s: float = 2.0) -> list[ReplicaHealth]:
         return await self.fanout.status(timeout_s=timeout_s)
+
+    async def follow_chain(self, *, timeout_s: float = CHAIN_TIMEOUT_S) -> list[GroupConfig]:
+        """Learn the configs of later epochs from the replicas (each link verified from the
+        pinned config); returns those gained. Certificates from a later epoch trigger this
+        by themselves."""
+        return await self.fanout.follow_chain(timeout_s=timeout_s, force=True)
+
+    async def ledger(self, *, timeout_s: float = CHAIN_TIMEOUT_S) -> Ledger:
+        """The fee ledger (each client's spend, each owner's earnings) at the newest stable
+        checkpoint, verified against that checkpoint's quorum of signatures."""
+        return await self.fanout.ledger(timeout_s=timeout_s)
 
     async def close(self) -> None:
         await self.fanout.close()
@@ -1098,6 +1377,17 @@ class ReplicaClient:
     def status(self, *, timeout_s: float = 2.0) -> list[ReplicaHealth]:
         return self._thread.run(self._client.status(timeout_s=timeout_s))
 
+    def follow_chain(self, *, timeout_s: float = CHAIN_TIMEOUT_S) -> list[GroupConfig]:
+        return self._thread.run(self._client.follow_chain(timeout_s=timeout_s))
+
+    def ledger(self, *, timeout_s: float = CHAIN_TIMEOUT_S) -> Ledger:
+        """The verified fee ledger (see AsyncReplicaClient.ledger)."""
+        return self._thread.run(self._client.ledger(timeout_s=timeout_s))
+
+    @property
+    def configs(self) -> PinnedConfigs:
+        return self._client.configs
+
     def close(self) -> None:
         if not self._thread.loop.is_closed():
             self._thread.run(self._client.close())
@@ -1128,13 +1418,22 @@ class GroupInfo:
     config: GroupConfig
     chain: tuple[GroupConfig, ...]
     addresses: dict[int, str] = field(default_factory=dict)
+    # the quorum-signed links of the later epochs (unverified here: PinnedConfigs.extend checks them)
+    links: tuple[ConfigLink, ...] = ()
 
 
 def _group_info(reply: mpb.GroupReply) -> GroupInfo:
     chain = tuple(GroupConfig.from_json(json.loads(text)) for text in reply.config_chain_json)
     config = GroupConfig.from_json(json.loads(reply.config_json))
+    try:
+        links = tuple(links_from_group_reply(reply.config_chain_json))
+    except DecodeError as exc:
+        raise InvalidCertificateError(f"gateway: malformed config chain: {exc}") from exc
     s = reply.summary
-    return GroupInfo(s.group_id, s.epoch, s.f, s.n, bytes(s.config_digest), s.price_per_request, config, chain or (config,), dict(reply.addresses))
+    return GroupInfo(
+        s.group_id, s.epoch, s.f, s.n, bytes(s.config_digest), s.price_per_request, config, chain or (config,),
+        dict(reply.addresses), links,
+    )
 
 
 class _GatewayCalls:
@@ -1198,6 +1497,15 @@ class _GatewayCalls:
         return make_result(known, certificate, bytes(reply.certificate), verified, config, reply.replica_id)
 
 
+def _fetch_ledger(configs: PinnedConfigs, addresses: Mapping[int, str], timeout_s: float) -> Ledger:
+    from marketplace.membership import fetch_ledger
+
+    try:
+        return fetch_ledger(configs.trusted, addresses=list(addresses.values()) or None, timeout_s=timeout_s)
+    except LedgerError as exc:
+        raise UnavailableError(str(exc)) from exc
+
+
 def _rpc_error(exc: grpc.RpcError) -> ClientError:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
@@ -1258,16 +1566,36 @@ class Client:
         if not requests:
             return []
         reply = self._unary("InferBatch", message, mpb.InferBatchReply, timeout + 2 * REPLY_MARGIN_S)
-        return self._calls.results(requests, reply)
+        try:
+            return self._calls.results(requests, reply)
+        except LaterEpochError:
+            self.follow_chain()  # the group moved to a later epoch: learn its config, check again
+            return self._calls.results(requests, reply)
 
     def get_certificate(self, request_id: str, *, client_id: str | None = None, timeout_s: float = 10.0) -> InferenceResult:
         cid = client_id or self.client_id
         message = mpb.CertificateRequest(group_id=self.config.group_id, client_id=cid, request_id=request_id)
         reply = self._unary("GetCertificate", message, mpb.InferReply, timeout_s)
-        return self._calls.certificate_result(cid, request_id, reply)
+        try:
+            return self._calls.certificate_result(cid, request_id, reply)
+        except LaterEpochError:
+            self.follow_chain()
+            return self._calls.certificate_result(cid, request_id, reply)
 
     def group(self, *, timeout_s: float = 5.0) -> GroupInfo:
         return _group_info(self._unary("GetGroup", mpb.GroupRequest(group_id=self.config.group_id), mpb.GroupReply, timeout_s))
+
+    def follow_chain(self, *, timeout_s: float = 5.0) -> list[GroupConfig]:
+        """Learn later epochs' configs from the gateway's GetGroup; each link is verified from
+        the pinned config (the gateway is not trusted). Returns the configs gained."""
+        return self._calls.configs.extend(self.group(timeout_s=timeout_s).links)
+
+    def ledger(self, *, timeout_s: float = 5.0) -> Ledger:
+        """The fee ledger at the newest stable checkpoint, fetched from the replicas the gateway
+        names and verified against that checkpoint's quorum of signatures."""
+        info = self.group(timeout_s=timeout_s)
+        self._calls.configs.extend(info.links)
+        return _fetch_ledger(self._calls.configs, info.addresses, timeout_s)
 
     def status(self, *, timeout_s: float = 5.0) -> mpb.GroupStatusReply:
         return self._unary("GroupStatus", mpb.GroupRequest(group_id=self.config.group_id), mpb.GroupStatusReply, timeout_s)
@@ -1338,7 +1666,11 @@ class AsyncClient:
         if not requests:
             return []
         reply = await self._unary("InferBatch", message, mpb.InferBatchReply, timeout + 2 * REPLY_MARGIN_S)
-        return self._calls.results(requests, reply)
+        try:
+            return self._calls.results(requests, reply)
+        except LaterEpochError:
+            await self.follow_chain()  # the group moved to a later epoch: learn its config, check again
+            return self._calls.results(requests, reply)
 
     async def infer_stream(
         self,
@@ -1374,7 +1706,12 @@ class AsyncClient:
                     yield InvalidCertificateError(f"the gateway answered a request we did not send: {reply.client_id}/{reply.request_id}")
                     continue
                 try:
-                    yield self._calls.result(request, reply)
+                    try:
+                        result = self._calls.result(request, reply)
+                    except LaterEpochError:
+                        await self.follow_chain()
+                        result = self._calls.result(request, reply)
+                    yield result
                 except ClientError as exc:
                     yield exc
             await writer  # surfaces an error building a request
@@ -1389,10 +1726,26 @@ class AsyncClient:
         cid = client_id or self.client_id
         message = mpb.CertificateRequest(group_id=self.config.group_id, client_id=cid, request_id=request_id)
         reply = await self._unary("GetCertificate", message, mpb.InferReply, timeout_s)
-        return self._calls.certificate_result(cid, request_id, reply)
+        try:
+            return self._calls.certificate_result(cid, request_id, reply)
+        except LaterEpochError:
+            await self.follow_chain()
+            return self._calls.certificate_result(cid, request_id, reply)
 
     async def group(self, *, timeout_s: float = 5.0) -> GroupInfo:
         return _group_info(await self._unary("GetGroup", mpb.GroupRequest(group_id=self.config.group_id), mpb.GroupReply, timeout_s))
+
+    async def follow_chain(self, *, timeout_s: float = 5.0) -> list[GroupConfig]:
+        """Learn later epochs' configs from the gateway's GetGroup, each link verified from the
+        pinned config. Returns the configs gained."""
+        return self._calls.configs.extend((await self.group(timeout_s=timeout_s)).links)
+
+    async def ledger(self, *, timeout_s: float = 5.0) -> Ledger:
+        """The verified fee ledger (see Client.ledger)."""
+        info = await self.group(timeout_s=timeout_s)
+        self._calls.configs.extend(info.links)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, _fetch_ledger, self._calls.configs, info.addresses, timeout_s)
 
     async def status(self, *, timeout_s: float = 5.0) -> mpb.GroupStatusReply:
         return await self._unary("GroupStatus", mpb.GroupRequest(group_id=self.config.group_id), mpb.GroupStatusReply, timeout_s)
