@@ -25,7 +25,7 @@ from certs.batch import BatchHeader, Leaf, VoteEntry, ops_digest
 from certs.config import GroupConfig
 from certs.encoding import Domain, digest
 from certs.errors import CertificateError
-from certs.evidence import Equivocation, decode_evidence, verify_evidence
+from certs.evidence import Equivocation, decode_evidence, find_invalid_proposal, find_invalid_vote_batch, verify_evidence
 from certs.membership import (
     ConfigLink,
     MembershipError,
@@ -115,6 +115,12 @@ class SubmitOutcome:
     seq: int = 0
 
 
+# ByzantineMessageError kinds whose message proves, by itself and offline, that its signer broke
+# the protocol (certs/evidence.py); the others depend on this replica's state or timing
+PROPOSAL_EVIDENCE_KINDS = frozenset({"bad-decision", "too-few-votes", "duplicate-voter", "non-member-vote", "duplicate-request"})
+VOTE_BATCH_EVIDENCE_KINDS = frozenset({"empty", "oversized", "duplicate-entry", "bad-vote"})
+
+
 class ConsensusNode:
     def __init__(
         self,
@@ -196,6 +202,7 @@ class ConsensusNode:
         self.stable_ahead: tuple[int, list[int]] | None = None  # a quorum's checkpoint above our state
         self.last_execute_tick = 0
         self.reported_equivocations: set[tuple[int, StatementKind, tuple[int, ...]]] = set()
+        self.reported_invalid: set[tuple[int, StatementKind, tuple[int, ...]]] = set()  # invalid proposals, vote batches
         self._handlers: dict[type, Callable[[PeerMessage], None]] = {
             RequestMessage: self._on_request,  # type: ignore[dict-item]
             ConfigSignature: self._on_config_signature,  # type: ignore[dict-item]
@@ -498,6 +505,14 @@ class ConsensusNode:
         self._maybe_batch_inference()
 
     def _on_vote_batch(self, batch: VoteBatch) -> None:
+        try:
+            self._take_vote_batch(batch)
+        except ByzantineMessageError as exc:
+            if exc.kind in VOTE_BATCH_EVIDENCE_KINDS and exc.sender == batch.sender:
+                self._invalid_vote_batch(batch)
+            raise
+
+    def _take_vote_batch(self, batch: VoteBatch) -> None:
         sender = batch.sender
         self._check_epoch(sender, batch.epoch, "vote batch")
         if not batch.entries:
@@ -935,6 +950,14 @@ class ConsensusNode:
         self._accept_pre_prepare(pp)
 
     def _validate_proposal(self, pp: PrePrepare) -> set[VoteRef]:
+        try:
+            return self._check_proposal(pp)
+        except ByzantineMessageError as exc:
+            if exc.kind in PROPOSAL_EVIDENCE_KINDS and exc.sender == pp.sender:
+                self._invalid_proposal(pp)
+            raise
+
+    def _check_proposal(self, pp: PrePrepare) -> set[VoteRef]:
         """Check a pre-prepare's content. Returns vote batches this replica still lacks (the
         proposal is re-checked when they arrive); raises ByzantineMessageError if it is invalid."""
         sender = pp.sender
@@ -1828,6 +1851,31 @@ class ConsensusNode:
         if len(self.reported_equivocations) < 100_000:
             self.reported_equivocations.add(slot)
         self._ready.evidence.append(Equivocation(SignedStatement(first, first_sig), SignedStatement(second, second_sig)))
+
+    def _invalid_proposal(self, pp: PrePrepare) -> None:
+        key = (pp.sender, StatementKind.PRE_PREPARE, (pp.view, pp.seq))
+        if key in self.reported_invalid:
+            return  # one proof per slot is enough
+        item = find_invalid_proposal(
+            pp.header, pp.sender, pp.signature, [e.leaf for e in pp.proposal.entries], self.config, verifier=self._verifier
+        )
+        if item is not None:
+            if len(self.reported_invalid) < 100_000:
+                self.reported_invalid.add(key)
+            self._ready.evidence.append(item)
+
+    def _invalid_vote_batch(self, batch: VoteBatch) -> None:
+        key = (batch.sender, StatementKind.VOTE_BATCH, (batch.batch_no,))
+        if key in self.reported_invalid:
+            return
+        item = find_invalid_vote_batch(
+            self.config.group_id, batch.epoch, batch.sender, batch.batch_no, batch.model_version,
+            batch.entries, batch.signature, self.config, verifier=self._verifier,
+        )
+        if item is not None:
+            if len(self.reported_invalid) < 100_000:
+                self.reported_invalid.add(key)
+            self._ready.evidence.append(item)
 
     def _record_signed(self, kind: StatementKind, slot: tuple[int, ...], message: PeerMessage) -> None:
         self.signed[(kind, slot)] = message

@@ -20,7 +20,7 @@ from typing import Union
 
 from certs.batch import BatchHeader
 from certs.request import InferenceRequest
-from certs.evidence import Equivocation
+from certs.evidence import Equivocation, Evidence  # Equivocation: re-exported for tests/consensus/cluster.py
 from certs.membership import ConfigLink
 
 from consensus.messages import (
@@ -152,7 +152,7 @@ class Ready:
     committed: list[CommittedBatch] = field(default_factory=list)
     activations: list[Activation] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
-    evidence: list[Equivocation] = field(default_factory=list)  # proofs that a peer equivocated
+    evidence: list[Evidence] = field(default_factory=list)  # proofs that a peer misbehaved (certs/evidence.py)
     config_links: list[ConfigLinkRecord] = field(default_factory=list)  # epochs begun or newly vouched for
 
     def __bool__(self) -> bool:

@@ -385,9 +385,8 @@ class ReplicaNode:
         if ready.evidence:
             rows = []
             for item in ready.evidence:
-                accused = item.first.statement.signer
-                summary = describe_evidence(item, item.accused)
-                self.metrics.labels(self.metrics.evidence, accused=str(accused)).inc()
+                summary = describe_evidence(item, item.accused, self.core.config)
+                self.metrics.labels(self.metrics.evidence, accused=",".join(map(str, item.accused))).inc()
                 log.warning("replica %d holds evidence: %s", self.replica_id, summary)
                 rows.append((encode_evidence(item), summary))
             self._io.submit(self.store.put_evidence, rows)
