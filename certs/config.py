@@ -96,10 +96,16 @@ class GroupConfig:
     price_per_request: int = 0  # credits per certified request
     admission_rule: str = "quorum-approval"
     previous_digest: bytes = GENESIS_PREVIOUS_DIGEST
+    # The id the next joining replica gets. Ids are never reused: votes, evidence and the fee
+    # ledger are keyed by replica id, so a newcomer must not inherit a departed member's id.
+    # None (genesis) means one past the highest member id.
+    next_replica_id: int | None = None
     digest: bytes = field(init=False, repr=False, compare=False)
     _by_id: dict[int, Member] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.next_replica_id is None and self.members:
+            object.__setattr__(self, "next_replica_id", max(m.replica_id for m in self.members) + 1)
         _validate(self)
         object.__setattr__(self, "_by_id", {m.replica_id: m for m in self.members})
         object.__setattr__(self, "digest", digest(Domain.CONFIG, self.canonical()))
@@ -139,7 +145,7 @@ class GroupConfig:
             self.group_id, self.epoch, self.f,
             tuple(m.canonical() for m in self.members),
             self.task.canonical(), self.policy.canonical(), self.params.canonical(),
-            self.price_per_request, self.admission_rule, self.previous_digest,
+            self.price_per_request, self.admission_rule, self.previous_digest, self.next_replica_id,
         )
 
     # -- JSON for people and files -------------------------------------------------------
@@ -174,6 +180,7 @@ class GroupConfig:
             "params": {f.name: getattr(self.params, f.name) for f in fields(self.params)},
             "price_per_request": self.price_per_request,
             "admission_rule": self.admission_rule,
+            "next_replica_id": self.next_replica_id,
         }
 
     @classmethod
@@ -222,6 +229,7 @@ class GroupConfig:
                 price_per_request=_int(data.get("price_per_request", 0)),
                 admission_rule=_str(data.get("admission_rule", "quorum-approval")),
                 previous_digest=_hex(data.get("previous_digest", "00" * DIGEST_SIZE), DIGEST_SIZE),
+                next_replica_id=None if data.get("next_replica_id") is None else _int(data["next_replica_id"]),
             )
         except ConfigError:
             raise
@@ -267,6 +275,8 @@ def _validate(config: GroupConfig) -> None:
     ids = [m.replica_id for m in config.members]
     if ids != sorted(set(ids)):
         raise ConfigError("members must have distinct replica ids in ascending order")
+    if ids and (config.next_replica_id is None or config.next_replica_id <= ids[-1]):
+        raise ConfigError(f"next_replica_id must be above every member id (highest is {ids[-1]})")
     for attribute in ("public_key", "address"):
         values = [getattr(m, attribute) for m in config.members]
         if len(set(values)) != len(values):

@@ -169,7 +169,8 @@ def next_config(config: GroupConfig, joins: Sequence[JoinRequest] = (), removed:
     ever used), f recomputed, linked to this one by digest. Raises MembershipError if the result
     is not a valid group."""
     members = [m for m in config.members if m.replica_id not in set(removed)]
-    next_id = max(m.replica_id for m in config.members) + 1
+    next_id = config.next_replica_id
+    assert next_id is not None  # set by GroupConfig for any non-empty group
     for join in joins:
         members.append(
             Member(next_id, join.owner_id, join.replica_public_key, join.owner_public_key, join.address, join.model_version, join.weights_digest)
@@ -179,7 +180,8 @@ def next_config(config: GroupConfig, joins: Sequence[JoinRequest] = (), removed:
         raise MembershipError(f"the change would leave {len(members)} replicas; a group needs at least {MIN_GROUP_SIZE}")
     try:
         return replace(
-            config, epoch=config.epoch + 1, f=(len(members) - 1) // 3, members=tuple(members), previous_digest=config.digest
+            config, epoch=config.epoch + 1, f=(len(members) - 1) // 3, members=tuple(members),
+            previous_digest=config.digest, next_replica_id=next_id,
         )
     except CertificateError as exc:
         raise MembershipError(f"the next config would be invalid: {exc}") from exc

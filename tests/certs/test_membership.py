@@ -343,8 +343,6 @@ def test_a_chain_stops_being_trusted_at_its_first_bad_link(genesis: Group) -> No
         verify_chain(zero, links)
 
 
-@pytest.mark.xfail(strict=True, reason="next_config numbers new members after the highest CURRENT id, so a "
-                   "replica id can be reused after its holder left, and per-replica records (ledger, votes) mix owners")
 def test_a_new_member_never_reuses_the_id_of_one_that_left(genesis: Group) -> None:
     zero, one, _, _ = _two_epochs(genesis)  # replica 4 joined in epoch 1
     without_4 = next_config(one, removed=[4])

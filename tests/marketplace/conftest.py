@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from certs.config import ProtocolParams
 from marketplace.commands import GatewayProcess, start_gateway_process
 from marketplace.local import LocalGroup, free_ports
 
@@ -24,7 +25,14 @@ LIAR = 3  # the replica that answers every request with the next class (misbehav
 @pytest.fixture(scope="session")
 def local_group(tmp_path_factory: pytest.TempPathFactory, digits_packages: list[Path]) -> Iterator[LocalGroup]:
     group = LocalGroup(
-        tmp_path_factory.mktemp("marketplace-group"), f=1, model_packages=digits_packages, misbehave={LIAR: "wrong-labels"}
+        tmp_path_factory.mktemp("marketplace-group"),
+        f=1,
+        model_packages=digits_packages,
+        misbehave={LIAR: "wrong-labels"},
+        # Four Tritons, four replicas, a gateway and pytest share two cores here: the primary waits
+        # longer for the vote beyond the quorum so that the liar's signed votes reliably make it
+        # into certificates (the default 30 ms suits a group on its own machines).
+        params=ProtocolParams(vote_timeout_ticks=60),
     )
     try:
         group.start()

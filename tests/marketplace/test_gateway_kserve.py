@@ -87,14 +87,21 @@ def test_a_lying_replica_is_outvoted(client: Any, config: GroupConfig, digits: t
     but the certified decisions stay right."""
     features, labels = digits
     rows, truth = features[100:164], labels[100:164]
-    result = client.infer(config.group_id, [pixels_input(rows)], request_id=f"liar-{uuid.uuid4().hex}")
-    certified = certified_rows(result, config, rows)
-    liar_votes = [
-        (vote.output.label, row.certificate.leaf.decision.label)
-        for row in certified
-        for vote in row.certificate.leaf.votes
-        if vote.replica_id == LIAR
-    ]
+    liar_votes: list[tuple[int, int]] = []
+    certified: list[Any] = []
+    # The primary certifies as soon as it has a quorum plus a short wait, so on a loaded machine
+    # one request's certificates may all carry only the three faster votes: ask a few times.
+    for _ in range(5):
+        result = client.infer(config.group_id, [pixels_input(rows)], request_id=f"liar-{uuid.uuid4().hex}")
+        certified = certified_rows(result, config, rows)
+        liar_votes += [
+            (vote.output.label, row.certificate.leaf.decision.label)
+            for row in certified
+            for vote in row.certificate.leaf.votes
+            if vote.replica_id == LIAR
+        ]
+        if len(liar_votes) >= 16:
+            break
     assert liar_votes, "the liar's votes should reach some certificates"
     agreeing = sum(1 for vote, decision in liar_votes if vote == decision)
     assert agreeing <= len(liar_votes) // 5
