@@ -42,19 +42,6 @@ class LocalGroupError(RuntimeError):
     pass
 
 
-def die_with_parent() -> None:
-    """In a child process before exec: receive SIGTERM when the launcher dies, so a launcher
-    killed without running its clean-up (SIGKILL, an OOM kill) leaves no replica behind.
-
-    Linux delivers this when the launching *thread* exits, so start replicas from a thread that
-    lives as long as the group (the main thread, as `quorumserve up` and the tests do)."""
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """Ports the OS considers free right now (held open together so they are distinct)."""
     sockets = []
@@ -76,6 +63,13 @@ class ReplicaProcess:
     config: ReplicaConfig
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    lifeline_fd: int | None = None  # write end of the pipe the process watches (see start_replica)
+
+    def close_lifeline(self) -> None:
+        if self.lifeline_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.lifeline_fd)
+            self.lifeline_fd = None
 
     @property
     def address(self) -> str:
@@ -386,16 +380,32 @@ class LocalGroup:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
         handle = open(replica.log_path, "ab")
-        replica.process = subprocess.Popen(
-            [sys.executable, "-m", "marketplace.cli", "replica", "--config", str(replica.config_path), "--log-level", self.log_level],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stopping it stops its Triton too
-            preexec_fn=die_with_parent,
-            env=env,
-            cwd=str(Path(__file__).resolve().parent.parent),
-        )
-        handle.close()
+        # A lifeline: the replica stops when the read end it holds reaches EOF, which happens when
+        # this process exits however it exits (SIGKILL, an OOM kill), so no replica outlives its
+        # launcher. A pipe rather than PR_SET_PDEATHSIG, which needs code run between fork and
+        # exec (unsafe beside grpc's threads) and fires when the launching *thread* exits.
+        read_fd, write_fd = os.pipe()
+        replica.close_lifeline()
+        try:
+            replica.process = subprocess.Popen(
+                [
+                    sys.executable, "-m", "marketplace.cli", "replica", "--config", str(replica.config_path),
+                    "--log-level", self.log_level, "--lifeline-fd", str(read_fd),
+                ],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stopping it stops its Triton too
+                pass_fds=(read_fd,),
+                env=env,
+                cwd=str(Path(__file__).resolve().parent.parent),
+            )
+        except BaseException:
+            os.close(write_fd)
+            raise
+        finally:
+            os.close(read_fd)
+            handle.close()
+        replica.lifeline_fd = write_fd
         if wait:
             self.wait_ready([replica_id], timeout_s=timeout_s)
 
@@ -441,6 +451,7 @@ class LocalGroup:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+        self.replicas[replica_id].close_lifeline()
 
     def pause(self, replica_id: int) -> None:
         self.signal(replica_id, signal.SIGSTOP)
@@ -451,6 +462,7 @@ class LocalGroup:
     def stop_replica(self, replica_id: int, timeout_s: float = 30.0) -> None:
         process = self.replicas[replica_id].process
         if process is None or process.poll() is not None:
+            self.replicas[replica_id].close_lifeline()
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGCONT)
@@ -463,6 +475,7 @@ class LocalGroup:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+        self.replicas[replica_id].close_lifeline()
 
     def stop(self) -> None:
         for replica in self.replicas:

@@ -15,7 +15,6 @@ that cannot be reached is named, not silently left out.
 from __future__ import annotations
 
 import html
-import importlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from certs.config import GroupConfig
+from certs.errors import CertificateError
 from marketplace.audit import (
     ACCURACY_DROP,
     AGREEMENT_DRIFT,
@@ -33,6 +33,7 @@ from marketplace.audit import (
     confidence_text,
     settings_summary,
 )
+from marketplace.membership import ConfigChain, Ledger, LedgerError, fetch_ledger
 
 
 class ReportError(Exception):
@@ -67,19 +68,18 @@ class LiveInfo:
     activations: list[Activation] = field(default_factory=list)
     current_versions: dict[int, int] = field(default_factory=dict)  # replica -> version in effect
     unreachable: dict[int, str] = field(default_factory=dict)  # replica -> error
-    ledger: tuple[int, int, int] | None = None  # (replica, checkpoint seq, accounts) of a certified fee ledger
+    ledger: Ledger | None = None  # the fee ledger at the newest stable checkpoint, verified here
+    ledger_error: str | None = None  # why no ledger could be verified (groups that charge only)
 
 
-# A section a later part of the system adds (e.g. the fee ledger): (title, HTML body) or None.
+# A section a caller adds to the page: (title, HTML body) or None to leave it out.
 Section = Callable[[GroupConfig, Path], "tuple[str, str] | None"]
-OPTIONAL_SECTIONS = (("marketplace.fees", "report_section"),)
 
 
 def collect_live(config: GroupConfig, *, timeout_s: float = 3.0, page_size: int = 500) -> LiveInfo:
     """Every replica's stored evidence (verified here) and model version history."""
     import grpc
 
-    from certs.errors import CertificateError
     from certs.evidence import Evidence, decode_evidence, describe_evidence, encode_evidence, verify_evidence
     from protos import replica_api_pb2 as api
     from protos import replica_api_pb2_grpc as api_grpc
@@ -98,8 +98,6 @@ def collect_live(config: GroupConfig, *, timeout_s: float = 3.0, page_size: int 
                         live.current_versions[rid] = int(v.version)
                 for a in status.activations:
                     activations.add(Activation(int(a.replica_id), int(a.version), int(a.from_seq), bytes(a.weights_digest).hex()))
-                if live.ledger is None:
-                    live.ledger = _ledger(stub, api, rid, timeout_s)
                 after = 0
                 while True:
                     reply = stub.ListEvidence(api.EvidenceRequest(after_id=after, limit=page_size), timeout=timeout_s)
@@ -131,20 +129,20 @@ def collect_live(config: GroupConfig, *, timeout_s: float = 3.0, page_size: int 
         except CertificateError as exc:
             live.evidence.append(EvidenceRow(tuple(sorted(holders)), kind, False, (), f"proves nothing: {exc}"))
     live.activations = sorted(activations, key=lambda a: (a.replica_id, a.from_seq))
+    if len(live.unreachable) < config.n:
+        _collect_ledger(config, live, timeout_s)
     return live
 
 
-def _ledger(stub: Any, api: Any, replica_id: int, timeout_s: float) -> tuple[int, int, int] | None:
-    """Whether the group keeps a certified fee ledger: (replica, checkpoint seq, accounts)."""
-    import grpc
-
-    if not hasattr(api, "LedgerRequest"):
-        return None
+def _collect_ledger(config: GroupConfig, live: LiveInfo, timeout_s: float) -> None:
+    """The fee ledger, verified against a quorum of checkpoint signatures (following the config
+    chain from `config` if the group has moved on). A group that charges nothing and has no
+    stable checkpoint yet simply has no ledger to show."""
     try:
-        reply = stub.Ledger(api.LedgerRequest(), timeout=timeout_s)
-    except grpc.RpcError:  # no stable checkpoint yet, or a replica without fees
-        return None
-    return (replica_id, int(reply.summary.seq), len(getattr(reply.summary, "ledger", ())))
+        live.ledger = fetch_ledger(ConfigChain(config), timeout_s=timeout_s)
+    except (LedgerError, CertificateError) as exc:
+        if config.price_per_request > 0:
+            live.ledger_error = str(exc)
 
 
 # =========================================================================================
@@ -327,13 +325,7 @@ def render_report(
     extra = _extra_sections(config, out, sections)
     for title, body in extra:
         parts.append(f"<h2>{_e(title)}</h2>{body}")
-    if live is not None and live.ledger is not None and not any(title.lower().startswith("fee") for title, _ in extra):
-        rid, seq, accounts = live.ledger
-        # a placeholder until the fee report renders the ledger itself
-        parts.append(
-            f"<h2>Fee ledger</h2><p>The group keeps a certified fee ledger: {accounts} accounts at the stable "
-            f"checkpoint of seq {seq} (from replica {rid}). Its breakdown belongs to the fee report.</p>"
-        )
+    parts.append(_ledger_section(config, live))
     parts.append("</body></html>")
     index = out / "index.html"
     index.write_text("\n".join(parts), encoding="utf-8")
@@ -403,23 +395,51 @@ def _versions_section(analysis: Analysis, live: LiveInfo | None) -> str:
 
 
 def _extra_sections(config: GroupConfig, out: Path, sections: Sequence[Section] | None) -> list[tuple[str, str]]:
-    """Sections other parts contribute; by default any of OPTIONAL_SECTIONS that is installed."""
-    if sections is None:
-        found: list[Section] = []
-        for module_name, function in OPTIONAL_SECTIONS:
-            try:
-                module = importlib.import_module(module_name)
-            except ModuleNotFoundError as exc:
-                if exc.name == module_name:
-                    continue  # that part of the system does not exist (yet)
-                raise
-            render = getattr(module, function, None)
-            if callable(render):
-                found.append(render)
-        sections = found
+    """Sections the caller contributes, in order; a section returning None is left out."""
     rendered = []
-    for section in sections:
+    for section in sections or ():
         result = section(config, out)
         if result is not None:
             rendered.append(result)
     return rendered
+
+
+CLIENTS_SHOWN_MAX = 50  # the biggest spenders; the JSON from `quorumserve ledger` has them all
+
+
+def _ledger_section(config: GroupConfig, live: LiveInfo | None) -> str:
+    """Each owner's earnings and each client's spend at the newest stable checkpoint. Shown only
+    when the group charges or its ledger has entries; every figure was checked against a quorum
+    of checkpoint signatures when it was collected."""
+    if live is None:
+        return ""
+    if live.ledger is None:
+        if live.ledger_error is None:
+            return ""
+        return f"<h2>Fee ledger</h2><p class='flag'>No ledger could be verified: {_e(live.ledger_error)}</p>"
+    ledger = live.ledger
+    if config.price_per_request == 0 and not ledger.client_spend and not ledger.owner_earnings:
+        return ""
+    parts = [
+        "<h2>Fee ledger</h2>",
+        f"<p>At the stable checkpoint of seq {ledger.seq} (epoch {ledger.epoch}), signed by replicas "
+        f"{_e(', '.join(map(str, ledger.signers)))} of epoch {ledger.signed_epoch} over state "
+        f"<code>{ledger.state_digest.hex()[:16]}…</code>; price {config.price_per_request} credits per "
+        "certified request, shared among the owners whose votes supported the decision.</p>",
+        "<table><tr><th>replica</th><th>owner</th><th>earned</th><th>share</th></tr>",
+    ]
+    total = ledger.total_earnings
+    for rid, amount in sorted(ledger.owner_earnings.items()):
+        share = f"{100.0 * amount / total:.1f} %" if total else "-"
+        owner = ledger.owner_ids.get(rid, "?")
+        parts.append(f"<tr><td>{rid}</td><td>{_e(owner)}</td><td>{amount}</td><td>{share}</td></tr>")
+    parts.append(f"<tr><th colspan='2'>total</th><th>{total}</th><th></th></tr></table>")
+    spenders = sorted(ledger.client_spend.items(), key=lambda item: (-item[1], item[0]))
+    parts.append("<table><tr><th>client</th><th>spent</th></tr>")
+    for client, amount in spenders[:CLIENTS_SHOWN_MAX]:
+        parts.append(f"<tr><td>{_e(client)}</td><td>{amount}</td></tr>")
+    if len(spenders) > CLIENTS_SHOWN_MAX:
+        rest = sum(amount for _, amount in spenders[CLIENTS_SHOWN_MAX:])
+        parts.append(f"<tr><td class='muted'>{len(spenders) - CLIENTS_SHOWN_MAX} more clients</td><td>{rest}</td></tr>")
+    parts.append(f"<tr><th>total</th><th>{ledger.total_spend}</th></tr></table>")
+    return "".join(parts)

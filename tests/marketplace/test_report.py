@@ -21,6 +21,7 @@ from certs.evidence import Equivocation, encode_evidence
 from certs.statements import Statement, StatementKind
 from marketplace.audit import AuditLog, write_proof
 from marketplace.cli import main
+from marketplace.membership import Ledger
 from marketplace.report import EvidenceRow, LiveInfo, collect_live, render_report
 from protos import replica_api_pb2 as api
 from protos import replica_api_pb2_grpc as api_grpc
@@ -86,12 +87,25 @@ def test_the_report_shows_verified_evidence_and_version_history(recorded: tuple[
     assert "proves nothing: bad vote batch signature" in page
     assert "none since genesis; v1 in effect" in page
     assert "Fee ledger" not in page  # this group keeps none
-    live.ledger = (0, 64, 5)
+    live.ledger = Ledger(
+        "digits", 64, 0, 0, (0, 1, 2), bytes(32),
+        client_spend={f"client-{i:03d}": 100 + i for i in range(60)},
+        owner_earnings={0: 3000, 1: 3000, 2: 3000, 3: 1000},
+        owner_ids={0: "owner-0", 1: "owner-1", 2: "owner-2", 3: "owner-3"},
+    )
     page = render_report(audit_log, tmp_path / "live", live=live).read_text()
-    assert "<h2>Fee ledger</h2><p>The group keeps a certified fee ledger: 5 accounts" in page
+    assert "<h2>Fee ledger</h2><p>At the stable checkpoint of seq 64 (epoch 0), signed by replicas 0, 1, 2" in page
+    assert "<tr><td>3</td><td>owner-3</td><td>1000</td><td>10.0 %</td></tr>" in page
+    assert "<tr><th colspan='2'>total</th><th>10000</th>" in page
+    # the biggest spenders first; the rest summed on one line
+    assert page.index("client-059") < page.index("client-058")
+    assert "client-009" not in page and "10 more clients</td><td>" + str(sum(100 + i for i in range(10))) in page
+    live.ledger, live.ledger_error = None, "no replica returned a ledger that verifies: bad signature"
+    page = render_report(audit_log, tmp_path / "live", live=live).read_text()
+    assert "No ledger could be verified: no replica returned a ledger that verifies: bad signature" in page
 
 
-def test_extra_sections_appear_only_when_a_part_provides_them(recorded: tuple[AuditLog, Path], tmp_path: Path) -> None:
+def test_extra_sections_appear_only_when_the_caller_provides_them(recorded: tuple[AuditLog, Path], tmp_path: Path) -> None:
     audit_log, _ = recorded
 
     def ledger(config: Any, out: Path) -> tuple[str, str]:
