@@ -85,9 +85,9 @@ def register(subparsers: Any) -> None:
 
     report = subparsers.add_parser(
         "report",
-        help="HTML report of an audit: accuracy and agreement over time, evidence, model versions",
+        help="HTML report of an audit: accuracy and agreement over time, evidence, model versions, fee ledger",
         description="Render the audit log of GROUP as HTML with PNG plots. Evidence and model versions come from "
-        "the replicas (ListEvidence, Status) when they answer; --offline skips them.",
+        "the replicas (ListEvidence, Status) and the fee ledger is verified against a checkpoint quorum when they answer; --offline skips them.",
     )
     report.add_argument("group", metavar="GROUP", help="group id")
     report.add_argument("--log", metavar="PATH", help="audit log (default ~/.quorumserve/audit/GROUP.sqlite)")
