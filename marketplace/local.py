@@ -116,6 +116,7 @@ class LocalGroup:
     params: ProtocolParams = field(default_factory=ProtocolParams)
     policy: AgreementPolicy = field(default_factory=AgreementPolicy)
     price_per_request: int = 1
+    storage_sync: str = "full"  # each replica's [storage] sync ("process": no fsync per write)
     host: str = "127.0.0.1"
     log_level: str = "INFO"
     progress: bool = False
@@ -169,7 +170,7 @@ class LocalGroup:
                     metrics_port=ports[base + 4],
                 )
             mode = self.misbehave.get(i, "none")
-            replica_config = replace(replica_config, misbehave=mode.split(":")[0])
+            replica_config = replace(replica_config, misbehave=mode.split(":")[0], storage_sync=self.storage_sync)
             if mode.startswith("swap-weak"):
                 # "swap-weak:N": after N requests this replica silently answers with a weak model
                 from marketplace.models import weak_model_package
@@ -294,6 +295,7 @@ class LocalGroup:
             model_version=1,
             triton=TritonPorts(ports[1], ports[2], ports[3]),
             metrics_port=ports[4],
+            storage_sync=self.storage_sync,
         )
         join = sign_join(
             current, owner_id=owner_id, owner_key=owner_key, replica_key=replica_key,

@@ -51,6 +51,7 @@ class Options:
     out_dir: Path = RESULTS_DIR
     data_dir: Path | None = None  # keys, models, state; a temporary directory when None
     progress: bool = True
+    storage_sync: str = "full"  # the replicas' [storage] sync
 
     def pick(self, quick: Any, full: Any) -> Any:
         return quick if self.quick else full
@@ -61,6 +62,10 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", default=str(RESULTS_DIR), help="where JSON, PNG and REPORT.md go (default results/)")
     parser.add_argument("--data-dir", help="keys, models and replica state (default: a temporary directory)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--storage-sync", choices=("full", "process"), default="full",
+        help="replicas' storage durability: full (fsync per write, the default) or process (survives a process crash only)",
+    )
 
 
 def options_from(args: argparse.Namespace) -> Options:
@@ -69,6 +74,7 @@ def options_from(args: argparse.Namespace) -> Options:
         out_dir=Path(args.out_dir),
         data_dir=Path(args.data_dir) if args.data_dir else None,
         progress=not args.no_progress,
+        storage_sync=args.storage_sync,
     )
 
 
@@ -665,13 +671,14 @@ def replica_breakdown(before: dict[str, float], after: dict[str, float], certifi
 @contextlib.contextmanager
 def running_group(
     directory: Path, packages: Sequence[Path], *, f: int = 1, label: str = "group", gateway_args: Sequence[str] = (),
+    storage_sync: str = "full",
 ) -> Iterator[BenchGroup]:
     """Start 3f+1 replicas (each with its own Triton) and a gateway; always stop them all."""
     from marketplace.commands import start_gateway_process
     from marketplace.local import LocalGroup
 
     n = 3 * f + 1
-    group = LocalGroup(directory / label, f=f, model_packages=list(packages))
+    group = LocalGroup(directory / label, f=f, model_packages=list(packages), storage_sync=storage_sync)
     gateway = None
     try:
         started = time.monotonic()
@@ -700,7 +707,7 @@ def digits_group(options: Options, shared: BenchGroup | None, name: str) -> Iter
     with data_dir(options, name) as directory:
         step(f"{name}: training four digits models")
         packages = digits_packages(directory / "models")
-        with running_group(directory, packages, label=f"{name} group") as bench:
+        with running_group(directory, packages, label=f"{name} group", storage_sync=options.storage_sync) as bench:
             yield bench
 
 
@@ -843,7 +850,7 @@ def write_report(results: Sequence[BenchResult], options: Options, started_s: fl
         "",
         f"{'Quick' if options.quick else 'Full'} run of {time.strftime('%Y-%m-%d %H:%M')}, "
         f"{(time.monotonic() - started_s) / 60:.1f} min; {info['cpus']} CPU cores shared with other work "
-        f"({info['platform']}, Python {info['python']}). Every ratio is against a baseline measured in the same run "
+        f"({info['platform']}, Python {info['python']}); replica storage sync: {options.storage_sync}. Every ratio is against a baseline measured in the same run "
         "on the same machine; the absolute figures move with the machine's load, the ratios much less.",
         "",
         *figures_table(results),
