@@ -90,8 +90,11 @@ def register(subparsers: Any) -> None:
     evidence = subparsers.add_parser(
         "verify-evidence",
         help="check evidence of replica misbehaviour",
-        description="Check equivocation or conflicting-certificate evidence against a group config. Exit status: "
-        "0 misbehaviour proven, 1 not proven, 2 unreadable input.",
+        description="Check evidence against a group config: equivocation (two conflicting signed messages for one "
+        "slot), conflicting certificates, an invalid proposal (a primary's signed batch header with a leaf that "
+        "is invalid by itself, such as a decision that does not follow from its votes, or two leaves for one request) "
+        "or an invalid vote batch (a replica's signed votes with a malformed entry, two entries for one request, or "
+        "an entry count out of bounds). Exit status: 0 misbehaviour proven, 1 not proven, 2 unreadable input.",
     )
     evidence.add_argument("evidence", metavar="FILE", help="evidence: binary protobuf, base64 or JSON; - for stdin")
     evidence.add_argument("--config", required=True, metavar="GROUP", help="the group config (JSON)")
@@ -379,7 +382,7 @@ def run_verify_evidence(args: argparse.Namespace) -> int:
         else:
             print(f"NOT PROVEN: {exc}")
         return EXIT_INVALID
-    sentence = describe_evidence(item, accused)
+    sentence = describe_evidence(item, accused, config)
     if args.json:
         print(dumps_readable(
             {"verdict": "proven", "accused": list(accused), "description": sentence,
