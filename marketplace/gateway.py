@@ -18,7 +18,8 @@ new configs, each carrying under "link_signatures" the previous epoch's quorum s
 so a client follows the chain from its pinned genesis without trusting the gateway.
 
 A ModelInfer with B rows is B certified requests. The gateway sends ONE SubmitBatch (fanout=1)
-with all B rows to every replica of the group and keeps, per row, the first certificate that
+with all B rows to every replica of the group (a single row goes over the gateway's long-lived
+SubmitStream to each replica instead) and keeps, per row, the first certificate that
 verifies (certs.verify against the registry's config for the group and the row's own request).
 Up to f replicas that are slow, dead or lying change nothing: an invalid certificate is counted
 (metric `quorumserve_gateway_invalid_certificates_total`), logged and ignored. The gateway keeps
@@ -570,7 +571,13 @@ class Gateway:
         ]
         for r in requests:
             check_request(config, r)
-        outcomes = await group.fanout.submit(requests, timeout_s=self._timeout_s(context, requested_s))
+        timeout_s = self._timeout_s(context, requested_s)
+        if len(requests) == 1:
+            # One row: over the long-lived SubmitStream to each replica rather than one unary
+            # SubmitBatch per replica per call, which costs every replica a whole RPC per request.
+            outcomes = [await group.fanout.stream().submit(requests[0], timeout_s=timeout_s)]
+        else:
+            outcomes = await group.fanout.submit(requests, timeout_s=timeout_s)
         invalid = sum(o.invalid_certificates for o in outcomes)
         self._count_rows(config.group_id, outcomes)
         failed = [(i, o) for i, o in enumerate(outcomes) if o.status != CERTIFIED]
