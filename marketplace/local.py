@@ -375,6 +375,10 @@ class LocalGroup:
             self.start_replica(replica.replica_id, wait=False)
         self.wait_ready(timeout_s=timeout_s)
 
+    def command_prefix(self, replica_id: int) -> list[str]:
+        """What a replica's command runs under (e.g. `ip netns exec` on the test bed); none here."""
+        return []
+
     def start_replica(self, replica_id: int, *, wait: bool = True, timeout_s: float = 120.0) -> None:
         replica = self.replicas[replica_id]
         if replica.running:
@@ -391,6 +395,7 @@ class LocalGroup:
         try:
             replica.process = subprocess.Popen(
                 [
+                    *self.command_prefix(replica_id),
                     sys.executable, "-m", "marketplace.cli", "replica", "--config", str(replica.config_path),
                     "--log-level", self.log_level, "--lifeline-fd", str(read_fd),
                 ],

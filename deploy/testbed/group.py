@@ -10,11 +10,7 @@ and pytriton's per-port names (shared memory, sockets under /tmp) never collide.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from certs.config import GroupConfig, save_group_config
 from deploy.bundle import with_member_addresses
@@ -49,25 +45,5 @@ class TestbedGroup(LocalGroup):
         save_group_config(self.config, self.group_config_path)
         return self.config
 
-    def start_replica(self, replica_id: int, *, wait: bool = True, timeout_s: float = 120.0) -> None:
-        replica = self.replicas[replica_id]
-        if replica.running:
-            return
-        env = dict(os.environ)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        root = Path(__file__).resolve().parents[2]
-        with open(replica.log_path, "ab") as handle:
-            replica.process = subprocess.Popen(
-                [
-                    *self.started_testbed().exec_prefix(replica_id),
-                    sys.executable, "-m", "marketplace.cli", "replica",
-                    "--config", str(replica.config_path), "--log-level", self.log_level,
-                ],
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: stopping it stops its Triton too
-                env=env,
-                cwd=str(root),
-            )
-        if wait:
-            self.wait_ready([replica_id], timeout_s=timeout_s)
+    def command_prefix(self, replica_id: int) -> list[str]:
+        return self.started_testbed().exec_prefix(replica_id)  # on the replica's own host

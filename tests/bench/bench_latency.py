@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from tests.bench.common import (
+    save_figure,
     BenchGroup,
     BenchResult,
     Figure,
@@ -144,12 +145,7 @@ def plot(measured: dict[str, list[Measurement]], window: tuple[float, float], op
     axis.set(xscale="log", xlabel="latency (ms)", ylabel="fraction of calls", title="latency at concurrency 1 (CDF)")
     axis.grid(alpha=0.3)
     axis.legend()
-    fig.tight_layout()
-    options.out_dir.mkdir(parents=True, exist_ok=True)
-    name = "latency.png"
-    fig.savefig(options.out_dir / name, dpi=110)
-    plt.close(fig)
-    return name
+    return save_figure(fig, options, "latency.png")
 
 
 def main(argv: list[str] | None = None) -> int:

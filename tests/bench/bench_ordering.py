@@ -27,6 +27,7 @@ import time
 from typing import Any
 
 from tests.bench.common import (
+    save_figure,
     BenchGroup,
     BenchResult,
     Completion,
@@ -232,12 +233,7 @@ def plot(rows: dict[int, list[dict[str, Any]]], options: Options) -> str:
     axis.set(yscale="log", ylabel="requests / s", title="ordering capacity with the null model")
     axis.grid(alpha=0.3, axis="y")
     axis.legend(fontsize=7)
-    fig.tight_layout()
-    options.out_dir.mkdir(parents=True, exist_ok=True)
-    name = "ordering.png"
-    fig.savefig(options.out_dir / name, dpi=110)
-    plt.close(fig)
-    return name
+    return save_figure(fig, options, "ordering.png")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from tests.bench.common import (
+    save_figure,
     BenchGroup,
     BenchResult,
     Figure,
@@ -180,12 +181,7 @@ def plot(times: list[float], rates: list[float], kill_s: float, recovery_s: floa
     axis.set(xlabel="seconds from the kill", ylabel="certified requests / s", title="throughput around a primary crash")
     axis.grid(alpha=0.3)
     axis.legend(loc="lower right")
-    fig.tight_layout()
-    options.out_dir.mkdir(parents=True, exist_ok=True)
-    name = "recovery.png"
-    fig.savefig(options.out_dir / name, dpi=110)
-    plt.close(fig)
-    return name
+    return save_figure(fig, options, "recovery.png")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ import time
 from typing import Any
 
 from tests.bench.common import (
+    save_figure,
     BenchGroup,
     BenchResult,
     Figure,
@@ -176,12 +177,7 @@ def plot(points: dict[str, dict[int, dict[str, Any]]], concurrencies: tuple[int,
         axis.set_xticks(concurrencies, [str(c) for c in concurrencies])
         axis.grid(alpha=0.3)
         axis.legend()
-    fig.tight_layout()
-    options.out_dir.mkdir(parents=True, exist_ok=True)
-    name = "replication.png"
-    fig.savefig(options.out_dir / name, dpi=110)
-    plt.close(fig)
-    return name
+    return save_figure(fig, options, "replication.png")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench.common import (
+    save_figure,
     BenchGroup,
     BenchResult,
     Figure,
@@ -216,12 +217,7 @@ def plot(
     axis.set(xlabel="seconds from the owners' update calls", ylabel="certified requests / s", title="throughput during a model update of 2 replicas")
     axis.grid(alpha=0.3)
     axis.legend(loc="lower right")
-    fig.tight_layout()
-    options.out_dir.mkdir(parents=True, exist_ok=True)
-    name = "update.png"
-    fig.savefig(options.out_dir / name, dpi=110)
-    plt.close(fig)
-    return name
+    return save_figure(fig, options, "update.png")
 
 
 def main(argv: list[str] | None = None) -> int:

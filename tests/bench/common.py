@@ -832,6 +832,15 @@ def pyplot() -> Any:
     return plt
 
 
+def save_figure(fig: Any, options: Options, name: str) -> str:
+    """Write a finished plot as <out-dir>/<name> and close it; returns the name for the report."""
+    fig.tight_layout()
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    fig.savefig(options.out_dir / name, dpi=110)
+    pyplot().close(fig)
+    return name
+
+
 def section(result: BenchResult) -> list[str]:
     lines = [f"## {result.title}", ""]
     if result.error:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import tritonclient.grpc as triton
 
-from certs.config import ProtocolParams
+from certs.config import GroupConfig, ProtocolParams, load_group_config
 from marketplace.commands import GatewayProcess, start_gateway_process
 from marketplace.local import LocalGroup, free_ports
 
@@ -64,6 +66,18 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     from marketplace.models import held_out_digits
 
     return held_out_digits(0)
+
+
+@pytest.fixture(scope="module")
+def config(local_group: LocalGroup) -> GroupConfig:
+    return load_group_config(local_group.group_config_path)
+
+
+@pytest.fixture(scope="module")
+def client(gateway: GatewayProcess) -> Iterator[Any]:
+    """The stock tritonclient against the session's gateway (test_sdk.py uses the SDK's instead)."""
+    with triton.InferenceServerClient(gateway.address) as c:
+        yield c
 
 
 @pytest.fixture(scope="session")

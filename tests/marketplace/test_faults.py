@@ -4,14 +4,12 @@ each test brings it back before it returns."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-import tritonclient.grpc as triton
 
-from certs.config import GroupConfig, load_group_config
+from certs.config import GroupConfig
 from marketplace.commands import GatewayProcess
 from marketplace.local import LocalGroup
 from marketplace.sdk import Client, ReplicaClient
@@ -19,17 +17,6 @@ from tests.marketplace.conftest import LIAR
 from tests.marketplace.kserve import CertifiedRow, certified_rows, pixels_input, verify_row
 
 pytestmark = pytest.mark.processes
-
-
-@pytest.fixture(scope="module")
-def config(local_group: LocalGroup) -> GroupConfig:
-    return load_group_config(local_group.group_config_path)
-
-
-@pytest.fixture(scope="module")
-def client(gateway: GatewayProcess) -> Iterator[Any]:
-    with triton.InferenceServerClient(gateway.address) as c:
-        yield c
 
 
 def certify(client: Any, config: GroupConfig, rows: np.ndarray) -> list[CertifiedRow]:

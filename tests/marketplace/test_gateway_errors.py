@@ -14,26 +14,14 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from certs.config import GroupConfig, load_group_config
+from certs.config import GroupConfig
 from certs.wire import request_to_proto
 from marketplace.commands import GatewayProcess
-from marketplace.local import LocalGroup
 from marketplace.sdk import build_request
 from protos import marketplace_pb2 as mpb
 from tests.marketplace.kserve import pixels_input
 
 pytestmark = pytest.mark.processes
-
-
-@pytest.fixture(scope="module")
-def config(local_group: LocalGroup) -> GroupConfig:
-    return load_group_config(local_group.group_config_path)
-
-
-@pytest.fixture(scope="module")
-def client(gateway: GatewayProcess) -> Iterator[Any]:
-    with triton.InferenceServerClient(gateway.address) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

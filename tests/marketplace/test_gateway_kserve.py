@@ -13,7 +13,6 @@ import json
 import queue
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import tritonclient.grpc as triton
 import tritonclient.grpc.aio as triton_aio
 
 from certs.certificate import decode_certificate, encode_certificate
-from certs.config import GroupConfig, load_group_config
+from certs.config import GroupConfig
 from certs.errors import CertificateError
 from certs.verify import verify
 from marketplace.commands import GatewayProcess, start_gateway_process
@@ -32,17 +31,6 @@ from tests.marketplace.conftest import LIAR
 from tests.marketplace.kserve import certified_rows, pixels_input, verify_row
 
 pytestmark = pytest.mark.processes
-
-
-@pytest.fixture(scope="module")
-def config(local_group: LocalGroup) -> GroupConfig:
-    return load_group_config(local_group.group_config_path)
-
-
-@pytest.fixture(scope="module")
-def client(gateway: GatewayProcess) -> Iterator[Any]:
-    with triton.InferenceServerClient(gateway.address) as c:
-        yield c
 
 
 def test_the_group_is_a_ready_model_with_the_task_s_input_and_outputs(client: Any, config: GroupConfig) -> None:

@@ -8,18 +8,13 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from certs.config import GroupConfig, load_group_config
+from certs.config import GroupConfig
 from certs.verify import verify
 from marketplace.commands import GatewayProcess
 from marketplace.local import LocalGroup
 from marketplace.sdk import AsyncClient, AsyncReplicaClient, Client, InferenceResult, ReplicaClient, new_request_id
 
 pytestmark = pytest.mark.processes
-
-
-@pytest.fixture(scope="module")
-def config(local_group: LocalGroup) -> GroupConfig:
-    return load_group_config(local_group.group_config_path)
 
 
 @pytest.fixture(scope="module")
