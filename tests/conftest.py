@@ -6,6 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from certs.config import ProtocolParams
+
+# For process tests that need every replica's vote in the certificates (a liar's signed votes as
+# evidence): four Tritons, four replicas and the tests share two cores here, so the primary waits
+# 300 ms for the votes beyond a quorum instead of the 30 ms that suit a group on its own machines.
+ALL_VOTES_PARAMS = ProtocolParams(vote_timeout_ticks=60)
+
 
 @pytest.fixture(scope="session")
 def digits_packages(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:

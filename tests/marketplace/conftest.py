@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
-from certs.config import GroupConfig, ProtocolParams, load_group_config
+from certs.config import GroupConfig, load_group_config
 from marketplace.commands import GatewayProcess, start_gateway_process
 from marketplace.local import LocalGroup, free_ports
+from tests.conftest import ALL_VOTES_PARAMS
 
 LIAR = 3  # the replica that answers every request with the next class (misbehave "wrong-labels")
 
@@ -31,10 +32,7 @@ def local_group(tmp_path_factory: pytest.TempPathFactory, digits_packages: list[
         f=1,
         model_packages=digits_packages,
         misbehave={LIAR: "wrong-labels"},
-        # Four Tritons, four replicas, a gateway and pytest share two cores here: the primary waits
-        # longer for the vote beyond the quorum so that the liar's signed votes reliably make it
-        # into certificates (the default 30 ms suits a group on its own machines).
-        params=ProtocolParams(vote_timeout_ticks=60),
+        params=ALL_VOTES_PARAMS,  # the liar's signed votes must reach the certificates
     )
     try:
         group.start()

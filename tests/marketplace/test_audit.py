@@ -480,9 +480,13 @@ def swapping_group(tmp_path_factory: pytest.TempPathFactory, digits_packages: li
     answers with a weak model (about 62 % accurate) while still signing model version 1."""
     from marketplace.commands import start_gateway_process
     from marketplace.local import LocalGroup
+    from tests.conftest import ALL_VOTES_PARAMS
 
     directory = tmp_path_factory.mktemp("swapping")
-    group = LocalGroup(directory, model_packages=digits_packages, misbehave={SWAPPER: f"swap-weak:{SWAP_AFTER_REQUESTS}"})
+    group = LocalGroup(
+        directory, model_packages=digits_packages, misbehave={SWAPPER: f"swap-weak:{SWAP_AFTER_REQUESTS}"},
+        params=ALL_VOTES_PARAMS,  # the audit judges the swapper by its votes in the certificates
+    )
     gateway = None
     try:
         group.start()

@@ -23,6 +23,7 @@ from marketplace.local import LocalGroup
 from marketplace.models import held_out_digits
 from protos import replica_api_pb2 as api
 from protos import replica_api_pb2_grpc as api_grpc
+from tests.conftest import ALL_VOTES_PARAMS
 from tests.replica.cluster_helpers import metric_sum, scrape, wait_until
 from tests.replica.load import Load, digits_request
 
@@ -50,7 +51,9 @@ def _certify_many(group: LocalGroup, client_id: str, count: int) -> list:  # typ
 
 @pytest.fixture(scope="module")
 def lying_group(tmp_path_factory: pytest.TempPathFactory, digits_packages: list[Path]) -> Iterator[LocalGroup]:
-    g = LocalGroup(tmp_path_factory.mktemp("lying"), model_packages=digits_packages, misbehave={LIAR: "wrong-labels"})
+    g = LocalGroup(
+        tmp_path_factory.mktemp("lying"), model_packages=digits_packages, misbehave={LIAR: "wrong-labels"}, params=ALL_VOTES_PARAMS
+    )
     try:
         g.start()
         yield g
