@@ -1426,6 +1426,7 @@ class ConsensusNode:
                 self._persist(record)
                 self._ready.config_links.append(record)
             self._install_snapshot(snapshot, state_digest, reply.checkpoint_proof)
+        newest: CommittedProof | None = None
         for proof in reply.batches:
             seq = proof.pre_prepare.seq
             if seq <= self.state.seq:
@@ -1437,7 +1438,14 @@ class ConsensusNode:
             slot.contents.setdefault(proof.pre_prepare.header.batch_digest, proof.pre_prepare)
             slot.committed = (proof.pre_prepare, proof.commits)
             self._execute(slot, proof.pre_prepare, proof.commits, True)
+            newest = proof
         self._execute_ready()
+        if newest is not None and newest.commits[0].epoch == self.config.epoch and newest.pre_prepare.view > self.view:
+            # a verified commit quorum in a later view: its signers work there (this replica
+            # missed that view change while cut off); join them now rather than when new
+            # traffic happens to reach it
+            for commit in newest.commits:
+                self._note_later_view(commit.sender, newest.pre_prepare.view)
         if self.fetching_state_since is not None and self.fetch_targets and self.fetch_targets[0] == sender:
             progressed = bool(reply.batches) or reply.snapshot is not None
             self.fetching_state_since = None

@@ -797,3 +797,26 @@ def test_whole_group_restart_resumes_where_it_stopped() -> None:
     after = cluster.serve_one()
     for r in range(4):
         assert cluster.committed_requests(r) == [req.key for req in served] + [after.key]
+
+
+def test_replica_that_missed_a_view_change_joins_the_view_its_fetched_batches_were_committed_in() -> None:
+    """4.3 / 4.4: a replica cut off while the others changed view catches up by state transfer
+    when the partition heals; the fetched batches' commit quorums (2f+1 signed COMMITs in the
+    later view) show that correct replicas work in that view, so it joins it at once instead of
+    staying in its old view until new traffic reaches it."""
+    cluster = Cluster()
+    cut = cluster.isolate(0)  # the primary of view 0
+    first = cluster.serve_one(to=[1, 2, 3], ticks_max=4 * cluster.params.view_change_timeout_ticks)
+    for _ in range(cluster.params.checkpoint_interval_batches):  # a checkpoint, then batches after it
+        cluster.serve_one(to=[1, 2, 3])
+    assert all(cluster.nodes[r].view == 1 and first.key in cluster.nodes[r].state.executed for r in (1, 2, 3))
+    cluster.drop_rules.remove(cut)
+    node = cluster.nodes[0]
+    assert node.view == 0 and node.executed_seq == 0
+    cluster.step(1, FetchState(0, node.executed_seq), via=0)
+    reply = cluster.sent_of(1, StateReply)[-1]
+    assert reply.snapshot is not None and reply.batches and all(b.pre_prepare.view == 1 for b in reply.batches)
+    cluster.step(0, reply, via=1)
+    assert node.executed_seq == cluster.nodes[1].executed_seq
+    cluster.tick_until(lambda: node.view == 1 and node.view_active, cluster.params.relay_timeout_ticks)
+    assert (node.view, node.view_active) == (1, True)
