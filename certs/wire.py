@@ -50,6 +50,27 @@ def serialize(message: Message) -> bytes:
     return message.SerializeToString(deterministic=True)
 
 
+def varint(value: int) -> bytes:
+    """Protobuf's base-128 varint of a non-negative integer."""
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def repeated_field(field_number: int, encoded_items: Sequence[bytes]) -> bytes:
+    """A repeated message field from already-serialized items, byte for byte what protobuf emits
+    for them: the batch framings (PeerBatch, SubmitBatchRequest/Reply) are built from messages
+    encoded once, without copying each into a container message and serializing again."""
+    tag = varint(field_number << 3 | 2)  # wire type 2: length-delimited
+    return b"".join([tag + varint(len(item)) + item for item in encoded_items])
+
+
 def check_int(value: int, what: str, minimum: int = 0) -> int:
     if not minimum <= value <= INT64_MAX:
         raise DecodeError(f"{what} {value} is out of range")

@@ -52,7 +52,7 @@ from certs.membership import ConfigLink
 from certs.outputs import PROB_SCALE, decision_space
 from certs.request import InferenceRequest, TensorData
 from certs.verify import VerifiedCertificate, verify
-from certs.wire import request_to_proto
+from certs.wire import repeated_field, request_to_proto
 from marketplace.membership import ConfigChain, Ledger, LedgerError, UnknownEpochError, best_ledger, links_from_chain_reply, links_from_group_reply
 from protos import marketplace_pb2 as mpb
 from protos import replica_api_pb2 as api
@@ -82,6 +82,10 @@ CHAIN_TIMEOUT_S = 5.0  # one round of asking the replicas for their config links
 CHAIN_REFRESH_INTERVAL_S = 1.0  # unforced refreshes of the chain, at most this often
 CHAIN_RETRY_INTERVAL_S = 0.2  # a new epoch's link may still be gathering its quorum of signatures
 STREAM_QUEUE_MAX = 8192  # requests waiting to be written to one replica's stream
+# one stream message carries at most this many requests (the replica's SUBMIT_BATCH_MAX) and
+# stops growing past this size (a message is never split: one large row goes alone)
+STREAM_MESSAGE_ROWS_MAX = 4096
+STREAM_MESSAGE_TARGET_BYTES = 4 * 1024 * 1024
 # KServe v2 datatype -> numpy dtype (BF16 and BYTES have none)
 NUMPY_DTYPES: dict[str, str] = {
     "BOOL": "bool", "UINT8": "uint8", "INT8": "int8", "UINT16": "uint16", "INT16": "int16",
@@ -1047,7 +1051,9 @@ async def _cancel(tasks: Iterable[asyncio.Task[Any]]) -> None:
 
 
 class _ReplicaStream:
-    """One SubmitStream call to one replica, with a writer queue (one write at a time)."""
+    """One SubmitBatchStream call to one replica, with a writer queue: each write takes every
+    request queued by then (one gRPC message for a burst of rows), and each reply message
+    carries every certificate the replica had ready."""
 
     def __init__(self, fanout: ReplicaFanout, owner: FanoutStream, replica_id: int) -> None:
         self.fanout = fanout
@@ -1069,7 +1075,7 @@ class _ReplicaStream:
         loop = asyncio.get_running_loop()
         if self.broken_at_s is not None and loop.time() - self.broken_at_s < STREAM_REOPEN_INTERVAL_S:
             return False
-        stream_stream = self.fanout.channel(self.replica_id).stream_stream(f"/{REPLICA_SERVICE}/SubmitStream")
+        stream_stream = self.fanout.channel(self.replica_id).stream_stream(f"/{REPLICA_SERVICE}/SubmitBatchStream")
         self.call = stream_stream()
         self.queue = asyncio.Queue()
         self.broken_at_s = None
@@ -1092,10 +1098,21 @@ class _ReplicaStream:
         try:
             while True:
                 payload = await queue.get()
-                if payload is None:
+                closing = payload is None
+                batch: list[bytes] = []
+                size = 0
+                while payload is not None:
+                    batch.append(payload)
+                    size += len(payload)
+                    if queue.empty() or len(batch) >= STREAM_MESSAGE_ROWS_MAX or size >= STREAM_MESSAGE_TARGET_BYTES:
+                        break
+                    payload = queue.get_nowait()
+                    closing = payload is None
+                if batch:
+                    await call.write(repeated_field(1, batch))  # a SubmitBatchRequest
+                if closing:
                     await call.done_writing()
                     return
-                await call.write(payload)
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
             self._broken(call, f"write failed: {exc}")
 
@@ -1106,13 +1123,14 @@ class _ReplicaStream:
                 raw = await call.read()
                 if raw is grpc.aio.EOF:
                     break
-                reply = api.SubmitReply()
+                message = api.SubmitBatchReply()
                 try:
-                    reply.ParseFromString(raw)
+                    message.ParseFromString(raw)
                 except (ProtobufDecodeError, RuntimeError, ValueError) as exc:
-                    self.fanout._invalid(self.replica_id, None, f"malformed SubmitReply: {exc}")
+                    self.fanout._invalid(self.replica_id, None, f"malformed SubmitBatchReply: {exc}")
                     continue
-                self.owner._dispatch(self.replica_id, reply)
+                for reply in message.replies:
+                    self.owner._dispatch(self.replica_id, reply)
         except grpc.aio.AioRpcError as exc:
             error = f"{exc.code().name}: {exc.details()}"
         self._broken(call, error)

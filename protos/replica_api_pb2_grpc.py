@@ -49,6 +49,11 @@ class ReplicaStub:
                 request_serializer=protos_dot_replica__api__pb2.SubmitRequest.SerializeToString,
                 response_deserializer=protos_dot_replica__api__pb2.SubmitReply.FromString,
                 _registered_method=True)
+        self.SubmitBatchStream = channel.stream_stream(
+                '/quorumserve.v1.Replica/SubmitBatchStream',
+                request_serializer=protos_dot_replica__api__pb2.SubmitBatchRequest.SerializeToString,
+                response_deserializer=protos_dot_replica__api__pb2.SubmitBatchReply.FromString,
+                _registered_method=True)
         self.GetCertificate = channel.unary_unary(
                 '/quorumserve.v1.Replica/GetCertificate',
                 request_serializer=protos_dot_replica__api__pb2.GetCertificateRequest.SerializeToString,
@@ -103,6 +108,16 @@ class ReplicaServicer:
 
     def SubmitStream(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitBatchStream(self, request_iterator, context):
+        """SubmitStream with many requests per message each way: a client writes whatever it has
+        queued as one message, and the replica answers with every reply ready at that moment in
+        one message (a committed batch certifies many requests at once). Per-message costs (gRPC
+        framing, parsing, a wake-up) are then paid per burst instead of per request.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -166,6 +181,11 @@ def add_ReplicaServicer_to_server(servicer, server):
                     servicer.SubmitStream,
                     request_deserializer=protos_dot_replica__api__pb2.SubmitRequest.FromString,
                     response_serializer=protos_dot_replica__api__pb2.SubmitReply.SerializeToString,
+            ),
+            'SubmitBatchStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SubmitBatchStream,
+                    request_deserializer=protos_dot_replica__api__pb2.SubmitBatchRequest.FromString,
+                    response_serializer=protos_dot_replica__api__pb2.SubmitBatchReply.SerializeToString,
             ),
             'GetCertificate': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCertificate,
@@ -284,6 +304,33 @@ class Replica:
             '/quorumserve.v1.Replica/SubmitStream',
             protos_dot_replica__api__pb2.SubmitRequest.SerializeToString,
             protos_dot_replica__api__pb2.SubmitReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitBatchStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/quorumserve.v1.Replica/SubmitBatchStream',
+            protos_dot_replica__api__pb2.SubmitBatchRequest.SerializeToString,
+            protos_dot_replica__api__pb2.SubmitBatchReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError as ProtobufDecodeError
 from google.protobuf.message import Message
 
 from certs.errors import CertificateError
-from certs.wire import request_from_proto
+from certs.wire import repeated_field, request_from_proto
 from consensus.errors import RequestRejectedError
 from protos import replica_api_pb2 as api
 from consensus.messages import ModelUpdate
@@ -106,37 +106,128 @@ class ReplicaService:
         replies = await asyncio.gather(*(self._submit_one(r) for r in message.requests))
         return api.SubmitBatchReply(replies=replies)
 
+    def _submit_soon(self, message: api.SubmitRequest, deliver: Callable[[api.SubmitReply], None]) -> None:
+        """`_submit_one` for the streams, without a task per request: `deliver` is called once,
+        on the loop, with the reply (a certificate, a rejection or a timeout). Under load a
+        stream carries thousands of requests in flight, and a task plus a wait_for each cost
+        more than the rest of the replica's work on a request."""
+        ids = {"client_id": message.request.client_id, "request_id": message.request.request_id, "replica_id": self.node.replica_id}
+        try:
+            request = request_from_proto(message.request)
+            _, future = self.node.submit(request, fanout=bool(message.fanout))
+        except (CertificateError, RequestRejectedError) as exc:
+            self.node.metrics.labels(self.node.metrics.requests, outcome="rejected").inc()
+            deliver(api.SubmitReply(status=api.REJECTED, error=str(exc), **ids))
+            return
+        timeout_s = message.timeout_ms / 1000 if message.timeout_ms else self.node.config.request_timeout_s
+        delivered = False
+
+        def once(reply: api.SubmitReply) -> None:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                deliver(reply)
+
+        def on_timeout() -> None:
+            once(api.SubmitReply(status=api.TIMEOUT, error=f"not committed within {timeout_s:.1f} s; retry with the same ids", **ids))
+
+        timer = asyncio.get_running_loop().call_later(timeout_s, on_timeout)
+
+        def on_done(done: asyncio.Future[Certified]) -> None:
+            timer.cancel()
+            if done.cancelled():
+                once(api.SubmitReply(status=api.TIMEOUT, error="replica stopping", **ids))
+            elif (error := done.exception()) is not None:
+                once(api.SubmitReply(status=api.TIMEOUT, error=str(error), **ids))
+            else:
+                once(self._reply(done.result(), compact=True))
+
+        future.add_done_callback(on_done)
+
     async def submit_stream(self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[api.SubmitReply]:
         replies: asyncio.Queue[api.SubmitReply | None] = asyncio.Queue()
-        tasks: set[asyncio.Task[None]] = set()
+        outstanding = 0
+        reading = True
 
-        async def one(message: api.SubmitRequest) -> None:
-            await replies.put(await self._submit_one(message))
+        def deliver(reply: api.SubmitReply) -> None:
+            nonlocal outstanding
+            outstanding -= 1
+            replies.put_nowait(reply)
+            if not reading and outstanding == 0:
+                replies.put_nowait(None)
 
         async def reader() -> None:
+            nonlocal outstanding, reading
             async for raw in request_iterator:
                 try:
                     message = self._parse(api.SubmitRequest, raw)
                 except _Invalid as exc:
-                    await replies.put(api.SubmitReply(status=api.REJECTED, error=str(exc), replica_id=self.node.replica_id))
+                    replies.put_nowait(api.SubmitReply(status=api.REJECTED, error=str(exc), replica_id=self.node.replica_id))
                     continue
-                task = asyncio.get_running_loop().create_task(one(message))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            await asyncio.gather(*list(tasks))
-            await replies.put(None)
+                outstanding += 1
+                self._submit_soon(message, deliver)
+            reading = False
+            if outstanding == 0:
+                replies.put_nowait(None)
 
-        reading = asyncio.get_running_loop().create_task(reader())
+        task = asyncio.get_running_loop().create_task(reader())
         try:
-            while True:
-                reply = await replies.get()
-                if reply is None:
-                    break
+            while (reply := await replies.get()) is not None:
                 yield reply
         finally:
-            reading.cancel()
-            for task in list(tasks):
-                task.cancel()
+            task.cancel()
+
+    async def submit_batch_stream(self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        """Many requests per message in, every reply ready at once out as one message (raw
+        bytes: replies are serialized once and framed, see certs.wire.repeated_field)."""
+        ready: list[bytes] = []
+        wakeup = asyncio.Event()
+        outstanding = 0
+        reading = True
+
+        def deliver(reply: api.SubmitReply) -> None:
+            nonlocal outstanding
+            outstanding -= 1
+            ready.append(reply.SerializeToString())
+            wakeup.set()
+
+        def reject(error: str, message: api.SubmitRequest | None = None) -> None:
+            ids = {"client_id": message.request.client_id, "request_id": message.request.request_id} if message is not None else {}
+            ready.append(api.SubmitReply(status=api.REJECTED, error=error, replica_id=self.node.replica_id, **ids).SerializeToString())
+            wakeup.set()
+
+        async def reader() -> None:
+            nonlocal outstanding, reading
+            async for raw in request_iterator:
+                try:
+                    batch = self._parse(api.SubmitBatchRequest, raw)
+                except _Invalid as exc:
+                    reject(str(exc))
+                    continue
+                if len(batch.requests) > SUBMIT_BATCH_MAX:
+                    self.node.metrics.labels(self.node.metrics.requests, outcome="rejected").inc(len(batch.requests))
+                    for message in batch.requests:
+                        reject(f"at most {SUBMIT_BATCH_MAX} requests per message", message)
+                    continue
+                outstanding += len(batch.requests)
+                for message in batch.requests:
+                    self._submit_soon(message, deliver)
+            reading = False
+            wakeup.set()
+
+        task = asyncio.get_running_loop().create_task(reader())
+        try:
+            while True:
+                while not ready and (reading or outstanding):
+                    wakeup.clear()
+                    await wakeup.wait()
+                if not ready:
+                    return
+                out = ready[:SUBMIT_BATCH_MAX]
+                del ready[: len(out)]
+                yield repeated_field(1, out)
+        finally:
+            task.cancel()
 
     async def get_certificate(self, raw: bytes, context: grpc.aio.ServicerContext) -> api.SubmitReply:
         message = await self._checked(context, api.GetCertificateRequest, raw)
@@ -238,6 +329,9 @@ class ReplicaService:
                 "SubmitBatch": unary(self.submit_batch, api.SubmitBatchReply),
                 "SubmitStream": grpc.stream_stream_rpc_method_handler(
                     self.submit_stream, request_deserializer=None, response_serializer=api.SubmitReply.SerializeToString
+                ),
+                "SubmitBatchStream": grpc.stream_stream_rpc_method_handler(
+                    self.submit_batch_stream, request_deserializer=None, response_serializer=None
                 ),
                 "GetCertificate": unary(self.get_certificate, api.SubmitReply),
                 "Status": unary(self.status, api.StatusReply),

@@ -22,6 +22,7 @@ import grpc
 import grpc.aio
 
 from certs.errors import DecodeError
+from certs.wire import repeated_field, varint
 from consensus.messages import PeerMessage
 from replica.codec import PEER_BATCH_MESSAGES_MAX, decode_peer_batch, encode_peer_message
 from protos import consensus_pb2
@@ -41,25 +42,11 @@ CHANNEL_OPTIONS = [
 ]
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def frame(sender: int, encoded_messages: list[bytes]) -> bytes:
     """A PeerBatch from already-encoded PeerMessages, byte for byte what protobuf would emit:
     field 1 (sender, omitted when 0 as proto3 does), then field 2 once per message."""
-    parts = [b"\x08" + _varint(sender)] if sender else []
-    for encoded in encoded_messages:
-        parts.append(b"\x12" + _varint(len(encoded)) + encoded)
-    return b"".join(parts)
+    head = b"\x08" + varint(sender) if sender else b""
+    return head + repeated_field(2, encoded_messages)
 
 
 InboundHandler = Callable[[int, list[PeerMessage]], None]

@@ -671,14 +671,17 @@ def replica_breakdown(before: dict[str, float], after: dict[str, float], certifi
 @contextlib.contextmanager
 def running_group(
     directory: Path, packages: Sequence[Path], *, f: int = 1, label: str = "group", gateway_args: Sequence[str] = (),
-    storage_sync: str = "full",
+    storage_sync: str = "full", params: Any = None,
 ) -> Iterator[BenchGroup]:
-    """Start 3f+1 replicas (each with its own Triton) and a gateway; always stop them all."""
+    """Start 3f+1 replicas (each with its own Triton) and a gateway; always stop them all.
+    `params`: the group's ProtocolParams (the defaults when None)."""
     from marketplace.commands import start_gateway_process
     from marketplace.local import LocalGroup
 
     n = 3 * f + 1
     group = LocalGroup(directory / label, f=f, model_packages=list(packages), storage_sync=storage_sync)
+    if params is not None:
+        group.params = params
     gateway = None
     try:
         started = time.monotonic()

@@ -102,6 +102,7 @@ class FakeReplica:
                         "Submit": unary(self._submit),
                         "SubmitBatch": unary(self._submit_batch),
                         "SubmitStream": grpc.stream_stream_rpc_method_handler(self._submit_stream, request_deserializer=None, response_serializer=None),
+                        "SubmitBatchStream": grpc.stream_stream_rpc_method_handler(self._submit_batch_stream, request_deserializer=None, response_serializer=None),
                         "GetCertificate": unary(self._get_certificate),
                         "Status": unary(self._status),
                     },
@@ -170,6 +171,34 @@ class FakeReplica:
 
         async def read() -> None:
             tasks = [asyncio.get_running_loop().create_task(one(raw)) async for raw in iterator]
+            await asyncio.gather(*tasks)
+            await queue.put(None)
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            while (item := await queue.get()) is not None:
+                yield item
+        finally:
+            reader.cancel()
+
+    async def _submit_batch_stream(self, iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        """Like the replica's: one reply message per answer here (a real replica groups the
+        answers ready at once; clients must take either)."""
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+        async def one(message: api.SubmitRequest) -> None:
+            if self.behaviour == "garbage":
+                self.requests_seen += 1
+                await queue.put(b"\xff\xff\xff\xff garbage")
+                return
+            reply = await self._answer(message)
+            await queue.put(api.SubmitBatchReply(replies=[reply]).SerializeToString())
+
+        async def read() -> None:
+            tasks = []
+            async for raw in iterator:
+                for message in api.SubmitBatchRequest.FromString(raw).requests:
+                    tasks.append(asyncio.get_running_loop().create_task(one(message)))
             await asyncio.gather(*tasks)
             await queue.put(None)
 

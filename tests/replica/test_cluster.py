@@ -266,3 +266,46 @@ def test_bad_client_input_gets_a_status_code_and_nothing_breaks(group: LocalGrou
                 await c.close()
 
     verify(asyncio.run(one()).certificate, group.config, good)  # type: ignore[attr-defined]
+
+
+def test_submit_batch_stream_takes_bursts_answers_in_bursts_and_survives_garbage(group: LocalGroup, digits: tuple[np.ndarray, np.ndarray]) -> None:
+    """The SDK's and gateway's path to the replicas: many requests per stream message each way.
+    A garbage message or an oversized one is answered with rejections and the stream goes on."""
+    assert group.config is not None
+    config = group.config
+    X, _ = digits
+    requests = [digits_request(config, "burst", f"b-{i}", X[i]) for i in range(20)]
+    burst = api.SubmitBatchRequest(requests=[api.SubmitRequest(request=request_to_proto(r), fanout=1) for r in requests])
+    too_many = api.SubmitBatchRequest(
+        requests=[api.SubmitRequest(request=request_to_proto(digits_request(config, "burst", f"big-{i}", X[0])), fanout=1) for i in range(4097)]
+    )
+
+    async def scenario() -> dict[int, list[api.SubmitBatchReply]]:
+        channels = [grpc.aio.insecure_channel(a, options=[("grpc.max_send_message_length", 64 << 20)]) for a in group.addresses]
+        try:
+            calls = [c.stream_stream("/quorumserve.v1.Replica/SubmitBatchStream", request_serializer=None, response_deserializer=None)() for c in channels]
+            for call in calls:
+                await call.write(b"\xff\x00garbage\x13\x37")
+                await call.write(too_many.SerializeToString())
+                await call.write(burst.SerializeToString())
+                await call.done_writing()
+            out: dict[int, list[api.SubmitBatchReply]] = {}
+            for replica_id, call in enumerate(calls):
+                out[replica_id] = [api.SubmitBatchReply.FromString(raw) async for raw in call]
+            return out
+        finally:
+            for c in channels:
+                await c.close()
+
+    messages = asyncio.run(asyncio.wait_for(scenario(), 120))
+    for replica_id, replies_of in messages.items():
+        replies = [reply for message in replies_of for reply in message.replies]
+        rejected = [r for r in replies if r.status == api.REJECTED]
+        assert any(not r.request_id and "malformed SubmitBatchRequest" in r.error for r in rejected)
+        assert sum(1 for r in rejected if r.request_id.startswith("big-") and "at most 4096" in r.error) == 4097
+        certified = {r.request_id: r for r in replies if r.status == api.CERTIFIED}
+        assert set(certified) == {r.request_id for r in requests}, f"replica {replica_id}: {len(certified)} of 20 certified"
+        for request in requests:
+            verify(decode_certificate(certified[request.request_id].certificate), config, request)
+        # the burst's certificates come back several to a message
+        assert max(sum(1 for r in m.replies if r.status == api.CERTIFIED) for m in replies_of) > 1
