@@ -19,7 +19,7 @@ so a client follows the chain from its pinned genesis without trusting the gatew
 
 A ModelInfer with B rows is B certified requests. The gateway sends ONE SubmitBatch (fanout=1)
 with all B rows to every replica of the group (a single row goes over the gateway's long-lived
-SubmitStream to each replica instead) and keeps, per row, the first certificate that
+SubmitBatchStream to each replica instead, where the rows of concurrent calls share messages) and keeps, per row, the first certificate that
 verifies (certs.verify against the registry's config for the group and the row's own request).
 Up to f replicas that are slow, dead or lying change nothing: an invalid certificate is counted
 (metric `quorumserve_gateway_invalid_certificates_total`), logged and ignored. The gateway keeps
@@ -573,7 +573,7 @@ class Gateway:
             check_request(config, r)
         timeout_s = self._timeout_s(context, requested_s)
         if len(requests) == 1:
-            # One row: over the long-lived SubmitStream to each replica rather than one unary
+            # One row: over the long-lived SubmitBatchStream to each replica rather than one unary
             # SubmitBatch per replica per call, which costs every replica a whole RPC per request.
             outcomes = [await group.fanout.stream().submit(requests[0], timeout_s=timeout_s)]
         else:
@@ -672,7 +672,7 @@ class Gateway:
         return mpb.InferBatchReply(replies=replies)
 
     async def infer_stream(self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        """Rows in, replies out as each row is certified (over one SubmitStream per replica)."""
+        """Rows in, replies out as each row is certified (over one SubmitBatchStream per replica)."""
 
         async def one(raw: bytes) -> Any:
             message = mpb.InferRequest()

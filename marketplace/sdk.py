@@ -1152,7 +1152,7 @@ class _ReplicaStream:
 
 
 class FanoutStream:
-    """Requests in, certified outcomes out as they commit: one SubmitStream per replica, shared
+    """Requests in, certified outcomes out as they commit: one SubmitBatchStream per replica, shared
     by every caller (rows are matched to replies by client and request id)."""
 
     def __init__(self, fanout: ReplicaFanout) -> None:

@@ -474,6 +474,8 @@ async def measure(
 ) -> Measurement:
     """A closed loop with a fresh caller; stats over the window after the warm-up. With a group,
     CPU by component and the replicas' counters are sampled at the window's start and end."""
+    if bench is not None:
+        await asyncio.to_thread(bench.wait_idle)
     caller = make()
     probe = Probe(bench) if bench is not None else None
     try:
@@ -608,6 +610,19 @@ class BenchGroup:
                 return api_grpc.ReplicaStub(channel).Status(api.StatusRequest(), timeout=timeout_s)
         except grpc.RpcError:
             return None
+
+    def wait_idle(self, timeout_s: float = 60.0) -> bool:
+        """Wait until no replica that answers holds requests still to certify: a closed loop
+        that ends leaves its last calls in flight inside the group, and a measurement started
+        on top of that backlog would count the previous workload's cost against its own."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            answers = [self.status(i) for i in range(self.n)]
+            if all(s is None or s.pending_requests == 0 for s in answers):
+                return True
+            time.sleep(0.2)
+        step(f"the group still had requests in flight after {timeout_s:.0f} s; measuring anyway")
+        return False
 
     def primary(self) -> int:
         """The primary most replicas in the normal state name."""
