@@ -1135,12 +1135,12 @@ class ConsensusNode:
     def _check_committed(self, slot: Slot) -> None:
         if slot.committed is not None:
             return
-        for (view, digest), bucket in slot.commits.items():
-            if len(bucket) >= self.q and digest in slot.contents:
+        for (view, batch_digest), bucket in slot.commits.items():
+            if len(bucket) >= self.q and batch_digest in slot.contents:
                 # a quorum of COMMITs is a commit certificate on its own: at least f+1 correct
                 # replicas prepared the batch in that view
                 commits = tuple(c for _, c in sorted(bucket.items())[: self.q])
-                pp = slot.contents[digest]
+                pp = slot.contents[batch_digest]
                 if pp.view != view:
                     pp = PrePrepare(pp.sender, pp.epoch, pp.header.with_view(view), pp.proposal, pp.signature)
                 slot.committed = (pp, commits)
@@ -1229,9 +1229,9 @@ class ConsensusNode:
             return  # already stable here
         statement = checkpoint.statement(self.config.group_id)
         self._verify(sender, statement, checkpoint.signature, "checkpoint", config)
-        for digest, bucket in self.checkpoints.get(checkpoint.seq, {}).items():
+        for state_digest, bucket in self.checkpoints.get(checkpoint.seq, {}).items():
             earlier = bucket.get(sender)
-            if earlier is not None and digest != checkpoint.state_digest:
+            if earlier is not None and state_digest != checkpoint.state_digest:
                 self._equivocation(earlier.statement(self.config.group_id), earlier.signature, statement, checkpoint.signature)
                 raise ByzantineMessageError(sender, "equivocation", f"two checkpoints for seq {checkpoint.seq}")
         self._add_checkpoint(checkpoint)
@@ -1241,12 +1241,12 @@ class ConsensusNode:
         if checkpoint.seq > horizon:
             # far ahead of us: keep only each sender's newest, so a flood cannot grow memory
             for seq in [s for s in self.checkpoints if s > horizon]:
-                for digest, bucket in list(self.checkpoints[seq].items()):
+                for state_digest, bucket in list(self.checkpoints[seq].items()):
                     earlier = bucket.get(checkpoint.sender)
                     if earlier is not None and earlier.seq < checkpoint.seq:
                         del bucket[checkpoint.sender]
                         if not bucket:
-                            del self.checkpoints[seq][digest]
+                            del self.checkpoints[seq][state_digest]
                 if not self.checkpoints[seq]:
                     del self.checkpoints[seq]
             if any(

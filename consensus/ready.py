@@ -20,7 +20,7 @@ from typing import Union
 
 from certs.batch import BatchHeader
 from certs.request import InferenceRequest
-from certs.evidence import Equivocation, Evidence  # Equivocation: re-exported for tests/consensus/cluster.py
+from certs.evidence import Evidence
 from certs.membership import ConfigLink
 
 from consensus.messages import (

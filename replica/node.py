@@ -41,7 +41,7 @@ from certs.keys import Ed25519Verifier, load_private_key
 from certs.outputs import ModelOutput, map_probabilities, quantise
 from certs.policy import NO_AGREEMENT
 from certs.request import InferenceRequest
-from consensus.errors import ByzantineMessageError, ConsensusError, RequestRejectedError
+from consensus.errors import ByzantineMessageError, ConsensusError
 from consensus.messages import ModelUpdate, PeerMessage, VoteBatch
 from consensus.node import ConsensusNode, SubmitOutcome
 from consensus.messages import Checkpoint

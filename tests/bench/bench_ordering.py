@@ -47,7 +47,6 @@ from tests.bench.common import (
     replicas_line,
     run_alone,
     running_group,
-    step,
     warm_up,
 )
 

@@ -110,7 +110,6 @@ def report(
     for c in concurrencies:
         certified = points["certified"][c]["stats"]
         naive = points["naive fan-out"][c]["stats"]
-        plain = points["plain Triton"][c]["stats"]
         ratio = certified.throughput_per_s / naive.throughput_per_s if naive.throughput_per_s else float("nan")
         ratios[c] = ratio
         result.figures.append(Figure(

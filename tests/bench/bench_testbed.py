@@ -145,7 +145,6 @@ def measure_gateway(
     errors: list[str] = []
 
     async def scenario() -> None:
-        nonlocal failures
         client = triton_aio.InferenceServerClient(address, channel_args=[("grpc.max_receive_message_length", 64 << 20)])
         started = time.monotonic()
         stop_at = started + warmup_s + duration_s

@@ -36,7 +36,7 @@ from certs.evidence import (
 )
 from certs.merkle import MerkleTree, root_of_hashes
 from certs.outputs import ModelOutput
-from certs.policy import NO_AGREEMENT, Decision, Vote
+from certs.policy import NO_AGREEMENT, Decision
 from certs.statements import Statement, StatementKind
 from marketplace.cli import main
 from tests.certs.helpers import Group, SignedBatch, header_for, make_batch, make_group, replica_key

@@ -44,10 +44,10 @@ from consensus.messages import (
     VoteBatch,
 )
 from consensus.node import ConsensusNode, SubmitOutcome
+from certs.evidence import Equivocation
 from consensus.ready import (
     Activation,
     CommittedBatch,
-    Equivocation,
     Event,
     InferenceBatch,
     PersistRecord,

@@ -31,7 +31,8 @@ from consensus.messages import (
     ViewChange,
     VoteBatch,
 )
-from consensus.ready import CommittedBatch, Equivocation, PreparedRecord, SignedRecord, StableCheckpointRecord
+from certs.evidence import Equivocation
+from consensus.ready import CommittedBatch, PreparedRecord, SignedRecord, StableCheckpointRecord
 from tests.consensus.cluster import (
     Cluster,
     commit,

@@ -210,7 +210,6 @@ def _check_model_versions(world: World) -> None:
 def _check_certificates(world: World) -> None:
     """Certificates built from committed batches verify offline against the group config and
     the client's request, in compact form and with every voter's signed vote."""
-    config = world.config
     r = world.correct[0]
     for seq, batch in sorted(world.committed[r].items()):
         if not batch.proposal.entries:

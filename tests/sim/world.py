@@ -26,7 +26,6 @@ from certs.merkle import root_of_hashes
 from certs.outputs import ModelOutput, quantise
 from certs.policy import AgreementPolicy, PolicyKind
 from certs.request import InferenceRequest, TensorData
-from certs.statements import StatementKind
 
 from certs.membership import Approval, JoinRequest, LeaveRequest
 from consensus.errors import ByzantineMessageError, RequestRejectedError
@@ -441,9 +440,7 @@ class World:
                     return [(message, rest), (variant, half)]
             if isinstance(message, (Prepare, Commit)) and len(targets) > 1 and rng.random() < 0.5:
                 other = replace(message, batch_digest=hashlib.sha256(message.batch_digest).digest(), signature=b"")
-                kind = StatementKind.PREPARE if isinstance(message, Prepare) else StatementKind.COMMIT
                 other = replace(other, signature=signer.sign(other.statement(self.config.group_id).message()))
-                del kind
                 half = rng.sample(targets, len(targets) // 2)
                 return [(message, [t for t in targets if t not in half]), (other, half)]
             if isinstance(message, Checkpoint) and rng.random() < 0.5:
