@@ -20,6 +20,7 @@ class ReplicaMetrics:
             return Gauge(name, doc, ("replica", "group"), registry=r)
 
         self._labels = labels
+        self._children: dict[tuple[object, ...], object] = {}
         self.requests = counter("quorumserve_requests_total", "client requests received", ("outcome",))
         self.certified = counter("quorumserve_certified_requests_total", "requests certified by this replica")
         self.batches = counter("quorumserve_committed_batches_total", "ordered batches executed")
@@ -50,7 +51,13 @@ class ReplicaMetrics:
         )
 
     def labels(self, metric, **extra: str):  # type: ignore[no-untyped-def]
-        return metric.labels(**self._labels, **extra)
+        # children are cached: prometheus_client's labels() validates and locks on every call,
+        # and the replica asks for a handful per message it handles
+        key = (id(metric), *extra.items())
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(**self._labels, **extra)
+        return child
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         if port:
