@@ -13,7 +13,7 @@ import io
 import logging
 import tarfile
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,25 +71,9 @@ class ReplicaService:
         )
 
     async def _submit_one(self, message: api.SubmitRequest) -> api.SubmitReply:
-        ids = {"client_id": message.request.client_id, "request_id": message.request.request_id, "replica_id": self.node.replica_id}
-        try:
-            request = request_from_proto(message.request)
-        except CertificateError as exc:
-            self.node.metrics.labels(self.node.metrics.requests, outcome="rejected").inc()
-            return api.SubmitReply(status=api.REJECTED, error=str(exc), **ids)
-        try:
-            _, future = self.node.submit(request, fanout=bool(message.fanout))
-        except RequestRejectedError as exc:
-            self.node.metrics.labels(self.node.metrics.requests, outcome="rejected").inc()
-            return api.SubmitReply(status=api.REJECTED, error=str(exc), **ids)
-        timeout_s = message.timeout_ms / 1000 if message.timeout_ms else self.node.config.request_timeout_s
-        try:
-            certified = await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        except asyncio.TimeoutError:
-            return api.SubmitReply(status=api.TIMEOUT, error=f"not committed within {timeout_s:.1f} s; retry with the same ids", **ids)
-        except ReplicaError as exc:
-            return api.SubmitReply(status=api.TIMEOUT, error=str(exc), **ids)
-        return self._reply(certified, compact=True)
+        reply: asyncio.Future[api.SubmitReply] = asyncio.get_running_loop().create_future()
+        self._submit_soon(message, lambda r: reply.done() or reply.set_result(r))
+        return await reply
 
     # -- RPCs --------------------------------------------------------------------------------
     async def submit(self, raw: bytes, context: grpc.aio.ServicerContext) -> api.SubmitReply:
@@ -106,11 +90,11 @@ class ReplicaService:
         replies = await asyncio.gather(*(self._submit_one(r) for r in message.requests))
         return api.SubmitBatchReply(replies=replies)
 
-    def _submit_soon(self, message: api.SubmitRequest, deliver: Callable[[api.SubmitReply], None]) -> None:
-        """`_submit_one` for the streams, without a task per request: `deliver` is called once,
-        on the loop, with the reply (a certificate, a rejection or a timeout). Under load a
-        stream carries thousands of requests in flight, and a task plus a wait_for each cost
-        more than the rest of the replica's work on a request."""
+    def _submit_soon(self, message: api.SubmitRequest, deliver: Callable[[api.SubmitReply], object]) -> None:
+        """Submit one request; `deliver` is called once, on the loop, with its reply (a
+        certificate, a rejection or a timeout). Callbacks rather than a task per request: under
+        load a stream carries thousands of requests in flight, and a task plus a wait_for each
+        cost more than the rest of the replica's work on a request."""
         ids = {"client_id": message.request.client_id, "request_id": message.request.request_id, "replica_id": self.node.replica_id}
         try:
             request = request_from_proto(message.request)
@@ -144,43 +128,15 @@ class ReplicaService:
 
         future.add_done_callback(on_done)
 
-    async def submit_stream(self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[api.SubmitReply]:
-        replies: asyncio.Queue[api.SubmitReply | None] = asyncio.Queue()
-        outstanding = 0
-        reading = True
-
-        def deliver(reply: api.SubmitReply) -> None:
-            nonlocal outstanding
-            outstanding -= 1
-            replies.put_nowait(reply)
-            if not reading and outstanding == 0:
-                replies.put_nowait(None)
-
-        async def reader() -> None:
-            nonlocal outstanding, reading
-            async for raw in request_iterator:
-                try:
-                    message = self._parse(api.SubmitRequest, raw)
-                except _Invalid as exc:
-                    replies.put_nowait(api.SubmitReply(status=api.REJECTED, error=str(exc), replica_id=self.node.replica_id))
-                    continue
-                outstanding += 1
-                self._submit_soon(message, deliver)
-            reading = False
-            if outstanding == 0:
-                replies.put_nowait(None)
-
-        task = asyncio.get_running_loop().create_task(reader())
-        try:
-            while (reply := await replies.get()) is not None:
-                yield reply
-        finally:
-            task.cancel()
-
-    async def submit_batch_stream(self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        """Many requests per message in, every reply ready at once out as one message (raw
-        bytes: replies are serialized once and framed, see certs.wire.repeated_field)."""
-        ready: list[bytes] = []
+    async def _answer_stream(
+        self,
+        request_iterator: AsyncIterator[bytes],
+        requests_of: Callable[[bytes], tuple[Sequence[api.SubmitRequest], list[api.SubmitReply]]],
+    ) -> AsyncIterator[list[api.SubmitReply]]:
+        """Both submit streams: each incoming message gives requests to submit and replies
+        already decided (`requests_of`; _Invalid: one rejection without ids). Yields the replies
+        ready at each wake-up, until the client stopped writing and every request is answered."""
+        ready: list[api.SubmitReply] = []
         wakeup = asyncio.Event()
         outstanding = 0
         reading = True
@@ -188,29 +144,20 @@ class ReplicaService:
         def deliver(reply: api.SubmitReply) -> None:
             nonlocal outstanding
             outstanding -= 1
-            ready.append(reply.SerializeToString())
-            wakeup.set()
-
-        def reject(error: str, message: api.SubmitRequest | None = None) -> None:
-            ids = {"client_id": message.request.client_id, "request_id": message.request.request_id} if message is not None else {}
-            ready.append(api.SubmitReply(status=api.REJECTED, error=error, replica_id=self.node.replica_id, **ids).SerializeToString())
+            ready.append(reply)
             wakeup.set()
 
         async def reader() -> None:
             nonlocal outstanding, reading
             async for raw in request_iterator:
                 try:
-                    batch = self._parse(api.SubmitBatchRequest, raw)
+                    requests, answered = requests_of(raw)
                 except _Invalid as exc:
-                    reject(str(exc))
-                    continue
-                if len(batch.requests) > SUBMIT_BATCH_MAX:
-                    self.node.metrics.labels(self.node.metrics.requests, outcome="rejected").inc(len(batch.requests))
-                    for message in batch.requests:
-                        reject(f"at most {SUBMIT_BATCH_MAX} requests per message", message)
-                    continue
-                outstanding += len(batch.requests)
-                for message in batch.requests:
+                    requests, answered = (), [api.SubmitReply(status=api.REJECTED, error=str(exc), replica_id=self.node.replica_id)]
+                ready.extend(answered)
+                wakeup.set()
+                outstanding += len(requests)
+                for message in requests:
                     self._submit_soon(message, deliver)
             reading = False
             wakeup.set()
@@ -223,11 +170,38 @@ class ReplicaService:
                     await wakeup.wait()
                 if not ready:
                     return
-                out = ready[:SUBMIT_BATCH_MAX]
-                del ready[: len(out)]
-                yield repeated_field(1, out)
+                out = ready[:]
+                ready.clear()
+                yield out
         finally:
             task.cancel()
+
+    async def submit_stream(self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[api.SubmitReply]:
+        def requests_of(raw: bytes) -> tuple[Sequence[api.SubmitRequest], list[api.SubmitReply]]:
+            return (self._parse(api.SubmitRequest, raw),), []
+
+        async for replies in self._answer_stream(request_iterator, requests_of):
+            for reply in replies:
+                yield reply
+
+    async def submit_batch_stream(self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        """Many requests per message in, every reply ready at once out as one message (raw
+        bytes: replies are serialized once and framed, see certs.wire.repeated_field)."""
+
+        def requests_of(raw: bytes) -> tuple[Sequence[api.SubmitRequest], list[api.SubmitReply]]:
+            batch = self._parse(api.SubmitBatchRequest, raw)
+            if len(batch.requests) <= SUBMIT_BATCH_MAX:
+                return batch.requests, []
+            self.node.metrics.labels(self.node.metrics.requests, outcome="rejected").inc(len(batch.requests))
+            error = f"at most {SUBMIT_BATCH_MAX} requests per message"
+            return (), [
+                api.SubmitReply(status=api.REJECTED, error=error, client_id=m.request.client_id, request_id=m.request.request_id, replica_id=self.node.replica_id)
+                for m in batch.requests
+            ]
+
+        async for replies in self._answer_stream(request_iterator, requests_of):
+            for start in range(0, len(replies), SUBMIT_BATCH_MAX):
+                yield repeated_field(1, [r.SerializeToString() for r in replies[start : start + SUBMIT_BATCH_MAX]])
 
     async def get_certificate(self, raw: bytes, context: grpc.aio.ServicerContext) -> api.SubmitReply:
         message = await self._checked(context, api.GetCertificateRequest, raw)

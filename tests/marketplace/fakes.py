@@ -101,7 +101,6 @@ class FakeReplica:
                     {
                         "Submit": unary(self._submit),
                         "SubmitBatch": unary(self._submit_batch),
-                        "SubmitStream": grpc.stream_stream_rpc_method_handler(self._submit_stream, request_deserializer=None, response_serializer=None),
                         "SubmitBatchStream": grpc.stream_stream_rpc_method_handler(self._submit_batch_stream, request_deserializer=None, response_serializer=None),
                         "GetCertificate": unary(self._get_certificate),
                         "Status": unary(self._status),
@@ -159,31 +158,9 @@ class FakeReplica:
         replies = await asyncio.gather(*(self._answer(r) for r in message.requests))
         return api.SubmitBatchReply(replies=replies).SerializeToString()
 
-    async def _submit_stream(self, iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-
-        async def one(raw: bytes) -> None:
-            if self.behaviour == "garbage":
-                self.requests_seen += 1
-                await queue.put(b"\xff\xff\xff\xff garbage")
-                return
-            await queue.put((await self._answer(api.SubmitRequest.FromString(raw))).SerializeToString())
-
-        async def read() -> None:
-            tasks = [asyncio.get_running_loop().create_task(one(raw)) async for raw in iterator]
-            await asyncio.gather(*tasks)
-            await queue.put(None)
-
-        reader = asyncio.get_running_loop().create_task(read())
-        try:
-            while (item := await queue.get()) is not None:
-                yield item
-        finally:
-            reader.cancel()
-
     async def _submit_batch_stream(self, iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        """Like the replica's: one reply message per answer here (a real replica groups the
-        answers ready at once; clients must take either)."""
+        """The SDK's path: like the replica's, but one reply message per answer (a real replica
+        groups the answers ready at once; clients must take either)."""
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
 
         async def one(message: api.SubmitRequest) -> None:

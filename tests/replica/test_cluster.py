@@ -309,3 +309,33 @@ def test_submit_batch_stream_takes_bursts_answers_in_bursts_and_survives_garbage
             verify(decode_certificate(certified[request.request_id].certificate), config, request)
         # the burst's certificates come back several to a message
         assert max(sum(1 for r in m.replies if r.status == api.CERTIFIED) for m in replies_of) > 1
+
+
+def test_submit_stream_answers_one_request_per_message_and_survives_garbage(group: LocalGroup, digits: tuple[np.ndarray, np.ndarray]) -> None:
+    """The one-request-per-message stream kept for existing clients: garbage gets a rejection,
+    and the requests after it are certified."""
+    assert group.config is not None
+    config = group.config
+    X, _ = digits
+    requests = [digits_request(config, "single-stream", f"s-{i}", X[i]) for i in range(3)]
+
+    async def scenario() -> list[api.SubmitReply]:
+        channels = [grpc.aio.insecure_channel(a) for a in group.addresses]
+        try:
+            calls = [c.stream_stream("/quorumserve.v1.Replica/SubmitStream", request_serializer=None, response_deserializer=None)() for c in channels]
+            for call in calls:
+                await call.write(b"\xff\x00garbage\x13\x37")
+                for request in requests:
+                    await call.write(api.SubmitRequest(request=request_to_proto(request), fanout=1).SerializeToString())
+                await call.done_writing()
+            return [api.SubmitReply.FromString(raw) async for raw in calls[1]]
+        finally:
+            for c in channels:
+                await c.close()
+
+    replies = asyncio.run(asyncio.wait_for(scenario(), 120))
+    assert any(r.status == api.REJECTED and "malformed SubmitRequest" in r.error for r in replies)
+    certified = {r.request_id: r for r in replies if r.status == api.CERTIFIED}
+    assert set(certified) == {r.request_id for r in requests}
+    for request in requests:
+        verify(decode_certificate(certified[request.request_id].certificate), config, request)
