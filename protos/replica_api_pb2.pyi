@@ -83,7 +83,7 @@ class ModelVersionInfo(_message.Message):
     def __init__(self, replica_id: _Optional[int] = ..., version: _Optional[int] = ..., weights_digest: _Optional[bytes] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("group_id", "epoch", "config_digest", "replica_id", "view", "primary", "state", "executed_seq", "stable_seq", "pending_requests", "versions", "loaded_versions", "activations")
+    __slots__ = ("group_id", "epoch", "config_digest", "replica_id", "view", "primary", "state", "executed_seq", "stable_seq", "pending_requests", "versions", "loaded_versions", "activations", "triton_models")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     CONFIG_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,7 @@ class StatusReply(_message.Message):
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     LOADED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
+    TRITON_MODELS_FIELD_NUMBER: _ClassVar[int]
     group_id: str
     epoch: int
     config_digest: bytes
@@ -110,7 +111,18 @@ class StatusReply(_message.Message):
     versions: _containers.RepeatedCompositeFieldContainer[ModelVersionInfo]
     loaded_versions: _containers.RepeatedScalarFieldContainer[int]
     activations: _containers.RepeatedCompositeFieldContainer[Activation]
-    def __init__(self, group_id: _Optional[str] = ..., epoch: _Optional[int] = ..., config_digest: _Optional[bytes] = ..., replica_id: _Optional[int] = ..., view: _Optional[int] = ..., primary: _Optional[int] = ..., state: _Optional[str] = ..., executed_seq: _Optional[int] = ..., stable_seq: _Optional[int] = ..., pending_requests: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[ModelVersionInfo, _Mapping]]] = ..., loaded_versions: _Optional[_Iterable[int]] = ..., activations: _Optional[_Iterable[_Union[Activation, _Mapping]]] = ...) -> None: ...
+    triton_models: _containers.RepeatedCompositeFieldContainer[TritonModel]
+    def __init__(self, group_id: _Optional[str] = ..., epoch: _Optional[int] = ..., config_digest: _Optional[bytes] = ..., replica_id: _Optional[int] = ..., view: _Optional[int] = ..., primary: _Optional[int] = ..., state: _Optional[str] = ..., executed_seq: _Optional[int] = ..., stable_seq: _Optional[int] = ..., pending_requests: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[ModelVersionInfo, _Mapping]]] = ..., loaded_versions: _Optional[_Iterable[int]] = ..., activations: _Optional[_Iterable[_Union[Activation, _Mapping]]] = ..., triton_models: _Optional[_Iterable[_Union[TritonModel, _Mapping]]] = ...) -> None: ...
+
+class TritonModel(_message.Message):
+    __slots__ = ("version", "model_name", "model_version")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    model_name: str
+    model_version: str
+    def __init__(self, version: _Optional[int] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class Activation(_message.Message):
     __slots__ = ("replica_id", "version", "weights_digest", "from_seq")

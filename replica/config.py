@@ -22,6 +22,8 @@ Example:
     http_port = 8100
     metrics_port = 8102
     torch_threads = 1
+    spare_models = 1                     # bound Triton models kept ready for the next model
+                                         # version: an update then starts no Triton process
 
     [misbehave]                          # tests only: make this replica faulty on purpose
     mode = "none"                        # none | wrong-labels | equivocate | silent | swap-weak
@@ -52,6 +54,7 @@ class TritonPorts:
     http_port: int
     metrics_port: int
     torch_threads: int = 1
+    spare_models: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +119,9 @@ def load_replica_config(path: str | os.PathLike[str]) -> ReplicaConfig:
         weak = misbehave_table.get("weak_package")
         if misbehave == "swap-weak" and not weak:
             raise ReplicaConfigError("misbehave.mode swap-weak needs misbehave.weak_package")
+        spare_models = _int(triton, "spare_models", 1)
+        if spare_models < 0:
+            raise ReplicaConfigError("triton.spare_models must be 0 or more")
         listen = data.get("listen")
         if not isinstance(listen, str) or ":" not in listen:
             raise ReplicaConfigError("listen must be host:port")
@@ -132,6 +138,7 @@ def load_replica_config(path: str | os.PathLike[str]) -> ReplicaConfig:
                 http_port=_int(triton, "http_port"),
                 metrics_port=_int(triton, "metrics_port"),
                 torch_threads=_int(triton, "torch_threads", 1),
+                spare_models=spare_models,
             ),
             metrics_port=_int(data, "metrics_port", 0),
             storage_sync=_sync(data.get("storage", {}).get("sync", "full")),
@@ -172,6 +179,7 @@ def render_replica_config(config: ReplicaConfig) -> str:
             f"http_port = {config.triton.http_port}",
             f"metrics_port = {config.triton.metrics_port}",
             f"torch_threads = {config.triton.torch_threads}",
+            f"spare_models = {config.triton.spare_models}",
             "",
             "[misbehave]",
             f"mode = {q(config.misbehave)}",

@@ -38,8 +38,7 @@ Device = Literal["cpu", "cuda", "auto"]
 OUTPUT_KINDS: tuple[str, ...] = ("logits", "probabilities")
 DEVICES: tuple[str, ...] = ("cpu", "cuda", "auto")
 
-# Triton model names allow these characters; the backend appends "-v<version>" to the name and
-# builds Unix socket paths from it, which are limited to 107 bytes, hence the short maximum.
+# A model name: characters Triton allows in model names, short enough for logs and file names.
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 NAME_LENGTH_MAX = 40
 

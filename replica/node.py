@@ -565,6 +565,7 @@ class ReplicaNode:
             state = "retired"
         versions = core.state.versions_at(core.executed_seq + 1)
         loaded = tuple(self.backend.loaded_versions()) if self.backend is not None else ()  # type: ignore[attr-defined]
+        triton_models = self.backend.triton_models() if self.backend is not None else {}  # type: ignore[attr-defined]
         return {
             "group_id": self.core.config.group_id,
             "epoch": self.core.config.epoch,
@@ -578,6 +579,7 @@ class ReplicaNode:
             "pending_requests": len(core.pending),
             "versions": sorted((rid, v, wd) for rid, (v, wd) in versions.items()),
             "loaded_versions": loaded,
+            "triton_models": triton_models,
         }
 
 

@@ -4,15 +4,23 @@ Each replica starts its own `tritonserver` through nvidia-pytriton, bound to loo
 ports it is given, and calls it through `tritonclient` (grpc.aio) with exactly one Triton request
 per inference batch. Choices, and why:
 
-- Versions side by side. Every model version is its own Triton model, named
-  f"{spec.name}-v{version}" with Triton version `version`. Loading binds a new model into the
-  running server (pytriton's `Triton.bind` after `run()` loads it through Triton's explicit model
-  control); loaded versions are never touched, so they keep serving while a new one loads. Triton
-  itself does not promise a downtime-free reload of one model name, hence one name per version.
+- Versions side by side. Every serving version has a Triton model of its own, so a new version
+  loads while the old one serves, untouched (Triton does not promise a downtime-free reload of
+  one model name). Loading binds a new model into the running server (pytriton's `Triton.bind`
+  after `run()` loads it through Triton's explicit model control).
+- Warm spare models. Binding a model is the expensive part of an update: Triton starts a
+  Python-backend stub process for it and pytriton's stub spawns a tensor-store process, about
+  0.5 s of CPU together, on the cores that serve. So the backend keeps `spare_models` bound
+  models that host no version (`prepare_spares`, done at start-up), and a new version with the
+  same tensor signature takes a spare: loading it costs the TorchScript load and a warm-up only.
+  A retired version's model becomes the spare again instead of being unloaded. Hence Triton
+  model names say which bound model, not which version: "model-<k>", Triton version 1, and
+  `loaded(version).model_name` (and the replica's Status) maps versions to them.
 - Unloading. A retiring version first stops taking new calls and drains its in-flight ones; then
-  Triton's model-repository API unloads it (explicit model-control mode, which pytriton always
-  uses) and pytriton's proxy for it is stopped. pytriton 0.7 has no public call to drop one bound
-  model, so `_QuorumTriton.forget` reaches into its model manager (the version is pinned).
+  its model becomes a spare, or, when there are spares enough, Triton's model-repository API
+  unloads it (explicit model-control mode, which pytriton always uses) and pytriton's proxy for it
+  is stopped. pytriton 0.7 has no public call to drop one bound model, so `_QuorumTriton.forget`
+  reaches into its model manager (the version is pinned).
 - Protected endpoints. pytriton guards the model-repository and statistics endpoints with an
   access token by default; the backend keeps the token and sends it in the gRPC header. Triton
   listens on 127.0.0.1 only: the model never leaves the owner's replica.
@@ -62,6 +70,7 @@ from tritonclient.utils import InferenceServerException
 
 from certs.config import TaskSchema
 from replica.model_spec import (
+    NUMPY_DTYPES,
     ModelPackageError,
     ModelSpec,
     check_against_task,
@@ -78,6 +87,9 @@ _SOCKET_PATH_MAX = 107
 # pytriton's longest socket name for a model: f"{model_name}_0_0-server.sock"
 _SOCKET_SUFFIX = "_0_0-server.sock"
 _GRPC_TOKEN_HEADER = "triton-grpc-protocol-triton-access-token"
+# every bound model is Triton version 1 of its own name: a model outlives the versions it hosts
+TRITON_MODEL_VERSION = 1
+MODEL_NAME_PREFIX = "model-"
 _LOG_TAIL_CHARS = 2000
 _RAISED_LINE = re.compile(r"^[\w.]*(?:Error|Exception): \S")
 
@@ -116,7 +128,7 @@ class InferenceError(BackendError):
 
 @dataclass(frozen=True, slots=True)
 class LoadedVersion:
-    """A version that serves: what was loaded and under which Triton model name."""
+    """A version that serves: what was loaded and which Triton model (version 1) hosts it."""
 
     version: int
     spec: ModelSpec
@@ -125,11 +137,67 @@ class LoadedVersion:
     device: str
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
+class _Signature:
+    """What a bound Triton model's configuration fixes, hence which versions it can host."""
+
+    input_name: str
+    input_datatype: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    max_batch_size: int
+
+    @classmethod
+    def of(cls, spec: ModelSpec) -> _Signature:
+        return cls(spec.input_name, spec.input_datatype, tuple(spec.input_shape), spec.num_classes, spec.max_batch_size)
+
+    def hosts(self, spec: ModelSpec) -> bool:
+        # `infer` splits a batch by the version's own max_batch_size, so a larger one fits too
+        other = _Signature.of(spec)
+        return self == other or (
+            self.max_batch_size >= other.max_batch_size
+            and (self.input_name, self.input_datatype, self.input_shape, self.num_classes)
+            == (other.input_name, other.input_datatype, other.input_shape, other.num_classes)
+        )
+
+
+class _ModelHost:
+    """pytriton's inference callable for one bound Triton model: runs the version it hosts now.
+
+    Swapped by plain attribute assignment, which is atomic; a model hosts a new version only
+    after the previous one drained, so no call sees the swap.
+    """
+
+    def __init__(self) -> None:
+        self.callable: _TorchCallable | None = None
+
+    def __call__(self, requests: Sequence[Any]) -> list[dict[str, np.ndarray]]:
+        current = self.callable
+        if current is None:
+            raise RuntimeError("this Triton model hosts no model version at the moment")
+        return current(requests)
+
+
+@dataclass(eq=False)
+class _TritonModel:
+    """One model bound into Triton; it hosts at most one version at a time."""
+
+    name: str
+    signature: _Signature
+    host: _ModelHost = field(default_factory=_ModelHost)
+
+
+@dataclass(eq=False)
 class _Slot:
-    """Serving state of one version; `inflight` and `retiring` are guarded by the backend's lock."""
+    """Serving state of one version; `inflight` and `retiring` are guarded by the backend's lock.
+
+    `requests_before` is Triton's request count of the model when the version moved in, so that
+    statistics count this version's requests only.
+    """
 
     loaded: LoadedVersion
+    model: _TritonModel
+    requests_before: int = 0
     inflight: int = 0
     retiring: bool = False
     chunk_warned: bool = field(default=False)
@@ -138,9 +206,10 @@ class _Slot:
 class TritonBackend:
     """One tritonserver serving one replica's model versions.
 
-    Lifecycle methods (`start`, `load`, `unload`, `stop`) block for seconds and are thread-safe.
-    `load` and `unload` refuse to run on an event loop's thread, where they would stall serving;
-    coroutines use `load_async` / `unload_async`, which run them on a worker thread.
+    Lifecycle methods (`start`, `load`, `unload`, `prepare_spares`, `stop`) block for seconds and
+    are thread-safe. `load`, `unload` and `prepare_spares` refuse to run on an event loop's
+    thread, where they would stall serving; coroutines use their `_async` variants, which run
+    them on a worker thread.
     """
 
     def __init__(
@@ -154,9 +223,12 @@ class TritonBackend:
         torch_threads: int = 1,
         host: str = "127.0.0.1",
         startup_timeout_s: float = 60.0,
+        spare_models: int = 1,
     ) -> None:
         if torch_threads < 1:
             raise ValueError("torch_threads must be at least 1")
+        if spare_models < 0:
+            raise ValueError("spare_models must be at least 0")
         ports = (grpc_port, http_port, metrics_port)
         if len(set(ports)) != 3 or not all(0 < p < 65536 for p in ports):
             raise ValueError(f"grpc, http and metrics ports must be three distinct ports, are {ports}")
@@ -168,10 +240,13 @@ class TritonBackend:
         self._torch_threads = torch_threads
         self._host = host
         self._startup_timeout_s = startup_timeout_s
+        self._spare_models = spare_models
         # _lifecycle serialises start/load/unload/stop; _lock guards the serving table
         self._lifecycle = threading.RLock()
         self._lock = threading.Condition()
         self._slots: dict[int, _Slot] = {}
+        self._spares: list[_TritonModel] = []
+        self._models_bound = 0  # numbers Triton model names; never reused while the server runs
         self._triton: _QuorumTriton | None = None
         self._sync_client: grpcclient.InferenceServerClient | None = None
         self._auth_headers: dict[str, str] = {}
@@ -218,6 +293,19 @@ class TritonBackend:
     def loaded_versions(self) -> tuple[int, ...]:
         with self._lock:
             return tuple(sorted(v for v, slot in self._slots.items() if not slot.retiring))
+
+    def triton_models(self) -> dict[int, tuple[str, str]]:
+        """The Triton model (name, Triton version) hosting each loaded version."""
+        with self._lock:
+            return {
+                v: (slot.model.name, str(TRITON_MODEL_VERSION))
+                for v, slot in sorted(self._slots.items()) if not slot.retiring
+            }
+
+    def spare_model_count(self) -> int:
+        """Bound Triton models hosting no version, ready for the next one."""
+        with self._lock:
+            return len(self._spares)
 
     def loaded(self, version: int) -> LoadedVersion:
         with self._lock:
@@ -276,9 +364,10 @@ class TritonBackend:
     def load(self, version: int, package_path: str | os.PathLike[str], *, expected_digest: bytes | None = None) -> bytes:
         """Load a model package as `version` beside the loaded versions; returns its weights digest.
 
-        The model is checked (spec, task schema, digest, one local forward pass), bound into the
-        running Triton and warmed up with one inference through Triton. On any failure it raises
-        ModelLoadError and the versions already loaded keep serving, untouched.
+        The model is checked (spec, task schema, digest, one local forward pass), moved into a
+        spare Triton model that fits it or else bound into a new one, and warmed up with one
+        inference through Triton. On any failure it raises ModelLoadError and the versions
+        already loaded keep serving, untouched.
         """
         _refuse_on_event_loop("load")
         with self._lifecycle:
@@ -311,35 +400,70 @@ class TritonBackend:
                 callable_.self_test()
             except ModelPackageError as exc:
                 raise ModelLoadError(f"model version {version}: {exc}") from exc
-            model_name = f"{spec.name}-v{version}"
-            socket_path = triton.workspace_path / f"{model_name}{_SOCKET_SUFFIX}"
-            if len(str(socket_path)) > _SOCKET_PATH_MAX:
-                raise ModelLoadError(f"model version {version}: socket path {socket_path} is too long; use a shorter name")
-            loaded = LoadedVersion(version=version, spec=spec, model_name=model_name, weights_digest=digest, device=device)
+            with self._lock:
+                model = next((m for m in self._spares if m.signature.hosts(spec)), None)
+                if model is not None:
+                    self._spares.remove(model)
+            fresh = model is None
+            if model is None:
+                model = self._new_model(triton, spec)
+            loaded = LoadedVersion(version=version, spec=spec, model_name=model.name, weights_digest=digest, device=device)
             try:
-                triton.bind(
-                    model_name=model_name,
-                    infer_func=callable_,
-                    inputs=[Tensor(name=spec.input_name, dtype=spec.input_dtype.type, shape=spec.input_shape)],
-                    outputs=[Tensor(name=OUTPUT_NAME, dtype=np.float32, shape=(spec.num_classes,))],
-                    model_version=version,
-                    # batcher=None: no dynamic batching, one request is one execution
-                    config=ModelConfig(batching=True, max_batch_size=spec.max_batch_size, batcher=None),
-                    strict=True,
-                )
+                if fresh:
+                    self._bind(triton, model)
+                requests_before = self._requests_of_model(model.name)
+                model.host.callable = callable_
                 self._warm_up(loaded)
             except Exception as exc:  # pytriton and tritonclient raise many types; all mean "not loaded"
-                self._drop_from_triton(loaded)
+                # a spare that failed a version is dropped too: whatever broke may be in Triton
+                model.host.callable = None
+                self._drop_from_triton(model.name, triton)
                 raise ModelLoadError(
-                    f"model version {version} ({model_name}) failed to load in Triton: {_short_message(exc)}"
+                    f"model version {version} (Triton model {model.name}) failed to load in Triton: {_short_message(exc)}"
                 ) from exc
             with self._lock:
-                self._slots[version] = _Slot(loaded)
+                self._slots[version] = _Slot(loaded, model, requests_before)
             LOGGER.info(
-                "loaded model version %d as %s (digest %s, device %s) in %.2f s",
-                version, model_name, digest.hex()[:16], device, time.monotonic() - started,
+                "loaded model version %d into %s Triton model %s (digest %s, device %s) in %.2f s",
+                version, "a new" if fresh else "the spare", model.name, digest.hex()[:16], device,
+                time.monotonic() - started,
             )
             return digest
+
+    def prepare_spares(self) -> int:
+        """Bind Triton models until `spare_models` spares can host the newest loaded version's
+        successor (same tensor signature); returns how many were bound. Spares that cannot host
+        it are unloaded. Blocks for about a second per model; call it before serving."""
+        _refuse_on_event_loop("prepare_spares")
+        with self._lifecycle:
+            triton = self._require_running()
+            with self._lock:
+                serving = [slot.loaded for v, slot in sorted(self._slots.items()) if not slot.retiring]
+                if not serving:
+                    return 0
+                spec = serving[-1].spec
+                stale = [m for m in self._spares if not m.signature.hosts(spec)]
+                self._spares = [m for m in self._spares if m.signature.hosts(spec)]
+                wanted = self._spare_models - len(self._spares)
+            for model in stale:
+                self._drop_from_triton(model.name, triton)
+            started = time.monotonic()
+            for _ in range(wanted):
+                model = self._new_model(triton, spec)
+                try:
+                    self._bind(triton, model)
+                except Exception as exc:
+                    self._drop_from_triton(model.name, triton)
+                    raise BackendError(f"spare Triton model {model.name} failed to load: {_short_message(exc)}") from exc
+                with self._lock:
+                    self._spares.append(model)
+            if wanted > 0:
+                LOGGER.info("bound %d spare Triton model(s) for the next model version in %.2f s", wanted, time.monotonic() - started)
+            return max(wanted, 0)
+
+    async def prepare_spares_async(self) -> int:
+        """`prepare_spares` on a worker thread."""
+        return await asyncio.to_thread(self._prepare_spares_off_loop)
 
     async def load_async(
         self, version: int, package_path: str | os.PathLike[str], *, expected_digest: bytes | None = None
@@ -366,6 +490,7 @@ class TritonBackend:
             self._triton = None
             with self._lock:
                 self._slots.clear()
+                self._spares.clear()
                 self._lock.notify_all()
             atexit.unregister(self.stop)
             try:
@@ -448,24 +573,29 @@ class TritonBackend:
 
         The count includes the one warm-up request of `load`. Triton counts a request once it
         has sent the answer, so a read right after `infer` returns may briefly lag behind it.
+        A version hosted by a reused model counts from when it moved in.
         """
         client = self._require_sync_client()
         with self._lock:
-            by_name = {(slot.loaded.model_name, str(v)): v for v, slot in self._slots.items()}
+            by_name = {slot.model.name: (v, slot.requests_before) for v, slot in self._slots.items()}
         try:
             response = client.get_inference_statistics(model_name="", headers=self._auth_headers)
         except InferenceServerException as exc:
             raise BackendError(f"Triton statistics unavailable: {_short_message(exc)}") from exc
         counts: dict[int, int] = {}
         for stats in response.model_stats:
-            version = by_name.get((stats.name, stats.version))
-            if version is not None:
-                counts[version] = int(stats.inference_stats.success.count)
+            hosted = by_name.get(stats.name) if stats.version == str(TRITON_MODEL_VERSION) else None
+            if hosted is not None:
+                version, before = hosted
+                counts[version] = int(stats.inference_stats.success.count) - before
         return counts
 
     # -- internals -----------------------------------------------------------------------------
     def _load_off_loop(self, version: int, package_path: str | os.PathLike[str], expected: bytes | None) -> bytes:
         return self.load(version, package_path, expected_digest=expected)
+
+    def _prepare_spares_off_loop(self) -> int:
+        return self.prepare_spares()
 
     def _unload(self, version: int, drain_timeout_s: float) -> None:
         with self._lifecycle:
@@ -481,14 +611,50 @@ class TritonBackend:
                         "model version %d still has %d calls in flight after %.1f s; unloading anyway",
                         version, slot.inflight, drain_timeout_s,
                     )
-            try:
-                self._drop_from_triton(slot.loaded, triton)
-            finally:
-                with self._lock:
-                    self._slots.pop(version, None)
-            LOGGER.info("unloaded model version %d (%s)", version, slot.loaded.model_name)
+            model = slot.model
+            model.host.callable = None
+            with self._lock:
+                self._slots.pop(version, None)
+                keep = len(self._spares) < self._spare_models
+                if keep:
+                    self._spares.append(model)
+            if not keep:
+                self._drop_from_triton(model.name, triton)
+            LOGGER.info(
+                "unloaded model version %d; Triton model %s %s", version, model.name,
+                "stays bound as a spare" if keep else "is unloaded",
+            )
 
-    def _drop_from_triton(self, loaded: LoadedVersion, triton: _QuorumTriton | None = None) -> None:
+    def _new_model(self, triton: _QuorumTriton, spec: ModelSpec) -> _TritonModel:
+        with self._lock:
+            self._models_bound += 1
+            name = f"{MODEL_NAME_PREFIX}{self._models_bound}"
+        socket_path = triton.workspace_path / f"{name}{_SOCKET_SUFFIX}"
+        if len(str(socket_path)) > _SOCKET_PATH_MAX:
+            raise ModelLoadError(f"socket path {socket_path} is too long; use a shorter workspace path")
+        return _TritonModel(name, _Signature.of(spec))
+
+    def _bind(self, triton: _QuorumTriton, model: _TritonModel) -> None:
+        signature = model.signature
+        triton.bind(
+            model_name=model.name,
+            infer_func=model.host,
+            inputs=[Tensor(name=signature.input_name, dtype=NUMPY_DTYPES[signature.input_datatype].type, shape=signature.input_shape)],
+            outputs=[Tensor(name=OUTPUT_NAME, dtype=np.float32, shape=(signature.num_classes,))],
+            model_version=TRITON_MODEL_VERSION,
+            # batcher=None: no dynamic batching, one request is one execution
+            config=ModelConfig(batching=True, max_batch_size=signature.max_batch_size, batcher=None),
+            strict=True,
+        )
+
+    def _requests_of_model(self, model_name: str) -> int:
+        client = self._require_sync_client()
+        response = client.get_inference_statistics(
+            model_name=model_name, model_version=str(TRITON_MODEL_VERSION), headers=self._auth_headers
+        )
+        return sum(int(stats.inference_stats.success.count) for stats in response.model_stats)
+
+    def _drop_from_triton(self, model_name: str, triton: _QuorumTriton | None = None) -> None:
         """Unload a model from Triton (if Triton has it) and stop its pytriton proxy."""
         triton = triton or self._triton
         client = self._sync_client
@@ -496,11 +662,11 @@ class TritonBackend:
             return
         try:
             if client is not None and triton.server_alive():
-                client.unload_model(loaded.model_name, headers=self._auth_headers)
+                client.unload_model(model_name, headers=self._auth_headers)
         except InferenceServerException as exc:
-            LOGGER.warning("Triton refused to unload %s: %s", loaded.model_name, _short_message(exc))
+            LOGGER.warning("Triton refused to unload %s: %s", model_name, _short_message(exc))
         finally:
-            triton.forget(loaded.model_name, loaded.version)
+            triton.forget(model_name, TRITON_MODEL_VERSION)
 
     def _warm_up(self, loaded: LoadedVersion) -> None:
         """One inference through Triton, so the first real request pays no start-up cost."""
@@ -512,7 +678,7 @@ class TritonBackend:
         result = client.infer(
             loaded.model_name,
             [tensor],
-            model_version=str(loaded.version),
+            model_version=str(TRITON_MODEL_VERSION),
             outputs=[grpcclient.InferRequestedOutput(OUTPUT_NAME)],
         )
         output = result.as_numpy(OUTPUT_NAME)
@@ -529,7 +695,7 @@ class TritonBackend:
             result = await client.infer(
                 loaded.model_name,
                 [tensor],
-                model_version=str(loaded.version),
+                model_version=str(TRITON_MODEL_VERSION),
                 outputs=[grpcaio.InferRequestedOutput(OUTPUT_NAME)],
                 client_timeout=timeout_s,
             )

@@ -590,7 +590,11 @@ class BenchGroup:
         package, version = self.served[replica_id]
         spec = load_model_package(package).spec
         port = self.group.replicas[replica_id].config.triton.grpc_port
-        return TritonTarget(f"127.0.0.1:{port}", f"{spec.name}-v{version}", str(version), spec.input_name)
+        status = self.status(replica_id, timeout_s=10.0)
+        hosting = [m for m in status.triton_models if m.version == version] if status is not None else []
+        if not hosting:
+            raise BenchError(f"replica {replica_id} does not say which Triton model serves its version {version}")
+        return TritonTarget(f"127.0.0.1:{port}", hosting[0].model_name, hosting[0].model_version, spec.input_name)
 
     def triton_targets(self) -> list[TritonTarget]:
         return [self.triton_target(i) for i in range(self.n)]

@@ -105,7 +105,41 @@ def check_votes_switch_at_activation(group: LocalGroup, result: LoadResult, upda
     assert all(count > 0 for count in seen_new.values()), f"no vote with the new version: {seen_new}"
 
 
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid`: its tritonserver, Python-backend stubs and their helpers."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # not a process, or gone
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def triton_models(group: LocalGroup, rid: int) -> dict[int, str]:
+    reply = status(group.replicas[rid].address)
+    assert reply is not None
+    return {m.version: m.model_name for m in reply.triton_models}
+
+
 def test_f_plus_1_owners_update_one_after_another_under_load(group: LocalGroup, constant_package: Path) -> None:
+    # each replica keeps a warm spare Triton model: an update starts no process and ends none
+    pids = {rid: group.replicas[rid].process.pid for rid in (1, 2)}  # type: ignore[union-attr]
+    processes_before = {rid: descendants(pid) for rid, pid in pids.items()}
+    models_before = {rid: triton_models(group, rid) for rid in (1, 2)}
+    assert all(list(models) == [1] for models in models_before.values())
+
     def updates() -> None:
         for rid in (1, 2):
             receipt = owner(group, rid).update_model(constant_package)
@@ -120,6 +154,8 @@ def test_f_plus_1_owners_update_one_after_another_under_load(group: LocalGroup, 
     # the old version is unloaded once the new one is in effect
     for rid in (1, 2):
         assert wait_until(lambda: list((status(group.replicas[rid].address) or api.StatusReply()).loaded_versions) == [2], 60)
+        assert triton_models(group, rid)[2] != models_before[rid][1]
+        assert descendants(pids[rid]) == processes_before[rid], f"replica {rid} started or ended processes for its update"
 
 
 def test_two_owners_update_at_the_same_time_under_load(group: LocalGroup, digits_packages: list[Path]) -> None:

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from certs.config import TaskSchema
 from marketplace.models import digits_task, held_out_digits, predict
@@ -320,6 +322,85 @@ async def test_stop_leaves_no_tritonserver_process(
         await backend.infer(1, np.zeros((1, 64), np.float32))
     # Triton wrote its chatter to the workspace, not to the console
     assert "successfully loaded" in backend.log_path.read_text()
+
+
+@pytest.mark.processes
+async def test_a_new_version_moves_into_a_warm_spare_and_a_retired_version_leaves_its_model_as_the_spare(
+    tmp_path: Path, port_allocator: PortAllocator, digits_models: dict[str, ModelPackage],
+    lying_package: ModelPackage,
+) -> None:
+    grpc_port, http_port, metrics_port = port_allocator(3)
+    backend = TritonBackend(
+        tmp_path / "ws", grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port,
+        task=digits_task(), spare_models=1,
+    )
+    await asyncio.to_thread(backend.start)
+    features, labels = held_out_digits(0)
+    try:
+        triton_dir = backend.triton_dir
+        assert triton_dir is not None
+        assert await backend.prepare_spares_async() == 0  # no version yet: no signature to fit
+        await backend.load_async(1, digits_models["mlp"].directory)
+        assert await backend.prepare_spares_async() == 1
+        assert await backend.prepare_spares_async() == 0
+        assert backend.spare_model_count() == 1
+        processes = triton_processes(triton_dir)
+
+        # the update: version 2 moves into the spare, and Triton starts no process for it
+        await backend.load_async(2, lying_package.directory)
+        assert triton_processes(triton_dir) == processes
+        assert backend.spare_model_count() == 0
+        models = backend.triton_models()
+        assert models[1] != models[2]
+        assert (await backend.infer(2, features[:5])).argmax(axis=1).tolist() == [3] * 5
+        mlp_answers = (await backend.infer(1, features[:64])).argmax(axis=1)
+        assert float(np.mean(mlp_answers == labels[:64])) > 0.85
+        assert await _requests_reaching(backend, 2, 2) == 2  # its warm-up and one call, nothing of before
+
+        # version 1 retires: its model stays bound as the spare, answering no version
+        await backend.unload_async(1)
+        assert backend.spare_model_count() == 1
+        assert triton_processes(triton_dir) == processes
+        with pytest.raises(VersionNotLoadedError):
+            await backend.infer(1, features[:1])
+        client = grpcclient.InferenceServerClient(backend.grpc_url)
+        try:
+            tensor = grpcclient.InferInput("pixels", [1, 64], "FP32")
+            tensor.set_data_from_numpy(features[:1])
+            with pytest.raises(InferenceServerException, match="hosts no model version"):
+                client.infer(models[1][0], [tensor], model_version=models[1][1])
+        finally:
+            client.close()
+
+        # the next version moves into version 1's old model and answers as its own model does
+        await backend.load_async(3, digits_models["cnn"].directory)
+        assert backend.triton_models()[3] == models[1]
+        answers = np.concatenate([(await backend.infer(3, features[i:i + 64])).argmax(axis=1) for i in range(0, 256, 64)])
+        assert float(np.mean(answers == predict(digits_models["cnn"], features[:256]))) > 0.99
+        assert await _requests_reaching(backend, 3, 5) == 5
+
+        # a version no spare fits (a larger max batch) gets a model of its own, and with the
+        # spare already kept, retiring it unloads that model: its stub process ends
+        wide = save_model_package(
+            tmp_path / "wide", digits_models["logreg"].load_module("cpu"),
+            dataclasses.replace(digits_models["logreg"].spec, max_batch_size=2 * digits_models["logreg"].spec.max_batch_size),
+        )
+        await backend.unload_async(2)
+        assert backend.spare_model_count() == 1
+        await backend.load_async(4, wide.directory)
+        assert backend.spare_model_count() == 1
+        assert len(triton_processes(triton_dir)) == len(processes) + 1
+        assert backend.triton_models()[4] not in (models[1], models[2])
+        await backend.unload_async(4)
+        assert backend.spare_model_count() == 1
+        for _ in range(200):
+            if len(triton_processes(triton_dir)) == len(processes):
+                break
+            await asyncio.sleep(0.05)
+        assert len(triton_processes(triton_dir)) == len(processes)
+        assert (await backend.infer(3, features[:2])).shape == (2, 10)
+    finally:
+        await asyncio.to_thread(backend.stop)
 
 
 def test_start_fails_fast_when_a_port_is_taken(tmp_path: Path, port_allocator: PortAllocator) -> None:
