@@ -117,6 +117,7 @@ class LocalGroup:
     policy: AgreementPolicy = field(default_factory=AgreementPolicy)
     price_per_request: int = 1
     storage_sync: str = "full"  # each replica's [storage] sync ("process": no fsync per write)
+    spare_models: int = 1  # each replica's [triton] spare_models (warm Triton models for updates)
     host: str = "127.0.0.1"
     log_level: str = "INFO"
     progress: bool = False
@@ -166,7 +167,7 @@ class LocalGroup:
                     data_dir=self.data_dir / f"replica-{i}",
                     model_package=Path(packages[i]).resolve(),
                     model_version=1,
-                    triton=TritonPorts(ports[base + 1], ports[base + 2], ports[base + 3]),
+                    triton=TritonPorts(ports[base + 1], ports[base + 2], ports[base + 3], spare_models=self.spare_models),
                     metrics_port=ports[base + 4],
                 )
             mode = self.misbehave.get(i, "none")
@@ -293,7 +294,7 @@ class LocalGroup:
             data_dir=self.data_dir / f"replica-join-{slot}",
             model_package=package,
             model_version=1,
-            triton=TritonPorts(ports[1], ports[2], ports[3]),
+            triton=TritonPorts(ports[1], ports[2], ports[3], spare_models=self.spare_models),
             metrics_port=ports[4],
             storage_sync=self.storage_sync,
         )

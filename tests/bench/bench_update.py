@@ -3,8 +3,9 @@
 A 4-replica group serves a steady closed-loop load through the gateway (stock tritonclient,
 one row per call). Then the owners of replicas 0 and 1 each sign and send an update to another
 digits model at the same time (marketplace.owner.Owner.update_model, the package uploaded as an
-archive): each replica loads the new version into its Triton beside the serving one, warms it
-up and submits the update for ordering; it takes effect at a sequence number fixed by the log.
+archive): each replica loads the new version into its Triton beside the serving one (into the
+warm spare Triton model it keeps, unless `--spare-models 0`), warms it up and submits the update
+for ordering; it takes effect at a sequence number fixed by the log.
 
 The update lasts from the owners' calls until both new versions are in effect (Status of an
 untouched replica shows both activations executed). Reported: throughput during the update as
@@ -170,7 +171,8 @@ def report(result: BenchResult, run_: LoadRun, marks: dict[str, Any], probe: Pro
         "",
         f"Worst 1 s window during the update: {worst:.1f} req/s; during / after = "
         f"{during.throughput_per_s / after.throughput_per_s if after.throughput_per_s else float('nan'):.2f}. New versions in effect "
-        f"from seqs {marks['activations']}. The update's own cost is loading TorchScript, binding it into Triton and one "
+        f"from seqs {marks['activations']}. The update's own cost is loading TorchScript, moving it into a spare Triton "
+        f"model ({options.spare_models} per replica; with none, binding a new one starts Triton processes) and one "
         "warm-up inference, in the updated replicas' processes, on the cores that also serve:",
         "",
     ] + [f"- {phase}: {cpu_line(c)}" for phase, (c, _) in cpu.items()]
@@ -178,6 +180,7 @@ def report(result: BenchResult, run_: LoadRun, marks: dict[str, Any], probe: Pro
     times, rates = run_.timeline(BIN_S)
     result.data.update({
         "concurrency": CONCURRENCY,
+        "spare_models": options.spare_models,
         "updated": list(UPDATED),
         "marks_s": {"start": start_s, "ordered": ordered_s, "done": done_s},
         "activations": marks["activations"],

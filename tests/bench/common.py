@@ -52,6 +52,7 @@ class Options:
     data_dir: Path | None = None  # keys, models, state; a temporary directory when None
     progress: bool = True
     storage_sync: str = "full"  # the replicas' [storage] sync
+    spare_models: int = 1  # the replicas' [triton] spare_models
 
     def pick(self, quick: Any, full: Any) -> Any:
         return quick if self.quick else full
@@ -66,6 +67,10 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "--storage-sync", choices=("full", "process"), default="full",
         help="replicas' storage durability: full (fsync per write, the default) or process (survives a process crash only)",
     )
+    parser.add_argument(
+        "--spare-models", type=int, default=1,
+        help="warm spare Triton models per replica (default 1; 0 = every update binds a new model, for comparison)",
+    )
 
 
 def options_from(args: argparse.Namespace) -> Options:
@@ -75,6 +80,7 @@ def options_from(args: argparse.Namespace) -> Options:
         data_dir=Path(args.data_dir) if args.data_dir else None,
         progress=not args.no_progress,
         storage_sync=args.storage_sync,
+        spare_models=args.spare_models,
     )
 
 
@@ -690,7 +696,7 @@ def replica_breakdown(before: dict[str, float], after: dict[str, float], certifi
 @contextlib.contextmanager
 def running_group(
     directory: Path, packages: Sequence[Path], *, f: int = 1, label: str = "group", gateway_args: Sequence[str] = (),
-    storage_sync: str = "full", params: Any = None,
+    storage_sync: str = "full", params: Any = None, spare_models: int = 1,
 ) -> Iterator[BenchGroup]:
     """Start 3f+1 replicas (each with its own Triton) and a gateway; always stop them all.
     `params`: the group's ProtocolParams (the defaults when None)."""
@@ -698,7 +704,9 @@ def running_group(
     from marketplace.local import LocalGroup
 
     n = 3 * f + 1
-    group = LocalGroup(directory / label, f=f, model_packages=list(packages), storage_sync=storage_sync)
+    group = LocalGroup(
+        directory / label, f=f, model_packages=list(packages), storage_sync=storage_sync, spare_models=spare_models
+    )
     if params is not None:
         group.params = params
     gateway = None
@@ -729,7 +737,9 @@ def digits_group(options: Options, shared: BenchGroup | None, name: str) -> Iter
     with data_dir(options, name) as directory:
         step(f"{name}: training four digits models")
         packages = digits_packages(directory / "models")
-        with running_group(directory, packages, label=f"{name} group", storage_sync=options.storage_sync) as bench:
+        with running_group(
+            directory, packages, label=f"{name} group", storage_sync=options.storage_sync, spare_models=options.spare_models
+        ) as bench:
             yield bench
 
 
