@@ -564,5 +564,6 @@ def _status_json(rid: int, address: str, ok: bool, error: str, status: Any, late
             state=status.state, view=status.view, primary=status.primary, executed_seq=status.executed_seq,
             stable_seq=status.stable_seq, pending_requests=status.pending_requests,
             versions={str(v.replica_id): v.version for v in status.versions}, loaded_versions=list(status.loaded_versions),
+            triton_models={str(m.version): m.model_name for m in status.triton_models},
         )
     return item

@@ -108,7 +108,7 @@ def report(
     replicas = middle["certified"].replicas
     lines = [
         f"Concurrency 1, one row per call; {rounds} rounds of {duration_s:g} s per workload, alternating; percentiles over "
-        f"every call of every round. Direct Triton = replica 0's Triton and model ({target.model_name}).",
+        f"every call of every round. Direct Triton = replica 0's Triton and model ({target.served}, Triton model {target.model_name}).",
         "",
         "| workload | p50 ms | p99 ms | mean ms | calls | p50 minus direct Triton p50 |",
         "|---|---:|---:|---:|---:|---:|",
@@ -129,6 +129,7 @@ def report(
         "rounds": rounds,
         "window_s": duration_s,
         "direct_triton_model": target.model_name,
+        "direct_triton_serves": target.served,
         "merged": merged,
         "added_p50_ms": added_ms,
         "added_p50_by_round_ms": per_round,

@@ -126,8 +126,8 @@ def report(
     ))
     targets = bench.triton_targets()
     lines = [
-        f"4-replica group (f = 1), digits models {', '.join(t.model_name for t in targets)}; plain Triton = replica 0's "
-        f"({targets[0].model_name}). Closed loops of one-row calls, tritonclient.grpc.aio; {rounds} round(s) of "
+        f"4-replica group (f = 1), digits models {', '.join(t.served for t in targets)}; plain Triton = replica 0's "
+        f"({targets[0].served}). Closed loops of one-row calls, tritonclient.grpc.aio; {rounds} round(s) of "
         f"{duration_s:g} s per point (median round). CPU columns: CPU milliseconds per request, all processes of the "
         "system (client, gateway, replicas incl. the model, Tritons).",
         "",
@@ -157,7 +157,8 @@ def report(
         "concurrencies": list(concurrencies),
         "rounds": rounds,
         "window_s": duration_s,
-        "models": [t.model_name for t in targets],
+        "models": [t.served for t in targets],
+        "triton_models": [t.model_name for t in targets],
         "points": {w: {str(c): points[w][c] for c in concurrencies} for w in WORKLOADS},
         "certified_over_naive": {str(c): ratios[c] for c in concurrencies},
     })

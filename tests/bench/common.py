@@ -387,6 +387,7 @@ class TritonTarget:
     model_name: str
     model_version: str
     input_name: str
+    served: str = ""  # the owner's model and version it serves, e.g. "digits-mlp v1"
 
 
 class TritonCaller:
@@ -600,7 +601,9 @@ class BenchGroup:
         hosting = [m for m in status.triton_models if m.version == version] if status is not None else []
         if not hosting:
             raise BenchError(f"replica {replica_id} does not say which Triton model serves its version {version}")
-        return TritonTarget(f"127.0.0.1:{port}", hosting[0].model_name, hosting[0].model_version, spec.input_name)
+        return TritonTarget(
+            f"127.0.0.1:{port}", hosting[0].model_name, hosting[0].model_version, spec.input_name, f"{spec.name} v{version}"
+        )
 
     def triton_targets(self) -> list[TritonTarget]:
         return [self.triton_target(i) for i in range(self.n)]

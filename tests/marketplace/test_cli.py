@@ -84,6 +84,8 @@ def test_groups_and_status(gateway: GatewayProcess, local_group: LocalGroup, gro
         report = json.loads(status.stdout)
         assert report["can_certify"] and report["reachable"] == 4
         assert all(r["state"] == "normal" and r["versions"] == {str(i): 1 for i in range(4)} for r in report["replicas"])
+        # which Triton model serves each loaded version (models are reused across versions)
+        assert all(list(r["triton_models"]) == ["1"] and r["triton_models"]["1"].startswith("model-") for r in report["replicas"])
     table = quorumserve("status", "digits", "--config", str(group_config_path))
     assert "can certify" in table.stdout and table.stdout.count("normal") == 4
     unknown = quorumserve("status", "cats", "--registry", str(registry))
