@@ -448,6 +448,12 @@ class ReplicaNode:
                     log.info("replica %d: model version %d unloaded after version %d took effect", self.replica_id, v, version)
                 except Exception as exc:
                     log.warning("replica %d: could not unload model version %d: %s", self.replica_id, v, exc)
+            try:
+                # the retired version's model is normally the next spare already; this only binds
+                # one when none is left (a failed load drops the spare it used) or none fits
+                await backend.prepare_spares_async()  # type: ignore[attr-defined]
+            except Exception as exc:
+                log.warning("replica %d: no spare Triton model prepared: %s", self.replica_id, exc)
 
         task = asyncio.get_running_loop().create_task(unload())
         self._inference_tasks.add(task)

@@ -205,6 +205,7 @@ def test_refused_updates_change_nothing(group: LocalGroup, constant_package: Pat
     assert group.config is not None
     rid = 3
     before = _versions(group, rid)
+    processes_before = descendants(group.replicas[rid].process.pid)  # type: ignore[union-attr]
     current = owner(group, rid).current_version()
     package = constant_package
     key = group.owner_key(rid)
@@ -235,6 +236,8 @@ def test_refused_updates_change_nothing(group: LocalGroup, constant_package: Pat
             api_grpc.ReplicaStub(channel).UpdateModel(request, timeout=120)
     assert refused.value.code() == expected, refused.value.details()
     assert _versions(group, rid) == before
+    # its Triton keeps the same processes: the spare model is still there, nothing was started
+    assert descendants(group.replicas[rid].process.pid) == processes_before  # type: ignore[union-attr]
     # and the replica still serves
     assert status(group.replicas[rid].address) is not None
 
