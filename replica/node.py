@@ -176,6 +176,12 @@ class ReplicaNode:
         self.metrics.serve(self.config.metrics_port)
         if self.backend is not None:
             await self._load_models()
+            try:
+                # before consensus starts: binding a spare starts Triton processes (about a
+                # second of CPU), which an update then needn't, and peers must not wait on it
+                await self.backend.prepare_spares_async()  # type: ignore[attr-defined]
+            except Exception as exc:  # a missing spare only makes the next update dearer
+                log.warning("replica %d: no spare Triton model prepared: %s", self.replica_id, exc)
         self.transport.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._consume_ready(), name="ready"))

@@ -52,11 +52,6 @@ class ReplicaServer:
         node.backend = backend
         await asyncio.get_running_loop().run_in_executor(None, backend.start)
         await node.start()
-        try:
-            # before serving: binding a spare starts Triton processes, which an update then needn't
-            await backend.prepare_spares_async()
-        except Exception as exc:  # a missing spare only makes the next update dearer
-            log.warning("replica %d: no spare Triton model prepared: %s", config.replica_id, exc)
         max_bytes = max(PEER_MESSAGE_SIZE_MAX_BYTES, node.group.params.request_size_max_bytes * 64)
         server = grpc.aio.server(
             options=[
