@@ -176,12 +176,9 @@ class ReplicaNode:
         self.metrics.serve(self.config.metrics_port)
         if self.backend is not None:
             await self._load_models()
-            try:
-                # before consensus starts: binding a spare starts Triton processes (about a
-                # second of CPU), which an update then needn't, and peers must not wait on it
-                await self.backend.prepare_spares_async()  # type: ignore[attr-defined]
-            except Exception as exc:  # a missing spare only makes the next update dearer
-                log.warning("replica %d: no spare Triton model prepared: %s", self.replica_id, exc)
+            # before consensus starts: binding a spare starts Triton processes (about a second
+            # of CPU), which an update then needn't, and peers must not wait on it
+            await self._prepare_spares()
         self.transport.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._consume_ready(), name="ready"))
@@ -236,6 +233,12 @@ class ReplicaNode:
             # tests only: a cheaper model held ready to be swapped in silently, unannounced
             await backend.load_async(SWAPPED_MODEL_VERSION, self.config.weak_package)  # type: ignore[attr-defined]
         self.metrics.labels(self.metrics.model_version).set(current)
+
+    async def _prepare_spares(self) -> None:
+        try:
+            await self.backend.prepare_spares_async()  # type: ignore[attr-defined]
+        except Exception as exc:  # a missing spare only makes the next update dearer
+            log.warning("replica %d: no spare Triton model prepared: %s", self.replica_id, exc)
 
     async def _tick_loop(self) -> None:
         interval_s = self.group.params.tick_interval_ms / 1000
@@ -454,12 +457,9 @@ class ReplicaNode:
                     log.info("replica %d: model version %d unloaded after version %d took effect", self.replica_id, v, version)
                 except Exception as exc:
                     log.warning("replica %d: could not unload model version %d: %s", self.replica_id, v, exc)
-            try:
-                # the retired version's model is normally the next spare already; this only binds
-                # one when none is left (a failed load drops the spare it used) or none fits
-                await backend.prepare_spares_async()  # type: ignore[attr-defined]
-            except Exception as exc:
-                log.warning("replica %d: no spare Triton model prepared: %s", self.replica_id, exc)
+            # the retired version's model is normally the next spare already; this only binds
+            # one when none is left (a failed load drops the spare it used) or none fits
+            await self._prepare_spares()
 
         task = asyncio.get_running_loop().create_task(unload())
         self._inference_tasks.add(task)

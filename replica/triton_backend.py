@@ -154,9 +154,8 @@ class _Signature:
     def hosts(self, spec: ModelSpec) -> bool:
         # `infer` splits a batch by the version's own max_batch_size, so a larger one fits too
         other = _Signature.of(spec)
-        return self == other or (
-            self.max_batch_size >= other.max_batch_size
-            and (self.input_name, self.input_datatype, self.input_shape, self.num_classes)
+        return self.max_batch_size >= other.max_batch_size and (
+            (self.input_name, self.input_datatype, self.input_shape, self.num_classes)
             == (other.input_name, other.input_datatype, other.input_shape, other.num_classes)
         )
 
@@ -411,7 +410,7 @@ class TritonBackend:
             try:
                 if fresh:
                     self._bind(triton, model)
-                requests_before = self._requests_of_model(model.name)
+                requests_before = self._success_counts(model.name).get(model.name, 0)
                 model.host.callable = callable_
                 self._warm_up(loaded)
             except Exception as exc:  # pytriton and tritonclient raise many types; all mean "not loaded"
@@ -438,10 +437,10 @@ class TritonBackend:
         with self._lifecycle:
             triton = self._require_running()
             with self._lock:
-                serving = [slot.loaded for v, slot in sorted(self._slots.items()) if not slot.retiring]
+                serving = [v for v, slot in self._slots.items() if not slot.retiring]
                 if not serving:
                     return 0
-                spec = serving[-1].spec
+                spec = self._slots[max(serving)].loaded.spec
                 stale = [m for m in self._spares if not m.signature.hosts(spec)]
                 self._spares = [m for m in self._spares if m.signature.hosts(spec)]
                 wanted = self._spare_models - len(self._spares)
@@ -463,7 +462,7 @@ class TritonBackend:
 
     async def prepare_spares_async(self) -> int:
         """`prepare_spares` on a worker thread."""
-        return await asyncio.to_thread(self._prepare_spares_off_loop)
+        return await asyncio.to_thread(self.prepare_spares)
 
     async def load_async(
         self, version: int, package_path: str | os.PathLike[str], *, expected_digest: bytes | None = None
@@ -575,27 +574,17 @@ class TritonBackend:
         has sent the answer, so a read right after `infer` returns may briefly lag behind it.
         A version hosted by a reused model counts from when it moved in.
         """
-        client = self._require_sync_client()
         with self._lock:
-            by_name = {slot.model.name: (v, slot.requests_before) for v, slot in self._slots.items()}
+            hosted = {v: (slot.model.name, slot.requests_before) for v, slot in self._slots.items()}
         try:
-            response = client.get_inference_statistics(model_name="", headers=self._auth_headers)
+            by_model = self._success_counts()
         except InferenceServerException as exc:
             raise BackendError(f"Triton statistics unavailable: {_short_message(exc)}") from exc
-        counts: dict[int, int] = {}
-        for stats in response.model_stats:
-            hosted = by_name.get(stats.name) if stats.version == str(TRITON_MODEL_VERSION) else None
-            if hosted is not None:
-                version, before = hosted
-                counts[version] = int(stats.inference_stats.success.count) - before
-        return counts
+        return {v: by_model[name] - before for v, (name, before) in hosted.items() if name in by_model}
 
     # -- internals -----------------------------------------------------------------------------
     def _load_off_loop(self, version: int, package_path: str | os.PathLike[str], expected: bytes | None) -> bytes:
         return self.load(version, package_path, expected_digest=expected)
-
-    def _prepare_spares_off_loop(self) -> int:
-        return self.prepare_spares()
 
     def _unload(self, version: int, drain_timeout_s: float) -> None:
         with self._lifecycle:
@@ -647,12 +636,14 @@ class TritonBackend:
             strict=True,
         )
 
-    def _requests_of_model(self, model_name: str) -> int:
+    def _success_counts(self, model_name: str = "") -> dict[str, int]:
+        """Triton's successful requests by model name (one model, or all when "")."""
         client = self._require_sync_client()
-        response = client.get_inference_statistics(
-            model_name=model_name, model_version=str(TRITON_MODEL_VERSION), headers=self._auth_headers
-        )
-        return sum(int(stats.inference_stats.success.count) for stats in response.model_stats)
+        response = client.get_inference_statistics(model_name=model_name, headers=self._auth_headers)
+        return {
+            stats.name: int(stats.inference_stats.success.count)
+            for stats in response.model_stats if stats.version == str(TRITON_MODEL_VERSION)
+        }
 
     def _drop_from_triton(self, model_name: str, triton: _QuorumTriton | None = None) -> None:
         """Unload a model from Triton (if Triton has it) and stop its pytriton proxy."""

@@ -10,6 +10,7 @@ Updates the group must refuse change nothing.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -105,26 +106,17 @@ def check_votes_switch_at_activation(group: LocalGroup, result: LoadResult, upda
     assert all(count > 0 for count in seen_new.values()), f"no vote with the new version: {seen_new}"
 
 
-def descendants(pid: int) -> set[int]:
-    """Every live process below `pid`: its tritonserver, Python-backend stubs and their helpers."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+def process_group(pid: int) -> set[int]:
+    """Every live process in the replica's process group: the replica, its tritonserver, the
+    Python-backend stubs and their helpers (LocalGroup starts each replica as a group leader)."""
+    members: set[int] = set()
+    for entry in os.listdir("/proc"):
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # not a process, or gone
-        if fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
+            if entry.isdigit() and os.getpgid(int(entry)) == pid:
+                members.add(int(entry))
+        except ProcessLookupError:
+            continue  # gone meanwhile
+    return members
 
 
 def triton_models(group: LocalGroup, rid: int) -> dict[int, str]:
@@ -136,7 +128,7 @@ def triton_models(group: LocalGroup, rid: int) -> dict[int, str]:
 def test_f_plus_1_owners_update_one_after_another_under_load(group: LocalGroup, constant_package: Path) -> None:
     # each replica keeps a warm spare Triton model: an update starts no process and ends none
     pids = {rid: group.replicas[rid].process.pid for rid in (1, 2)}  # type: ignore[union-attr]
-    processes_before = {rid: descendants(pid) for rid, pid in pids.items()}
+    processes_before = {rid: process_group(pid) for rid, pid in pids.items()}
     models_before = {rid: triton_models(group, rid) for rid in (1, 2)}
     assert all(list(models) == [1] for models in models_before.values())
 
@@ -155,7 +147,7 @@ def test_f_plus_1_owners_update_one_after_another_under_load(group: LocalGroup, 
     for rid in (1, 2):
         assert wait_until(lambda: list((status(group.replicas[rid].address) or api.StatusReply()).loaded_versions) == [2], 60)
         assert triton_models(group, rid)[2] != models_before[rid][1]
-        assert descendants(pids[rid]) == processes_before[rid], f"replica {rid} started or ended processes for its update"
+        assert process_group(pids[rid]) == processes_before[rid], f"replica {rid} started or ended processes for its update"
 
 
 def test_two_owners_update_at_the_same_time_under_load(group: LocalGroup, digits_packages: list[Path]) -> None:
@@ -205,7 +197,7 @@ def test_refused_updates_change_nothing(group: LocalGroup, constant_package: Pat
     assert group.config is not None
     rid = 3
     before = _versions(group, rid)
-    processes_before = descendants(group.replicas[rid].process.pid)  # type: ignore[union-attr]
+    processes_before = process_group(group.replicas[rid].process.pid)  # type: ignore[union-attr]
     current = owner(group, rid).current_version()
     package = constant_package
     key = group.owner_key(rid)
@@ -237,7 +229,7 @@ def test_refused_updates_change_nothing(group: LocalGroup, constant_package: Pat
     assert refused.value.code() == expected, refused.value.details()
     assert _versions(group, rid) == before
     # its Triton keeps the same processes: the spare model is still there, nothing was started
-    assert descendants(group.replicas[rid].process.pid) == processes_before  # type: ignore[union-attr]
+    assert process_group(group.replicas[rid].process.pid) == processes_before  # type: ignore[union-attr]
     # and the replica still serves
     assert status(group.replicas[rid].address) is not None
 
