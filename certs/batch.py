@@ -66,6 +66,9 @@ class Leaf:
     votes: tuple[Vote, ...]  # ascending replica ids
     decision: Decision
     hash: bytes = field(init=False, repr=False, compare=False)
+    # its protobuf encoding (certs.wire), kept once made or read: a replica writes the same leaf
+    # into its PRE-PREPARE, its log (twice) and a certificate, and a backup has the bytes it read
+    wire: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hash", leaf_hash(self.canonical()))

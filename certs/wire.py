@@ -161,7 +161,19 @@ def decision_from_proto(message: pb.Decision) -> Decision:
 
 
 def leaf_to_proto(leaf: Leaf, out: pb.Leaf | None = None) -> pb.Leaf:
+    """The leaf's message, merged into `out` when given. The encoding is made once per leaf and
+    kept on it (`Leaf.wire`): later calls parse those bytes, which protobuf does in C."""
+    encoded = leaf.wire
+    if encoded is None:
+        encoded = serialize(_leaf_message(leaf))
+        object.__setattr__(leaf, "wire", encoded)
     message = pb.Leaf() if out is None else out
+    message.MergeFromString(encoded)
+    return message
+
+
+def _leaf_message(leaf: Leaf) -> pb.Leaf:
+    message = pb.Leaf()
     message.request_digest = leaf.request_digest
     message.client_id = leaf.client_id
     message.request_id = leaf.request_id
@@ -174,7 +186,7 @@ def leaf_to_proto(leaf: Leaf, out: pb.Leaf | None = None) -> pb.Leaf:
 
 
 def leaf_from_proto(message: pb.Leaf) -> Leaf:
-    return Leaf(
+    leaf = Leaf(
         request_digest=check_digest(message.request_digest, "request digest"),
         client_id=check_str(message.client_id, "client id"),
         request_id=check_str(message.request_id, "request id"),
@@ -183,6 +195,10 @@ def leaf_from_proto(message: pb.Leaf) -> Leaf:
         votes=decode_all(message.votes, vote_from_proto, "votes", 1 << 10),
         decision=decision_from_proto(message.decision),
     )
+    # every field of the message is a field of the leaf, so its encoding is the leaf's (unknown
+    # fields cannot ride along: parse_canonical drops them and then refuses the message)
+    object.__setattr__(leaf, "wire", serialize(message))
+    return leaf
 
 
 # -- BatchHeader ---------------------------------------------------------------------------

@@ -117,7 +117,7 @@ def run_gateway(args: argparse.Namespace) -> int:
 
     from marketplace.gateway import serve
     from marketplace.registry import Registry, RegistryError, default_registry_dir
-    from replica.cli import configure_logging
+    from replica.cli import configure_logging, settle_heap
 
     configure_logging(args.log_level, prefix="[gateway] ")
     try:
@@ -132,6 +132,7 @@ def run_gateway(args: argparse.Namespace) -> int:
 
     def started(gateway: Any) -> None:
         print(f"gateway listening on {args.host}:{gateway.port} for groups {registry.group_ids}", flush=True)
+        settle_heap()
 
     try:
         uvloop.run(

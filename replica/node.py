@@ -539,7 +539,7 @@ class ReplicaNode:
             leaves = [e.leaf for e in entries]
             quorum = [QuorumSignature(c.sender, c.signature) for c in batch.commits]
             vote_batches = [
-                SignedVoteBatch(vb.sender, vb.batch_no, vb.model_version, tuple(e.hash for e in vb.entries), vb.signature)
+                SignedVoteBatch(vb.sender, vb.batch_no, vb.model_version, tuple(e.hash for e in vb.entries), vb.signature, vb.entries)
                 for vb in batch.vote_batches
             ]
             try:

@@ -16,6 +16,7 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from consensus.messages import ModelUpdate
+from replica.cli import settle_heap
 from replica.config import ReplicaConfig
 from replica.node import ReplicaError, ReplicaNode
 from replica.service import ReplicaService
@@ -111,6 +112,7 @@ async def serve(config: ReplicaConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
+        settle_heap()
         await stop.wait()
         log.info("replica %d stopping", config.replica_id)
     finally:

@@ -18,6 +18,7 @@ from certs.certificate import (
     certificate_to_json,
     decode_certificate,
     encode_certificate,
+    vote_entry,
 )
 from certs.errors import CertificateError, DecodeError
 from certs.merkle import verify_inclusion
@@ -64,6 +65,23 @@ def test_builder_refuses_leaves_that_do_not_match_the_root(batch: SignedBatch) -
 def test_builder_needs_every_vote_in_a_signed_vote_batch(batch: SignedBatch) -> None:
     with pytest.raises(ValueError, match="no vote batch of replica 3"):
         build_certificates(batch.header, batch.leaves, batch.quorum, batch.vote_batches[:3])
+
+
+def test_a_builder_given_the_vote_entries_proves_the_same_votes_as_one_given_their_hashes(batch: SignedBatch) -> None:
+    """A replica hands the builder the entries it received, so a vote is found by content rather
+    than by hashing its entry again; the certificates must not change."""
+    with_entries = []
+    for vote_batch in batch.vote_batches:
+        entries = tuple(vote_entry(leaf, vote) for leaf in batch.leaves for vote in leaf.votes if vote.replica_id == vote_batch.voter)
+        assert tuple(e.hash for e in entries) == vote_batch.entry_hashes
+        with_entries.append(dataclasses.replace(vote_batch, entries=entries))
+    certificates = build_certificates(batch.header, batch.leaves, batch.quorum, with_entries)
+    assert certificates == list(batch.accountable)
+    assert [encode_certificate(c) for c in certificates] == [encode_certificate(c) for c in batch.accountable]
+    # a vote batch without the first request's entry still cannot prove that vote
+    short = dataclasses.replace(with_entries[3], entry_hashes=with_entries[3].entry_hashes[1:], entries=with_entries[3].entries[1:])
+    with pytest.raises(ValueError, match="no vote batch of replica 3"):
+        build_certificates(batch.header, batch.leaves, batch.quorum, with_entries[:3] + [short])
 
 
 # -- protobuf ------------------------------------------------------------------------------
