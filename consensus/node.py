@@ -105,6 +105,7 @@ FETCH_BATCHES_MAX = 64
 FUTURE_VIEWS_MAX = 8
 VOTE_BATCH_VARIANTS_MAX = 8
 VOTE_NUMBERS_RESERVED = 10_000  # vote batch numbers reserved per durable write
+RELAY_DOUBLINGS_MAX = 3  # a request unanswered for long is relayed every 8 relay timeouts at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -1640,18 +1641,27 @@ class ConsensusNode:
             self._maybe_fetch_committed()
 
     def _retransmit(self) -> None:
-        """Messages can be lost: resend what an old, unfinished piece of work depends on."""
+        """Messages can be lost: resend what an old, unfinished piece of work depends on.
+
+        A request is relayed (and this replica's vote batches for it resent) only until it is
+        proposed, only to the peers whose vote is missing, and at doubling intervals. Under
+        load a request waits seconds for inference and ordering without anything being lost;
+        relaying each one to every peer at every relay timeout multiplied the work of the
+        whole group exactly when it had none to spare."""
         threshold = self.now - self.params.relay_timeout_ticks
         resent_batches: set[int] = set()
         for pending in list(self.pending.values()):
-            if pending.request is None or pending.request_key in self.state.executed:
+            if pending.request is None or pending.request_key in self.state.executed or pending.request_key in self.proposed:
                 continue
-            if pending.last_relay_tick > threshold:
+            backoff = self.params.relay_timeout_ticks * ((1 << min(pending.relays, RELAY_DOUBLINGS_MAX)) - 1)
+            if pending.last_relay_tick > threshold - backoff:
                 continue
             pending.last_relay_tick = self.now
-            if len(pending.votes) < self.n:
-                # peers may never have seen the request: relay it so every model answers
-                self._send(None, RequestMessage(self.id, pending.request))
+            pending.relays += 1
+            for peer in self.config.replica_ids:
+                if peer != self.id and peer not in pending.votes:
+                    # that peer may never have seen the request: relay it so every model answers
+                    self._send(peer, RequestMessage(self.id, pending.request))
             for version, batch_no in pending.votes.get(self.id, {}).items():
                 if batch_no not in resent_batches and (self.id, batch_no) in self.vote_batches:
                     resent_batches.add(batch_no)

@@ -40,6 +40,7 @@ class PendingRequest:
         "queued_version",
         "voted_versions",
         "last_relay_tick",
+        "relays",
     )
 
     def __init__(self, key: VoteKey, tick: int) -> None:
@@ -52,6 +53,7 @@ class PendingRequest:
         self.queued_version: int | None = None  # version of this replica's queued/in-flight inference
         self.voted_versions: set[int] = set()  # versions this replica has voted with
         self.last_relay_tick = tick
+        self.relays = 0  # times relayed since it arrived: each wait before the next one doubles
 
     @property
     def digest(self) -> bytes:

@@ -13,10 +13,10 @@ from certs.policy import NO_AGREEMENT, AgreementPolicy, Decision, PolicyKind
 from certs.request import InferenceRequest, TensorData
 
 from consensus.errors import ByzantineMessageError, LocalProtocolError, RequestRejectedError
-from consensus.messages import ControlMessage, ModelUpdate, PrePrepare, RequestMessage, VoteBatch
+from consensus.messages import ControlMessage, ModelUpdate, PrePrepare, Prepare, RequestMessage, VoteBatch
 from consensus.node import SubmitOutcome
 from consensus.ready import Activation
-from tests.consensus.cluster import Cluster, Model, honest_model, make_request
+from tests.consensus.cluster import Cluster, Envelope, Model, honest_model, make_request
 from tests.sim.world import LABELS
 
 # =====================================================================================
@@ -250,6 +250,51 @@ def test_a_request_without_a_quorum_of_votes_is_relayed_not_blamed_on_the_primar
     assert not any(e.kind == "view-change" for r in range(4) for e in cluster.events[r])
     assert cluster.sent_of(1, RequestMessage), "the replica relays a request that lacks votes"
     cluster.drop_rules.remove(relays)
+    cluster.tick_until(lambda: all(request.key in cluster.nodes[r].state.executed for r in range(4)), 100)
+    assert all(cluster.nodes[r].view == 0 for r in range(4))
+
+
+def test_a_request_is_relayed_only_to_the_replicas_missing_its_vote_and_ever_less_often() -> None:
+    """Under load a request can wait seconds for votes without anything being lost: relaying
+    it to every peer at every relay timeout multiplied the group's work exactly then."""
+    cluster = Cluster()
+    relayed: list[tuple[int, int]] = []  # (tick, to) of replica 1's relays
+
+    def record(e: Envelope) -> bool:
+        if isinstance(e.message, RequestMessage):
+            if e.via == 1:
+                relayed.append((cluster.now, e.to))
+            return True  # replicas 0 and 3 never get the request
+        return False
+
+    cluster.drop(record)
+    request = cluster.new_request()
+    cluster.submit(request, to=[1, 2])
+    cluster.settle()
+    timeout = cluster.params.relay_timeout_ticks
+    cluster.tick(40 * timeout)
+    assert relayed, "a request that lacks votes is relayed"
+    assert {to for _, to in relayed} == {0, 3}, "replica 2 voted for it: it has it"
+    rounds = sorted({tick for tick, _ in relayed})
+    gaps = [b - a for a, b in zip(rounds, rounds[1:])]
+    assert gaps == sorted(gaps) and gaps[0] >= timeout and gaps[-1] >= 8 * timeout, gaps
+    assert len(rounds) <= 10  # once per relay timeout would be 40
+    assert all(cluster.nodes[r].view == 0 for r in range(4))
+
+
+def test_a_proposed_request_is_not_relayed_while_its_batch_commits() -> None:
+    """Once a request is in a PRE-PREPARE its votes are chosen: relaying it or resending vote
+    batches for it helps no one (lost ordering messages are resent per slot)."""
+    cluster = Cluster()
+    cluster.drop(lambda e: isinstance(e.message, RequestMessage))
+    held = cluster.hold(lambda e: isinstance(e.message, Prepare))
+    request = cluster.new_request()
+    cluster.submit(request, to=[0, 1, 2])  # replica 3 never gets it, so never votes
+    cluster.tick_until(lambda: all(request.key in cluster.nodes[r].proposed for r in range(4)), 50)
+    sent_before = {r: (len(cluster.sent_of(r, RequestMessage)), len(cluster.sent_of(r, VoteBatch))) for r in range(4)}
+    cluster.tick(3 * cluster.params.relay_timeout_ticks)  # short of the view change timeout
+    assert {r: (len(cluster.sent_of(r, RequestMessage)), len(cluster.sent_of(r, VoteBatch))) for r in range(4)} == sent_before
+    cluster.release(held)
     cluster.tick_until(lambda: all(request.key in cluster.nodes[r].state.executed for r in range(4)), 100)
     assert all(cluster.nodes[r].view == 0 for r in range(4))
 
