@@ -421,6 +421,7 @@ class ReplicaNode:
         self.metrics.labels(self.metrics.pending).set(len(core.pending))
 
     def _send(self, to: int | None, message: PeerMessage) -> None:
+        self.metrics.labels(self.metrics.sent, kind=type(message).__name__).inc()
         if self.config.misbehave == "equivocate" and isinstance(message, VoteBatch) and to is None:
             # tests only: sign a second, different batch under the same number for half the peers
             peers = self.transport.peer_ids
