@@ -105,7 +105,8 @@ FETCH_BATCHES_MAX = 64
 FUTURE_VIEWS_MAX = 8
 VOTE_BATCH_VARIANTS_MAX = 8
 VOTE_NUMBERS_RESERVED = 10_000  # vote batch numbers reserved per durable write
-RELAY_DOUBLINGS_MAX = 3  # a request unanswered for long is relayed every 8 relay timeouts at most
+RELAY_WAIT_TIMEOUTS_MAX = 5  # a request this many relay timeouts old is relayed to every peer missing its vote
+RELAY_DOUBLINGS_MAX = 3  # each wait between relays of a request doubles, up to 8 relay timeouts
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +185,10 @@ class ConsensusNode:
         self.view_change_attempts = 0
         self.view_change_deadline: int | None = None  # waiting for a NEW-VIEW until then
         self.retransmit_deadline = self.params.relay_timeout_ticks
+        # peer -> the latest arrival tick here of a request that peer has voted for: a peer
+        # whose votes have moved past a request without it most likely never got it, whereas
+        # under load a peer that has not voted yet is usually just busy
+        self.vote_progress: dict[int, int] = {}
         self.fetching_state_since: int | None = None
         self.fetch_targets: list[int] = []
 
@@ -564,6 +569,7 @@ class ConsensusNode:
         self.vote_batch_count[batch.sender] = self.vote_batch_count.get(batch.sender, 0) + 1
         by_digest = {entry.request_digest: entry for entry in batch.entries}
         self.vote_batches[(batch.sender, batch.batch_no)] = StoredVoteBatch(batch, by_digest, self.now)
+        progress = self.vote_progress.get(batch.sender, -1)
         for entry in batch.entries:
             key = vote_key(entry)
             if (entry.client_id, entry.request_id) in self.state.executed:
@@ -572,10 +578,13 @@ class ConsensusNode:
             if pending is None:
                 pending = PendingRequest(key, self.now)
                 self.pending[key] = pending
+            elif pending.request is not None and pending.first_tick > progress:
+                progress = pending.first_tick
             pending.add_vote(batch.sender, batch.model_version, batch.batch_no)
             if pending.quorum_tick is None and len(pending.votes) >= self.q:
                 pending.quorum_tick = self.now
                 self.eligible[key] = None
+        self.vote_progress[batch.sender] = progress
 
     def _gc_votes(self, force_voter: int | None = None) -> None:
         """Forget vote batches nobody can still use: all their requests executed, or (when a voter
@@ -1096,9 +1105,12 @@ class ConsensusNode:
         return slot
 
     def _on_prepare(self, prepare: Prepare) -> None:
+        # epoch and signature first: a PREPARE its sender signed as a backup of the previous
+        # epoch (where another replica led that view) is stale, not a fault, and an unsigned
+        # one blames no one
+        slot = self._check_vote_message(prepare, StatementKind.PREPARE, "prepare")
         if prepare.sender == self.config.primary(prepare.view):
             raise ByzantineMessageError(prepare.sender, "not-backup", "the primary does not send prepares")
-        slot = self._check_vote_message(prepare, StatementKind.PREPARE, "prepare")
         if slot is None:
             return
         slot.add_prepare(prepare)
@@ -1643,25 +1655,34 @@ class ConsensusNode:
     def _retransmit(self) -> None:
         """Messages can be lost: resend what an old, unfinished piece of work depends on.
 
-        A request is relayed (and this replica's vote batches for it resent) only until it is
-        proposed, only to the peers whose vote is missing, and at doubling intervals. Under
-        load a request waits seconds for inference and ordering without anything being lost;
-        relaying each one to every peer at every relay timeout multiplied the work of the
-        whole group exactly when it had none to spare."""
-        threshold = self.now - self.params.relay_timeout_ticks
+        A request is relayed only until it is proposed, only to the peers whose vote for it is
+        missing, and at doubling intervals; to a given peer only once that peer has voted for
+        requests that reached this replica a relay timeout later (it moved past this one), or
+        once the request is RELAY_WAIT_TIMEOUTS_MAX relay timeouts old (a peer that votes for
+        nothing). This replica's vote batches for it are resent on the same schedule (the
+        primary may lack them, whoever else has them). Under load
+        a request waits seconds for inference and ordering with nothing lost: relaying each
+        one to every peer at every relay timeout, as before, multiplied the work of the whole
+        group exactly when it had none to spare."""
+        timeout = self.params.relay_timeout_ticks
+        threshold = self.now - timeout
         resent_batches: set[int] = set()
         for pending in list(self.pending.values()):
             if pending.request is None or pending.request_key in self.state.executed or pending.request_key in self.proposed:
                 continue
-            backoff = self.params.relay_timeout_ticks * ((1 << min(pending.relays, RELAY_DOUBLINGS_MAX)) - 1)
-            if pending.last_relay_tick > threshold - backoff:
+            if self.now - pending.last_relay_tick < timeout << min(pending.relays, RELAY_DOUBLINGS_MAX):
                 continue
+            overdue = self.now - pending.first_tick >= RELAY_WAIT_TIMEOUTS_MAX * timeout
+            passed_by = pending.first_tick + timeout
+            missing = [
+                peer for peer in self.config.replica_ids
+                if peer != self.id and peer not in pending.votes and (overdue or self.vote_progress.get(peer, -1) > passed_by)
+            ]
             pending.last_relay_tick = self.now
             pending.relays += 1
-            for peer in self.config.replica_ids:
-                if peer != self.id and peer not in pending.votes:
-                    # that peer may never have seen the request: relay it so every model answers
-                    self._send(peer, RequestMessage(self.id, pending.request))
+            for peer in missing:
+                # that peer most likely never saw the request: relay it so every model answers
+                self._send(peer, RequestMessage(self.id, pending.request))
             for version, batch_no in pending.votes.get(self.id, {}).items():
                 if batch_no not in resent_batches and (self.id, batch_no) in self.vote_batches:
                     resent_batches.add(batch_no)

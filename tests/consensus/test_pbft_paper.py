@@ -188,6 +188,15 @@ def test_prepares_must_come_from_2f_distinct_backups() -> None:
     with pytest.raises(ByzantineMessageError) as info:
         cluster.step(1, prepare(cluster.config, 0, 0, 1, digest), via=0)
     assert (info.value.sender, info.value.kind) == (0, "not-backup")
+    # but only a PREPARE its sender signed, in this epoch, shows the sender at fault: one of
+    # another epoch (whose members differ, so the sender may be a backup of that view there) is
+    # judged by its epoch, a forged one blames no one
+    other_epoch = cluster.config.epoch + 1
+    for message, kind in ((prepare(cluster.config, 0, 0, 1, digest, epoch=other_epoch), "future-epoch"),
+                          (flip_signature(prepare(cluster.config, 0, 0, 1, digest)), "bad-signature")):
+        with pytest.raises(ByzantineMessageError) as info:
+            cluster.step(1, message, via=0)
+        assert info.value.kind == kind
     # the primary itself signs no prepare: it needs two from backups
     (from_two,) = [e for e in cluster.held if e.via == 2 and e.to == 0]
     (from_three,) = [e for e in cluster.held if e.via == 3 and e.to == 0]

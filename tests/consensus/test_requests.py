@@ -282,6 +282,30 @@ def test_a_request_is_relayed_only_to_the_replicas_missing_its_vote_and_ever_les
     assert all(cluster.nodes[r].view == 0 for r in range(4))
 
 
+def test_a_request_is_relayed_at_once_to_a_peer_whose_votes_moved_past_it() -> None:
+    """A peer voting for requests that arrived after one it has not voted for most likely never
+    got that one: it is relayed without waiting for the request to grow old."""
+    cluster = Cluster()
+    held = cluster.hold(lambda e: isinstance(e.message, RequestMessage))
+    timeout = cluster.params.relay_timeout_ticks
+    lost = cluster.new_request()
+    cluster.submit(lost, to=[1, 2])  # the copies to replicas 0 and 3 were lost
+    cluster.settle()
+    cluster.tick(timeout + 1)
+    assert not cluster.held, "nobody has moved past it yet: no relay"
+    later = cluster.new_request()
+    cluster.submit(later)  # everyone gets this one and votes for it
+    cluster.tick_until(lambda: later.key in cluster.nodes[0].state.executed, 3 * timeout)
+    cluster.tick(2 * timeout)
+    relayed = {(e.via, e.to) for e in cluster.held if e.message.request == lost}
+    assert {to for _, to in relayed} == {0, 3}
+    assert cluster.now < 5 * timeout  # well before the request counts as old
+    cluster.release(held)
+    cluster.tick_until(lambda: all(lost.key in cluster.nodes[r].state.executed for r in range(4)), 100)
+    batch, index = cluster.leaf_of(0, lost)
+    assert len(batch.proposal.entries[index].leaf.votes) == 4, "every model answered it"
+
+
 def test_a_proposed_request_is_not_relayed_while_its_batch_commits() -> None:
     """Once a request is in a PRE-PREPARE its votes are chosen: relaying it or resending vote
     batches for it helps no one (lost ordering messages are resent per slot)."""

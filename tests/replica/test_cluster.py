@@ -121,15 +121,18 @@ def test_certified_results_verify_and_ran_in_every_replicas_triton(group: LocalG
         # Triton itself counted every request of ours, in fewer calls than requests (batching)
         assert rows >= 40, f"replica {replica.replica_id}'s Triton ran {rows} inferences for 40 requests"
         assert 1 <= calls <= rows
-    # what each replica sent, by message type: every one voted and committed, the primary
-    # proposed and the backups prepared
+    # what each replica sent, by message type: every one voted, a primary proposed, and enough
+    # replicas prepared and committed to make quorums (a replica that lagged may have learnt
+    # the outcome from the others' commits without sending its own)
     sent = {
         r.replica_id: {kind: metric_sum(text, "quorumserve_peer_messages_sent_total", kind=kind) for kind in ("VoteBatch", "PrePrepare", "Prepare", "Commit")}
         for r, text in ((r, scrape(r.config.metrics_port)) for r in group.replicas)
     }
-    assert all(counts["VoteBatch"] >= 1 and counts["Commit"] >= 1 for counts in sent.values()), sent
-    proposers = [r for r, counts in sent.items() if counts["PrePrepare"] >= 1]
-    assert proposers and all(counts["Prepare"] >= 1 for r, counts in sent.items() if r not in proposers), sent
+    quorum = group.config.quorum_size
+    assert all(counts["VoteBatch"] >= 1 for counts in sent.values()), sent
+    assert any(counts["PrePrepare"] >= 1 for counts in sent.values()), sent
+    assert sum(counts["Prepare"] >= 1 for counts in sent.values()) >= quorum - 1, sent
+    assert sum(counts["Commit"] >= 1 for counts in sent.values()) >= quorum, sent
 
 
 def test_kill_9_a_backup_under_load_loses_nothing(group: LocalGroup, digits: tuple[np.ndarray, np.ndarray]) -> None:
