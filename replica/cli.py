@@ -34,8 +34,8 @@ def configure_logging(level: str, prefix: str = "") -> None:
 
 
 def settle_heap() -> None:
-    """Call once a server has started: take what start-up left behind out of the cyclic garbage
-    collector's sight.
+    """Call once start-up is done, before serving: take what start-up left behind out of the
+    cyclic garbage collector's sight.
 
     A replica imports torch, Triton's client and grpc and loads its models: about 250,000
     long-lived objects that every full collection would walk again while the replica serves.

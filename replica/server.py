@@ -52,6 +52,9 @@ class ReplicaServer:
         self.backend = backend
         node.backend = backend
         await asyncio.get_running_loop().run_in_executor(None, backend.start)
+        # torch, Triton's client and grpc are loaded: settle the heap now, before this replica
+        # takes part in anything (a full collection here takes a few hundred ms of a shared core)
+        settle_heap()
         await node.start()
         max_bytes = max(PEER_MESSAGE_SIZE_MAX_BYTES, node.group.params.request_size_max_bytes * 64)
         server = grpc.aio.server(
@@ -112,7 +115,6 @@ async def serve(config: ReplicaConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
-        settle_heap()
         await stop.wait()
         log.info("replica %d stopping", config.replica_id)
     finally:
