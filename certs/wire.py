@@ -165,8 +165,11 @@ def leaf_to_proto(leaf: Leaf, out: pb.Leaf | None = None) -> pb.Leaf:
     kept on it (`Leaf.wire`): later calls parse those bytes, which protobuf does in C."""
     encoded = leaf.wire
     if encoded is None:
-        encoded = serialize(_leaf_message(leaf))
+        made = _leaf_message(leaf)
+        encoded = serialize(made)
         object.__setattr__(leaf, "wire", encoded)
+        if out is None:
+            return made
     message = pb.Leaf() if out is None else out
     message.MergeFromString(encoded)
     return message

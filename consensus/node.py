@@ -1660,10 +1660,10 @@ class ConsensusNode:
         requests that reached this replica a relay timeout later (it moved past this one), or
         once the request is RELAY_WAIT_TIMEOUTS_MAX relay timeouts old (a peer that votes for
         nothing). This replica's vote batches for it are resent on the same schedule (the
-        primary may lack them, whoever else has them). Under load
-        a request waits seconds for inference and ordering with nothing lost: relaying each
-        one to every peer at every relay timeout, as before, multiplied the work of the whole
-        group exactly when it had none to spare."""
+        primary may lack them, whoever else has them). Under load a request waits seconds for
+        inference and ordering with nothing lost: relaying each one to every peer at every
+        relay timeout multiplied the work of the whole group exactly when it had none to
+        spare."""
         timeout = self.params.relay_timeout_ticks
         threshold = self.now - timeout
         resent_batches: set[int] = set()

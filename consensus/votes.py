@@ -53,7 +53,7 @@ class PendingRequest:
         self.queued_version: int | None = None  # version of this replica's queued/in-flight inference
         self.voted_versions: set[int] = set()  # versions this replica has voted with
         self.last_relay_tick = tick
-        self.relays = 0  # times relayed since it arrived: each wait before the next one doubles
+        self.relays = 0  # retransmission rounds for it (relays, vote batch resends): each next wait doubles
 
     @property
     def digest(self) -> bytes:

@@ -30,8 +30,8 @@ class ReplicaMetrics:
             "quorumserve_disagreeing_votes_total", "votes in certified decisions that named another label", ("voter",)
         )
         self.rejected = counter("quorumserve_rejected_messages_total", "peer messages rejected", ("reason",))
-        # by message type; a request sent to peers is a relay (a client's request that lacks
-        # votes): under load a steady stream of them means requests wait past the relay timeout
+        # by message type; a request sent to peers is a relay of one a peer skipped (its votes
+        # moved past it) or that is long overdue: a steady stream of them means lost messages
         self.sent = counter("quorumserve_peer_messages_sent_total", "messages sent to peers (a broadcast counts once)", ("kind",))
         self.evidence = counter("quorumserve_evidence_total", "equivocation proofs collected", ("accused",))
         self.view_changes = counter("quorumserve_view_changes_total", "view changes started")
