@@ -21,7 +21,7 @@ import concurrent.futures
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,6 +179,8 @@ class ReplicaNode:
             # before consensus starts: binding a spare starts Triton processes (about a second
             # of CPU), which an update then needn't, and peers must not wait on it
             await self._prepare_spares()
+        # before any client can ask: look-ups run on the same thread, so after it
+        self._certificates.submit(self._rebuild_quietly)
         self.transport.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._consume_ready(), name="ready"))
@@ -511,16 +513,15 @@ class ReplicaNode:
 
     async def _certify(self, batches: Sequence[CommittedBatch]) -> None:
         loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self._certificates, self._build_and_store, list(batches))
-        now = time.monotonic()
-        for certified in results:
-            waiters = self._waiters.pop((certified.client_id, certified.request_id), None)
-            if waiters is None:
-                continue
-            self.metrics.labels(self.metrics.commit_latency).observe(now - waiters.received_s)
-            for future in waiters.futures:
-                if not future.done():
-                    future.set_result(certified)
+
+        def on_built(certified: list[Certified]) -> None:
+            # on the certificates thread, before the write: the clients need not wait for it
+            try:
+                loop.call_soon_threadsafe(self._answer_waiters, certified)
+            except RuntimeError:  # the loop closed: the replica is stopping
+                pass
+
+        await loop.run_in_executor(self._certificates, self._build_and_store, list(batches), on_built)
         for batch in batches:
             self.metrics.labels(self.metrics.batches).inc()
             log.info(
@@ -530,40 +531,95 @@ class ReplicaNode:
                 " (state transfer)" if batch.via_state_transfer else "",
             )
 
-    def _build_and_store(self, batches: list[CommittedBatch]) -> list[Certified]:
-        """On the I/O thread: certificates for every request of the batches, stored by id."""
+    def _answer_waiters(self, results: list[Certified]) -> None:
+        now = time.monotonic()
+        for certified in results:
+            waiters = self._waiters.pop((certified.client_id, certified.request_id), None)
+            if waiters is None:
+                continue
+            self.metrics.labels(self.metrics.commit_latency).observe(now - waiters.received_s)
+            for future in waiters.futures:
+                if not future.done():
+                    future.set_result(certified)
+
+    def _build_and_store(
+        self, batches: list[CommittedBatch], on_built: Callable[[list[Certified]], object] | None = None
+    ) -> list[Certified]:
+        """On the certificates thread: certificates for every request of the batches, stored by id.
+
+        `on_built` gets each batch's certificates as soon as they are built, before they are
+        written: a certificate is final once built (its quorum's signatures make it so) and the
+        write only serves later look-ups, which run on this same thread and so after it. A
+        write lost in a crash is redone at start-up (`_rebuild_certificates`)."""
         out: list[Certified] = []
         for batch in batches:
-            entries = batch.proposal.entries
-            if not entries:
+            built = self._build_certificates(batch)
+            if built is None:
                 continue
-            leaves = [e.leaf for e in entries]
-            quorum = [QuorumSignature(c.sender, c.signature) for c in batch.commits]
-            vote_batches = [
-                SignedVoteBatch(vb.sender, vb.batch_no, vb.model_version, tuple(e.hash for e in vb.entries), vb.signature, vb.entries)
-                for vb in batch.vote_batches
-            ]
-            try:
-                certificates = build_certificates(batch.header, leaves, quorum, vote_batches)
-            except ValueError:
-                # a vote batch is missing (the batch arrived by state transfer): compact only
-                certificates = build_certificates(batch.header, leaves, quorum)
-            duplicates = set(batch.duplicate_entries)
-            rows: list[CertificateRow] = []
-            for index, (leaf, certificate) in enumerate(zip(leaves, certificates)):
-                if index in duplicates:
-                    continue
-                full = encode_certificate(certificate)
-                compact = encode_certificate(certificate.compact()) if certificate.vote_proofs else full
-                rows.append(CertificateRow(leaf.client_id, leaf.request_id, leaf.request_digest, full))
-                out.append(Certified(leaf.client_id, leaf.request_id, batch.header.seq, full, compact))
-                for vote in leaf.votes:
-                    if leaf.decision.label != NO_AGREEMENT and vote.output.label != leaf.decision.label:
-                        self.metrics.labels(self.metrics.disagreeing_votes, voter=str(vote.replica_id)).inc()
-                log.debug("request %s/%s certified at seq %d: label %d", leaf.client_id, leaf.request_id, batch.header.seq, leaf.decision.label)
-            self.store.put_certificates(batch.header.seq, rows)
+            rows, certified = built
+            if on_built is not None:
+                on_built(certified)
+            self.store.put_certificates(batch.header.seq, rows, durable=False)
             self.metrics.labels(self.metrics.certified).inc(len(rows))
+            out.extend(certified)
         return out
+
+    def _build_certificates(self, batch: CommittedBatch) -> tuple[list[CertificateRow], list[Certified]] | None:
+        entries = batch.proposal.entries
+        if not entries:
+            return None
+        leaves = [e.leaf for e in entries]
+        quorum = [QuorumSignature(c.sender, c.signature) for c in batch.commits]
+        vote_batches = [
+            SignedVoteBatch(vb.sender, vb.batch_no, vb.model_version, tuple(e.hash for e in vb.entries), vb.signature, vb.entries)
+            for vb in batch.vote_batches
+        ]
+        try:
+            certificates = build_certificates(batch.header, leaves, quorum, vote_batches)
+        except ValueError:
+            # a vote batch is missing (the batch arrived by state transfer): compact only
+            certificates = build_certificates(batch.header, leaves, quorum)
+        duplicates = set(batch.duplicate_entries)
+        rows: list[CertificateRow] = []
+        certified: list[Certified] = []
+        for index, (leaf, certificate) in enumerate(zip(leaves, certificates)):
+            if index in duplicates:
+                continue
+            full = encode_certificate(certificate)
+            compact = encode_certificate(certificate.compact()) if certificate.vote_proofs else full
+            rows.append(CertificateRow(leaf.client_id, leaf.request_id, leaf.request_digest, full))
+            certified.append(Certified(leaf.client_id, leaf.request_id, batch.header.seq, full, compact))
+            for vote in leaf.votes:
+                if leaf.decision.label != NO_AGREEMENT and vote.output.label != leaf.decision.label:
+                    self.metrics.labels(self.metrics.disagreeing_votes, voter=str(vote.replica_id)).inc()
+            log.debug("request %s/%s certified at seq %d: label %d", leaf.client_id, leaf.request_id, batch.header.seq, leaf.decision.label)
+        return rows, certified
+
+    def _rebuild_quietly(self) -> None:
+        try:
+            self._rebuild_certificates()
+        except Exception:  # a replica that cannot rebuild still orders and answers new requests
+            log.exception("replica %d: rebuilding certificates failed", self.replica_id)
+
+    def _rebuild_certificates(self) -> int:
+        """On the certificates thread at start-up: certificates for the committed batches after
+        the last one whose certificates were written (a crash can lose those writes, never the
+        batches, which are written first). Returns how many certificates it wrote."""
+        written = 0
+        after = self.store.last_certified_seq()
+        while True:
+            batches = self.store.committed_after(after, REBUILD_BATCHES_PER_READ)
+            if not batches:
+                break
+            for batch in batches:
+                built = self._build_certificates(batch)
+                if built is not None:
+                    self.store.put_certificates(batch.header.seq, built[0], durable=False)
+                    written += len(built[0])
+            after = batches[-1].header.seq
+        if written:
+            log.info("replica %d rebuilt %d certificates of batches committed before it stopped", self.replica_id, written)
+        return written
 
     # =====================================================================================
     # status
@@ -609,6 +665,7 @@ def _peer_addresses(configs: Mapping[int, GroupConfig]) -> dict[int, str]:
     return peers
 
 
+REBUILD_BATCHES_PER_READ = 256  # committed batches read at a time when rebuilding certificates
 SWAPPED_MODEL_VERSION = 1_000_000  # where the swap-weak misbehaviour keeps its hidden model
 
 _NUMPY_DTYPES = {

@@ -14,8 +14,12 @@ which PBFT tolerates. It never finds a message it sent but forgot it signed, so 
 second, different message for the same slot.
 
 Certificates and model activations are written after the batches they come from, each call in
-its own transaction. Losing the last of those writes in a crash is safe: both are functions of
-the committed batches, which were persisted first, and the runtime rebuilds them on restart.
+its own transaction; certificates without an fsync of their own (the next durable write syncs
+them along). Losing the last of those writes in a crash is safe: both are functions of the
+committed batches, which were persisted first. The runtime rebuilds the certificates of the
+batches after the last certified one at start-up; a lost activation only leaves the version
+history that Status reports short of an entry (the versions in effect come from the replicated
+state).
 
 What is kept
 ------------
@@ -203,6 +207,7 @@ class ReplicaStore:
         if sync not in ("full", "process"):
             raise StorageError(f"sync must be 'full' or 'process', not {sync!r}")
         self.path = Path(path)
+        self.sync = sync
         self._lock = threading.Lock()
         # isolation_level=None: transactions are ours (BEGIN IMMEDIATE ... COMMIT), never implicit
         try:
@@ -478,6 +483,14 @@ class ReplicaStore:
             batches.append(self._decode_batch(bytes(data)))
         return batches
 
+    def committed_after(self, seq: int, limit: int) -> list[CommittedBatch]:
+        """Up to `limit` committed batches above `seq`, in order, gaps and all."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT batch FROM committed WHERE seq > ? ORDER BY seq LIMIT ?", (seq, max(limit, 0))
+            ).fetchall()
+        return [self._decode_batch(bytes(data)) for (data,) in rows]
+
     def last_committed_seq(self) -> int:
         with self._lock:
             row = self._db.execute("SELECT max(seq) FROM committed").fetchone()
@@ -485,28 +498,50 @@ class ReplicaStore:
 
     # -- certificates ---------------------------------------------------------------------------
 
-    def put_certificates(self, seq: int, rows: Sequence[CertificateRow]) -> None:
+    def put_certificates(self, seq: int, rows: Sequence[CertificateRow], *, durable: bool = True) -> None:
         """Store the certificates of batch `seq`. The first certificate for a request is kept: a
-        rebuilt one after a restart certifies the same decision."""
+        rebuilt one after a restart certifies the same decision.
+
+        `durable=False` skips the fsync of this write (the next durable write syncs it along):
+        certificates are functions of the committed batches, which are written first, and the
+        runtime rebuilds the ones a crash lost (`committed_after`, `last_certified_seq`)."""
         if not rows:
             return
-        with self._lock, self._transaction() as db:
-            for row in rows:
-                cursor = db.execute(
-                    "INSERT INTO certificates (client_id, request_id, seq, request_digest, certificate) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    (row.client_id, row.request_id, seq, row.request_digest, row.certificate),
-                )
-                if cursor.rowcount == 0:
-                    existing = db.execute(
-                        "SELECT seq, request_digest FROM certificates WHERE client_id = ? AND request_id = ?",
-                        (row.client_id, row.request_id),
-                    ).fetchone()
-                    if int(existing[0]) != seq or bytes(existing[1]) != row.request_digest:
-                        raise SlotConflictError(
-                            f"request ({row.client_id!r}, {row.request_id!r}) is already certified "
-                            f"in batch {existing[0]} for another request digest or batch"
-                        )
+        with self._lock:
+            relaxed = not durable and self.sync == "full"
+            if relaxed:
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self._transaction() as db:
+                    self._insert_certificates(db, seq, rows)
+            finally:
+                if relaxed:
+                    self._db.execute("PRAGMA synchronous=FULL")
+
+    @staticmethod
+    def _insert_certificates(db: sqlite3.Connection, seq: int, rows: Sequence[CertificateRow]) -> None:
+        for row in rows:
+            cursor = db.execute(
+                "INSERT INTO certificates (client_id, request_id, seq, request_digest, certificate) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (row.client_id, row.request_id, seq, row.request_digest, row.certificate),
+            )
+            if cursor.rowcount == 0:
+                existing = db.execute(
+                    "SELECT seq, request_digest FROM certificates WHERE client_id = ? AND request_id = ?",
+                    (row.client_id, row.request_id),
+                ).fetchone()
+                if int(existing[0]) != seq or bytes(existing[1]) != row.request_digest:
+                    raise SlotConflictError(
+                        f"request ({row.client_id!r}, {row.request_id!r}) is already certified "
+                        f"in batch {existing[0]} for another request digest or batch"
+                    )
+
+    def last_certified_seq(self) -> int:
+        """The highest batch seq with a stored certificate (0 for none)."""
+        with self._lock:
+            row = self._db.execute("SELECT max(seq) FROM certificates").fetchone()
+        return 0 if row[0] is None else int(row[0])
 
     def get_certificate(self, client_id: str, request_id: str) -> bytes | None:
         with self._lock:

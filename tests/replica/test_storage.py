@@ -262,6 +262,29 @@ def test_certificates_are_indexed_by_request(store: ReplicaStore) -> None:
         store.put_certificates(4, [certificate("r2")])
 
 
+def test_committed_after_skips_gaps_and_last_certified_seq_says_where_certificates_stop(store: ReplicaStore) -> None:
+    assert store.last_certified_seq() == 0
+    store.persist([CommittedRecord(committed(seq)) for seq in (5, 6, 7, 9)])
+    assert [b.header.seq for b in store.committed_after(5, 10)] == [6, 7, 9]
+    assert [b.header.seq for b in store.committed_after(0, 2)] == [5, 6]
+    assert store.committed_after(9, 10) == []
+    store.put_certificates(6, [certificate("r1")], durable=False)
+    store.put_certificates(5, [certificate("r0")])
+    assert store.last_certified_seq() == 6
+
+
+def test_a_certificate_written_without_its_own_fsync_is_kept_and_the_store_stays_fully_synced(tmp_path: Path) -> None:
+    store = ReplicaStore(tmp_path / "replica.db")
+    store.put_certificates(3, [certificate("r1")], durable=False)
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again for what follows
+    with pytest.raises(SlotConflictError):  # the same checks as a durable write
+        store.put_certificates(4, [certificate("r1")], durable=False)
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+    store.close()
+    with ReplicaStore(tmp_path / "replica.db") as reopened:
+        assert reopened.get_certificate("alice", "r1") == b"cert:r1"
+
+
 def test_conflicting_activation_is_refused(store: ReplicaStore) -> None:
     store.put_activations([Activation(1, 2, d(9), 10), Activation(0, 2, d(8), 10)])
     store.put_activations([Activation(1, 2, d(9), 10)])
