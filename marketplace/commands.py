@@ -117,9 +117,11 @@ def run_gateway(args: argparse.Namespace) -> int:
 
     from marketplace.gateway import serve
     from marketplace.registry import Registry, RegistryError, default_registry_dir
+    from replica import trace
     from replica.cli import configure_logging, settle_heap
 
     configure_logging(args.log_level, prefix="[gateway] ")
+    trace.start("gateway")
     try:
         registry = Registry.from_configs(args.config)
         if args.registry or not args.config:

@@ -114,6 +114,7 @@ from marketplace.sdk import (
 )
 from protos import marketplace_pb2 as mpb
 from protos import replica_api_pb2 as api
+from replica import trace
 
 log = logging.getLogger("quorumserve.gateway")
 
@@ -571,6 +572,9 @@ class Gateway:
         ]
         for r in requests:
             check_request(config, r)
+        traced = [key for r in requests if (key := trace.request_key(r.client_id, r.request_id)) is not None]
+        for key in traced:
+            trace.event("in", key, at_s=started)
         timeout_s = self._timeout_s(context, requested_s)
         if len(requests) == 1:
             # One row: over the long-lived SubmitBatchStream to each replica rather than one unary
@@ -597,7 +601,10 @@ class Gateway:
             "ModelInfer group=%s client=%s id=%s rows=%d certified at seq %s in %.1f ms, invalid certificates %d",
             config.group_id, client_id, infer_id, len(rows), _seqs(outcomes), elapsed_ms, invalid,
         )
-        return _kserve_response(config, infer_id, client_id, outcomes, wanted, invalid)
+        response = _kserve_response(config, infer_id, client_id, outcomes, wanted, invalid)
+        for key in traced:
+            trace.event("out", key)
+        return response
 
     def _count_rows(self, group_id: str, outcomes: Iterable[RowOutcome]) -> None:
         for outcome in outcomes:

@@ -70,6 +70,7 @@ def watch_lifeline(fd: int) -> None:
 def run_replica(args: argparse.Namespace) -> int:
     import uvloop
 
+    from replica import trace
     from replica.config import ReplicaConfigError, load_replica_config
     from replica.server import serve
 
@@ -79,6 +80,7 @@ def run_replica(args: argparse.Namespace) -> int:
         print(f"quorumserve replica: {exc}", file=sys.stderr)
         return 2
     configure_logging(args.log_level, prefix=f"[replica {config.replica_id}] ")
+    trace.start(f"replica-{config.replica_id}")
     if args.lifeline_fd is not None:
         watch_lifeline(args.lifeline_fd)
     uvloop.run(serve(config))

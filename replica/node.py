@@ -42,7 +42,7 @@ from certs.outputs import ModelOutput, map_probabilities, quantise
 from certs.policy import NO_AGREEMENT
 from certs.request import InferenceRequest
 from consensus.errors import ByzantineMessageError, ConsensusError
-from consensus.messages import ModelUpdate, PeerMessage, VoteBatch
+from consensus.messages import Commit, ModelUpdate, PeerMessage, PrePrepare, VoteBatch
 from consensus.node import ConsensusNode, SubmitOutcome
 from consensus.messages import Checkpoint
 from consensus.ready import Activation, CommittedBatch, CommittedRecord, ConfigLinkRecord, InferenceBatch, PersistRecord, Ready
@@ -50,6 +50,7 @@ from consensus.state import CheckpointSummary
 from replica.config import ReplicaConfig
 from replica.metrics import ReplicaMetrics
 from replica.storage import CertificateRow, ReplicaStore
+from replica import trace
 from replica.transport import PeerTransport
 
 log = logging.getLogger("quorumserve.replica")
@@ -259,6 +260,8 @@ class ReplicaNode:
 
     def _on_peer_messages(self, sender: int, messages: list[PeerMessage]) -> None:
         for message in messages:
+            if trace.enabled() and isinstance(message, PrePrepare):
+                trace.event("pre-prepare", message.seq)
             try:
                 self.core.step(message, via=sender)
             except ByzantineMessageError as exc:
@@ -279,6 +282,9 @@ class ReplicaNode:
         Raises RequestRejectedError for a request the group will not take."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Certified] = loop.create_future()
+        traced = trace.request_key(request.client_id, request.request_id)
+        if traced is not None:
+            trace.event("received", traced)
         outcome = self.core.submit(request, disseminate=not fanout)
         self.metrics.labels(self.metrics.requests, outcome=outcome.status).inc()
         if outcome.status == "executed":
@@ -365,6 +371,9 @@ class ReplicaNode:
                     log.exception("replica %d: failed to handle a ready batch", self.replica_id)
             committed = [batch for ready in readies for batch in ready.committed]
             if committed:
+                if trace.enabled():
+                    for batch in committed:
+                        trace.event("committed", batch.header.seq)
                 # certificates are built beside the ordering, never in its way
                 task = loop.create_task(self._certify(committed))
                 self._inference_tasks.add(task)
@@ -423,6 +432,11 @@ class ReplicaNode:
         self.metrics.labels(self.metrics.pending).set(len(core.pending))
 
     def _send(self, to: int | None, message: PeerMessage) -> None:
+        if trace.enabled():
+            if isinstance(message, PrePrepare):
+                trace.event("pre-prepare", message.seq)
+            elif isinstance(message, Commit):
+                trace.event("commit-sent", message.seq)
         self.metrics.labels(self.metrics.sent, kind=type(message).__name__).inc()
         if self.config.misbehave == "equivocate" and isinstance(message, VoteBatch) and to is None:
             # tests only: sign a second, different batch under the same number for half the peers
@@ -502,6 +516,10 @@ class ReplicaNode:
             self._drain()
             return
         self.metrics.labels(self.metrics.triton_latency).observe(time.monotonic() - started)
+        if trace.enabled():
+            traced = [key for r in batch.requests if (key := trace.request_key(r.client_id, r.request_id)) is not None]
+            if traced:
+                trace.event("inferred", ",".join(traced))
         self.metrics.labels(self.metrics.inference_batches).inc()
         self.metrics.labels(self.metrics.inference_requests).inc(len(batch.requests))
         self.core.executed(batch.batch_id, outputs)
@@ -538,6 +556,9 @@ class ReplicaNode:
             if waiters is None:
                 continue
             self.metrics.labels(self.metrics.commit_latency).observe(now - waiters.received_s)
+            traced = trace.request_key(certified.client_id, certified.request_id)
+            if traced is not None:
+                trace.event("certified", f"{traced}@{certified.seq}")
             for future in waiters.futures:
                 if not future.done():
                     future.set_result(certified)

@@ -12,7 +12,10 @@ One request at a time, one row per call, through the same generator (tritonclien
 The three alternate in rounds so a burst of other work on the shared machine hits them alike.
 Reported: p50 and p99 of each, and the added p50 (certified minus direct Triton; target at
 most 3 ms), with the replicas' own view of where the time goes (Triton call, durable write,
-request to certificate).
+request to certificate), and the certified calls' stage by stage medians from the trace lines
+the gateway and the replicas write (`replica/trace.py`, `tests/bench/stages.py`): reaching every
+replica, the slowest model, votes and PRE-PREPARE, the PREPARE and COMMIT rounds, the
+certificate, the way back.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from tests.bench.common import (
     GatewayCaller,
     Measurement,
     Options,
+    TRACED_RUN_PREFIX,
     TritonCaller,
     cpu_line,
     digits_group,
@@ -42,6 +46,7 @@ from tests.bench.common import (
     step,
     warm_up,
 )
+from tests.bench.stages import STAGES, breakdown, plot_stages, read_traces, table
 
 NAME = "latency"
 TITLE = "3. Latency at concurrency 1"
@@ -58,7 +63,7 @@ def run(options: Options, result: BenchResult, shared: BenchGroup | None = None)
     inputs, _ = held_out_digits(0)
     with digits_group(options, shared, NAME) as bench:
         targets = bench.triton_targets()
-        run_id = f"lat-{time.time_ns()}"
+        run_id = f"{TRACED_RUN_PREFIX}{time.time_ns()}"
         asyncio.run(warm_up(bench, inputs))
         makers: dict[str, Any] = {
             "direct Triton": lambda: TritonCaller(targets[:1], inputs),
@@ -75,6 +80,7 @@ def run(options: Options, result: BenchResult, shared: BenchGroup | None = None)
                 measured[workload].append(m)
                 log_line(m.stats.line())
         report(result, measured, bench, options, rounds, warmup_s, duration_s)
+        report_stages(result, bench, run_id, merged_p50_ms=result.data["merged"]["certified"].p50_ms, options=options)
 
 
 def report(
@@ -136,6 +142,36 @@ def report(
         "by_round": {w: [m.summary() for m in ms] for w, ms in measured.items()},
     })
     result.plots.append(plot(measured, window, options))
+
+
+def report_stages(result: BenchResult, bench: BenchGroup, run_id: str, *, merged_p50_ms: float, options: Options) -> None:
+    """Where a certified request's time goes, from the stage traces of the gateway and replicas."""
+    if bench.trace_dir is None or not bench.trace_dir.is_dir():
+        return
+    # a process flushes its trace buffer at its first event after `replica.trace.FLUSH_INTERVAL_S`, so the
+    # last few calls of a round before an idle spell may be missing: they are left out
+    stages = breakdown(read_traces(bench.trace_dir), key_marker=run_id)
+    if not stages.requests:
+        result.details += ["", "No complete stage traces were found for the certified calls.", ""]
+        return
+    slowest = max(STAGES, key=stages.median_ms)
+    result.details += [
+        "",
+        f"Where a certified call's time goes, stage by stage (median over {stages.requests} calls, from the trace lines "
+        "the gateway and the replicas write: `replica/trace.py`, `tests/bench/stages.py`). "
+        f"The largest stage: {slowest}.",
+        "",
+        *table(stages, client_p50_ms=merged_p50_ms),
+        "",
+    ]
+    result.data["stages"] = stages.summary()
+    plt = pyplot()
+    fig, axis = plt.subplots(figsize=(9, 2.8))
+    plot_stages(axis, stages)
+    axis.set(yticks=[], xlabel="ms (medians, stacked in order)", title="a certified call at concurrency 1, stage by stage")
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=2, fontsize=8)
+    fig.tight_layout()
+    result.plots.append(save_figure(fig, options, "latency_stages.png"))
 
 
 def plot(measured: dict[str, list[Measurement]], window: tuple[float, float], options: Options) -> str:

@@ -31,7 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from replica.trace import TRACE_DIR_ENV, TRACE_MATCH_ENV
+
 RESULTS_DIR = Path("results")
+TRACED_RUN_PREFIX = "lat-"  # calls whose request ids start with it are stage-traced (replica/trace.py)
 REQUEST_TIMEOUT_S = 60.0  # per call; a call that takes longer counts as an error
 CHANNEL_ARGS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
 
@@ -580,6 +583,7 @@ class BenchGroup:
     group: Any  # marketplace.local.LocalGroup
     gateway: Any  # marketplace.commands.GatewayProcess
     served: dict[int, tuple[Path, int]]  # replica id -> (model package, version) its Triton serves
+    trace_dir: Path | None = None  # where the gateway and the replicas write stage traces (replica/trace.py)
 
     @property
     def config(self) -> Any:
@@ -717,17 +721,35 @@ def running_group(
         started = time.monotonic()
         step(f"{label}: starting {n} replicas, each with its own Triton")
         group.prepare()
-        group.start()
-        gateway = start_gateway_process(
-            [group.group_config_path], log_path=group.data_dir / "gateway.log", extra_args=list(gateway_args)
-        )
+        # the processes started here trace the stages of the latency benchmark's calls (their
+        # ids start with TRACED_RUN_PREFIX) and of every ordered batch: a few microseconds an
+        # event; the variables are only set while they start
+        trace_dir = group.data_dir / "trace"
+        with _environment(TRACE_DIR_ENV, str(trace_dir)), _environment(TRACE_MATCH_ENV, "/" + TRACED_RUN_PREFIX):
+            group.start()
+            gateway = start_gateway_process(
+                [group.group_config_path], log_path=group.data_dir / "gateway.log", extra_args=list(gateway_args)
+            )
         step(f"{label}: up in {time.monotonic() - started:.0f} s; gateway at {gateway.address}")
-        yield BenchGroup(group, gateway, {i: (Path(packages[i]), 1) for i in range(n)})
+        yield BenchGroup(group, gateway, {i: (Path(packages[i]), 1) for i in range(n)}, trace_dir)
     finally:
         step(f"{label}: stopping")
         if gateway is not None:
             gateway.stop()
         group.stop()
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
 
 
 @contextlib.contextmanager
