@@ -259,8 +259,9 @@ class ReplicaNode:
             self._ready_queue.put_nowait(self.core.ready())
 
     def _on_peer_messages(self, sender: int, messages: list[PeerMessage]) -> None:
+        traced = trace.enabled()
         for message in messages:
-            if trace.enabled() and isinstance(message, PrePrepare):
+            if traced and isinstance(message, PrePrepare):
                 trace.event("pre-prepare", message.seq)
             try:
                 self.core.step(message, via=sender)
@@ -563,27 +564,21 @@ class ReplicaNode:
                 if not future.done():
                     future.set_result(certified)
 
-    def _build_and_store(
-        self, batches: list[CommittedBatch], on_built: Callable[[list[Certified]], object] | None = None
-    ) -> list[Certified]:
+    def _build_and_store(self, batches: list[CommittedBatch], on_built: Callable[[list[Certified]], object]) -> None:
         """On the certificates thread: certificates for every request of the batches, stored by id.
 
         `on_built` gets each batch's certificates as soon as they are built, before they are
         written: a certificate is final once built (its quorum's signatures make it so) and the
         write only serves later look-ups, which run on this same thread and so after it. A
         write lost in a crash is redone at start-up (`_rebuild_certificates`)."""
-        out: list[Certified] = []
         for batch in batches:
             built = self._build_certificates(batch)
             if built is None:
                 continue
             rows, certified = built
-            if on_built is not None:
-                on_built(certified)
+            on_built(certified)
             self.store.put_certificates(batch.header.seq, rows, durable=False)
             self.metrics.labels(self.metrics.certified).inc(len(rows))
-            out.extend(certified)
-        return out
 
     def _build_certificates(self, batch: CommittedBatch) -> tuple[list[CertificateRow], list[Certified]] | None:
         entries = batch.proposal.entries

@@ -207,18 +207,29 @@ def test_restarted_replica_serves_old_certificates_from_disk_and_votes_again(gro
     verify(decode_certificate(reply.certificate), group.config)
     # it takes part again: new certificates carry its vote
     load = Load(group.config, group.addresses, X, client_id="rejoin")
+    certified = _certify_in_turn(group, load, [digits_request(group.config, "rejoin", f"j-{i}", X[i]) for i in range(20)])
+    assert any(victim in {v.replica_id for v in c.certificate.leaf.votes} for c in certified[-10:])
 
-    async def some() -> list:  # type: ignore[type-arg]
+
+def _certify_in_turn(group: LocalGroup, load: Load, requests: list, until=None) -> list:  # type: ignore[no-untyped-def, type-arg]
+    """Certify `requests` one after another straight at the replicas (stopping after the first
+    certified one that `until` accepts)."""
+
+    async def run() -> list:  # type: ignore[type-arg]
         channels = [grpc.aio.insecure_channel(a) for a in group.addresses]
         stubs = [api_grpc.ReplicaStub(c) for c in channels]
+        out = []
         try:
-            return [await load.certify(digits_request(group.config, "rejoin", f"j-{i}", X[i]), stubs) for i in range(20)]
+            for request in requests:
+                out.append(await load.certify(request, stubs))
+                if until is not None and until(out[-1]):
+                    break
+            return out
         finally:
             for c in channels:
                 await c.close()
 
-    certified = asyncio.run(some())
-    assert any(victim in {v.replica_id for v in c.certificate.leaf.votes} for c in certified[-10:])
+    return asyncio.run(run())
 
 
 def test_certificates_a_crash_lost_are_rebuilt_when_the_replica_starts(group: LocalGroup, digits: tuple[np.ndarray, np.ndarray]) -> None:
@@ -229,17 +240,7 @@ def test_certificates_a_crash_lost_are_rebuilt_when_the_replica_starts(group: Lo
     assert group.config is not None
     X, _ = digits
     load = Load(group.config, group.addresses, X, client_id="rebuild")
-
-    async def some() -> list:  # type: ignore[type-arg]
-        channels = [grpc.aio.insecure_channel(a) for a in group.addresses]
-        stubs = [api_grpc.ReplicaStub(c) for c in channels]
-        try:
-            return [await load.certify(digits_request(group.config, "rebuild", f"b-{i}", X[i]), stubs) for i in range(6)]
-        finally:
-            for c in channels:
-                await c.close()
-
-    certified = asyncio.run(some())
+    certified = _certify_in_turn(group, load, [digits_request(group.config, "rebuild", f"b-{i}", X[i]) for i in range(6)])
     primary = current_primary(group)
     victim = next(r for r in range(group.n) if r != primary)
     seqs = sorted({c.certificate.header.seq for c in certified})
@@ -260,20 +261,11 @@ def test_certificates_a_crash_lost_are_rebuilt_when_the_replica_starts(group: Lo
 
     # leave the group whole for the tests after this one: the restarted replica catches up and
     # its votes are in new certificates again
-    async def until_it_votes() -> bool:
-        channels = [grpc.aio.insecure_channel(a) for a in group.addresses]
-        stubs = [api_grpc.ReplicaStub(c) for c in channels]
-        try:
-            for i in range(60):
-                done = await load.certify(digits_request(group.config, "rebuild", f"after-{i}", X[i]), stubs)
-                if victim in {v.replica_id for v in done.certificate.leaf.votes}:
-                    return True
-            return False
-        finally:
-            for c in channels:
-                await c.close()
+    def voted(c) -> bool:  # type: ignore[no-untyped-def]
+        return victim in {v.replica_id for v in c.certificate.leaf.votes}
 
-    assert asyncio.run(until_it_votes()), f"replica {victim} did not take part again after its restart"
+    after = _certify_in_turn(group, load, [digits_request(group.config, "rebuild", f"after-{i}", X[i]) for i in range(60)], until=voted)
+    assert voted(after[-1]), f"replica {victim} did not take part again after its restart"
 
 
 def test_bad_client_input_gets_a_status_code_and_nothing_breaks(group: LocalGroup, digits: tuple[np.ndarray, np.ndarray]) -> None:
