@@ -232,42 +232,6 @@ def _certify_in_turn(group: LocalGroup, load: Load, requests: list, until=None) 
     return asyncio.run(run())
 
 
-def test_certificates_a_crash_lost_are_rebuilt_when_the_replica_starts(group: LocalGroup, digits: tuple[np.ndarray, np.ndarray]) -> None:
-    """A replica answers a client once a certificate is built and writes it afterwards without
-    an fsync of its own; a crash can lose those writes. Simulated here by deleting the stored
-    certificates of its last batches while it is down: it rebuilds them from the committed
-    batches before it serves look-ups."""
-    assert group.config is not None
-    X, _ = digits
-    load = Load(group.config, group.addresses, X, client_id="rebuild")
-    certified = _certify_in_turn(group, load, [digits_request(group.config, "rebuild", f"b-{i}", X[i]) for i in range(6)])
-    primary = current_primary(group)
-    victim = next(r for r in range(group.n) if r != primary)
-    seqs = sorted({c.certificate.header.seq for c in certified})
-    assert wait_until(lambda: (status(group.replicas[victim].address) or api.StatusReply()).executed_seq >= seqs[-1], 20)
-    group.stop_replica(victim)
-    path = group.data_dir / f"replica-{victim}" / "replica.sqlite"
-    with sqlite3.connect(path) as db:
-        lost = db.execute("DELETE FROM certificates WHERE seq >= ?", (seqs[0],)).rowcount
-    assert lost >= 6
-    group.start_replica(victim)
-    with grpc.insecure_channel(group.replicas[victim].address) as channel:
-        stub = api_grpc.ReplicaStub(channel)
-        for c in certified:
-            reply = stub.GetCertificate(api.GetCertificateRequest(client_id="rebuild", request_id=c.certificate.leaf.request_id), timeout=10)
-            rebuilt = decode_certificate(reply.certificate)
-            verify(rebuilt, group.config)
-            assert rebuilt.header == c.certificate.header and rebuilt.leaf == c.certificate.leaf
-
-    # leave the group whole for the tests after this one: the restarted replica catches up and
-    # its votes are in new certificates again
-    def voted(c) -> bool:  # type: ignore[no-untyped-def]
-        return victim in {v.replica_id for v in c.certificate.leaf.votes}
-
-    after = _certify_in_turn(group, load, [digits_request(group.config, "rebuild", f"after-{i}", X[i]) for i in range(60)], until=voted)
-    assert voted(after[-1]), f"replica {victim} did not take part again after its restart"
-
-
 def test_bad_client_input_gets_a_status_code_and_nothing_breaks(group: LocalGroup, digits: tuple[np.ndarray, np.ndarray]) -> None:
     assert group.config is not None
     X, _ = digits
@@ -399,3 +363,39 @@ def test_submit_stream_answers_one_request_per_message_and_survives_garbage(grou
     assert set(certified) == {r.request_id for r in requests}
     for request in requests:
         verify(decode_certificate(certified[request.request_id].certificate), config, request)
+
+
+def test_certificates_a_crash_lost_are_rebuilt_when_the_replica_starts(group: LocalGroup, digits: tuple[np.ndarray, np.ndarray]) -> None:
+    """A replica answers a client once a certificate is built and writes it afterwards without
+    an fsync of its own; a crash can lose those writes. Simulated here by deleting the stored
+    certificates of its last batches while it is down: it rebuilds them from the committed
+    batches before it serves look-ups."""
+    assert group.config is not None
+    X, _ = digits
+    load = Load(group.config, group.addresses, X, client_id="rebuild")
+    certified = _certify_in_turn(group, load, [digits_request(group.config, "rebuild", f"b-{i}", X[i]) for i in range(6)])
+    primary = current_primary(group)
+    victim = next(r for r in range(group.n) if r != primary)
+    seqs = sorted({c.certificate.header.seq for c in certified})
+    assert wait_until(lambda: (status(group.replicas[victim].address) or api.StatusReply()).executed_seq >= seqs[-1], 20)
+    group.stop_replica(victim)
+    path = group.data_dir / f"replica-{victim}" / "replica.sqlite"
+    with sqlite3.connect(path) as db:
+        lost = db.execute("DELETE FROM certificates WHERE seq >= ?", (seqs[0],)).rowcount
+    assert lost >= 6
+    group.start_replica(victim)
+    with grpc.insecure_channel(group.replicas[victim].address) as channel:
+        stub = api_grpc.ReplicaStub(channel)
+        for c in certified:
+            reply = stub.GetCertificate(api.GetCertificateRequest(client_id="rebuild", request_id=c.certificate.leaf.request_id), timeout=10)
+            rebuilt = decode_certificate(reply.certificate)
+            verify(rebuilt, group.config)
+            assert rebuilt.header == c.certificate.header and rebuilt.leaf == c.certificate.leaf
+
+    # leave the group whole for the tests after this one: the restarted replica catches up and
+    # its votes are in new certificates again
+    def voted(c) -> bool:  # type: ignore[no-untyped-def]
+        return victim in {v.replica_id for v in c.certificate.leaf.votes}
+
+    after = _certify_in_turn(group, load, [digits_request(group.config, "rebuild", f"after-{i}", X[i]) for i in range(60)], until=voted)
+    assert voted(after[-1]), f"replica {victim} did not take part again after its restart"
