@@ -1499,6 +1499,10 @@ class ConsensusNode:
         if config is None:
             raise LocalProtocolError(f"snapshot at seq {snapshot.seq} is for a config this replica does not know")
         self.state = ReplicatedState.from_snapshot(config, snapshot)
+        # before anything below forgets them: requests this replica holds that the snapshot
+        # shows executed; it never sees their batches, so it can never certify them
+        unseen = {p.request_key for p in self.pending.values() if p.request_key in self.state.executed}
+        self._ready.executed_unseen.extend(sorted(unseen))
         if config.epoch != self.config.epoch:
             self._adopt_config(config, snapshot.seq)
         # versions that took effect in the batches skipped over: the runtime must hear of them

@@ -154,8 +154,12 @@ class Ready:
     events: list[Event] = field(default_factory=list)
     evidence: list[Evidence] = field(default_factory=list)  # proofs that a peer misbehaved (certs/evidence.py)
     config_links: list[ConfigLinkRecord] = field(default_factory=list)  # epochs begun or newly vouched for
+    # (client id, request id) of requests this replica was holding that an installed snapshot
+    # shows executed: it has no batch, so no certificate, for them; their clients must ask a peer
+    executed_unseen: list[tuple[str, str]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
-            self.persist or self.messages or self.inference or self.committed or self.activations or self.events or self.evidence or self.config_links
+            self.persist or self.messages or self.inference or self.committed or self.activations or self.events
+            or self.evidence or self.config_links or self.executed_unseen
         )

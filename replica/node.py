@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import json
 import logging
 import time
@@ -47,6 +48,7 @@ from consensus.node import ConsensusNode, SubmitOutcome
 from consensus.messages import Checkpoint
 from consensus.ready import Activation, CommittedBatch, CommittedRecord, ConfigLinkRecord, InferenceBatch, PersistRecord, Ready
 from consensus.state import CheckpointSummary
+from replica.certificate_fetch import PeerCertificates
 from replica.config import ReplicaConfig
 from replica.metrics import ReplicaMetrics
 from replica.storage import CertificateRow, ReplicaStore
@@ -161,6 +163,7 @@ class ReplicaNode:
         self._ready_queue: asyncio.Queue[Ready] = asyncio.Queue()
         self._waiters: dict[tuple[str, str], _Waiters] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._peer_certificates = PeerCertificates(self.replica_id, lambda: _peer_addresses(self.core.configs), lambda epoch: self.core.configs.get(epoch))
         self._inference_tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.models_file = config.data_dir / "models.json"
@@ -197,6 +200,7 @@ class ReplicaNode:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._inference_tasks, return_exceptions=True)
         await self.transport.stop()
+        await self._peer_certificates.close()
         for waiters in self._waiters.values():
             for future in waiters.futures:
                 if not future.done():
@@ -310,6 +314,44 @@ class ReplicaNode:
         task = asyncio.get_running_loop().create_task(fetch())
         self._inference_tasks.add(task)
         task.add_done_callback(self._inference_tasks.discard)
+
+    def _answer_unseen(self, keys: Sequence[tuple[str, str]]) -> None:
+        """A snapshot showed these requests executed: this replica never saw their batches and
+        cannot certify them. Their waiting clients get the certificate from a peer, checked
+        here, or else at once (not at their timeout) word to ask another replica."""
+        for key in keys:
+            waiters = self._waiters.pop(key, None)
+            if waiters is None:
+                continue
+            executed = self.core.state.executed.get(key)
+            task = asyncio.get_running_loop().create_task(self._certify_from_peers(key, None if executed is None else executed[1], waiters))
+            self._inference_tasks.add(task)
+            task.add_done_callback(self._inference_tasks.discard)
+
+    async def _certify_from_peers(self, key: tuple[str, str], request_digest: bytes | None, waiters: _Waiters) -> None:
+        client_id, request_id = key
+        fetched = None
+        if request_digest is not None:
+            try:
+                fetched = await self._peer_certificates.fetch(client_id, request_id, request_digest)
+            except Exception:  # the clients still get an answer below
+                log.exception("replica %d: fetching the certificate of %s/%s from peers failed", self.replica_id, client_id, request_id)
+        if fetched is None:
+            log.info("replica %d: %s/%s was executed within a state-transfer snapshot and no peer gave its certificate; its client is told to ask another replica", self.replica_id, client_id, request_id)
+            for future in waiters.futures:
+                self._resolve_from_store(client_id, request_id, future)  # finds none and says so
+            return
+        certificate = fetched.certificate
+        seq = certificate.header.seq
+        compact = encode_certificate(certificate.compact()) if certificate.vote_proofs else fetched.encoded
+        certified = Certified(client_id, request_id, seq, fetched.encoded, compact)
+        row = CertificateRow(client_id, request_id, certificate.leaf.request_digest, fetched.encoded)
+        # kept, so that later look-ups here find it too
+        await asyncio.get_running_loop().run_in_executor(self._certificates, functools.partial(self.store.put_certificates, seq, [row], durable=False))
+        log.info("replica %d: certificate of %s/%s (seq %d, executed within a state-transfer snapshot) fetched from replica %d", self.replica_id, client_id, request_id, seq, fetched.replica_id)
+        for future in waiters.futures:
+            if not future.done():
+                future.set_result(certified)
 
     def submit_control(self, op: ModelUpdate) -> None:
         self.core.submit_control(op)
@@ -426,6 +468,8 @@ class ReplicaNode:
                 self._after_activation(activation.version)
         if ready.activations:
             self._io.submit(self.store.put_activations, list(ready.activations))
+        if ready.executed_unseen:
+            self._answer_unseen(ready.executed_unseen)
         core = self.core
         self.metrics.labels(self.metrics.view).set(core.view)
         self.metrics.labels(self.metrics.seq).set(core.executed_seq)

@@ -152,6 +152,7 @@ class Cluster:
         self.activations: dict[int, list[Activation]] = {r: [] for r in range(self.n)}
         self.events: dict[int, list[Event]] = {r: [] for r in range(self.n)}
         self.evidence: dict[int, list[Equivocation]] = {r: [] for r in range(self.n)}
+        self.executed_unseen: dict[int, list[tuple[str, str]]] = {r: [] for r in range(self.n)}
         self.rejections: list[tuple[int, ByzantineMessageError]] = []  # (receiver, error)
         self._next_index = 0
 
@@ -170,6 +171,7 @@ class Cluster:
         self.activations[r].extend(ready.activations)
         self.events[r].extend(ready.events)
         self.evidence[r].extend(ready.evidence)
+        self.executed_unseen[r].extend(ready.executed_unseen)
 
     def step(self, r: int, message: PeerMessage, via: int | None = None) -> None:
         """Hand `r` one message directly; a ByzantineMessageError reaches the caller."""

@@ -519,3 +519,30 @@ def test_updated_replica_catching_up_by_state_transfer_reports_the_activation() 
     ready().activations; a replica that skipped the activating batch must still hear of it."""
     cluster, op = _updated_replica_catches_up_by_state_transfer()
     assert [(a.replica_id, a.version, a.weights_digest) for a in cluster.activations[UPDATED]] == [(UPDATED, 2, op.weights_digest)]
+
+
+def test_requests_a_snapshot_shows_executed_are_reported_so_their_clients_need_not_wait() -> None:
+    """A replica cut off while holding a client's request catches up by a snapshot that
+    includes that request's batch: it never sees the batch, so it cannot certify the request.
+    ready().executed_unseen names it (and only it), so the runtime can tell the waiting client
+    at once to ask another replica instead of letting it time out."""
+    cluster = Cluster()
+    k = cluster.params.checkpoint_interval_batches
+    cut = cluster.isolate(3)
+    held = cluster.new_request()
+    cluster.submit(held)  # all four hold it; replica 3's votes go nowhere
+    cluster.settle()
+    for _ in range(2 * k):
+        cluster.serve_one(to=[0, 1, 2])
+    assert cluster.nodes[0].low >= k and held.key not in cluster.nodes[3].state.executed
+    cluster.drop_rules.remove(cut)
+    fresh = cluster.new_request()
+    cluster.submit(fresh)
+    cluster.settle()
+    node = cluster.nodes[3]
+    cluster.tick_until(lambda: fresh.key in node.state.executed, 500)
+    assert any(e.kind == "state-installed" for e in cluster.events[3])
+    assert cluster.executed_unseen[3] == [held.key]
+    # the request after the snapshot came as a batch: certified there, not reported
+    assert fresh.key in cluster.committed_requests(3)
+    assert all(not cluster.executed_unseen[r] for r in (0, 1, 2))

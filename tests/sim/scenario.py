@@ -174,6 +174,10 @@ def _check(world: World) -> None:
         missing = [key for key in world.submitted_to_correct if key not in node.state.executed]
         if missing:
             _fail(world, f"liveness: replica {r} (seq {node.executed_seq}, view {node.view}, active {node.view_active}) never executed {len(missing)} requests, e.g. {missing[:3]}")
+        # and no client of it is left waiting: each request it took was certified there or
+        # reported as executed within a snapshot (the runtime then sends the client elsewhere)
+        if world.waiting[r]:
+            _fail(world, f"liveness: replica {r} leaves clients waiting on {len(world.waiting[r])} executed requests, e.g. {sorted(world.waiting[r])[:3]}")
 
 
 def _check_model_versions(world: World) -> None:

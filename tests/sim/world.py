@@ -177,6 +177,9 @@ class World:
         self.requests: dict[tuple[str, str], InferenceRequest] = {}
         self.submitted_to_correct: dict[tuple[str, str], int] = {}  # key -> tick first sent to a correct replica
         self.recipients: dict[tuple[str, str], list[tuple[int, int]]] = {}  # key -> (replica, tick)
+        # what a runtime's clients still wait on at each replica: submitted there since its last
+        # start, neither in a batch it committed (certified there) nor reported executed_unseen
+        self.waiting: dict[int, set[tuple[str, str]]] = {r: set() for r in range(self.n)}
         self.crash_ticks: dict[int, list[int]] = {r: [] for r in range(self.n)}
         self.stats = SimStats()
         self.evidence: list[object] = []
@@ -225,6 +228,8 @@ class World:
             self.at(self.now + latency, lambda r=r, batch=batch: self._inference_done(r, batch))
         for batch in ready.committed:
             self.committed[r][batch.header.seq] = batch
+            self.waiting[r].difference_update((e.leaf.client_id, e.leaf.request_id) for e in batch.proposal.entries)
+        self.waiting[r].difference_update(ready.executed_unseen)
         for record in ready.config_links:
             config = record.link.config
             self.configs[config.epoch] = config
@@ -294,9 +299,11 @@ class World:
             if node is None:
                 continue
             try:
-                node.submit(request, disseminate=disseminate)
+                outcome = node.submit(request, disseminate=disseminate)
             except RequestRejectedError:
                 continue  # a replica that left the group refuses new requests
+            if outcome.status != "executed":  # executed: answered from the store at once
+                self.waiting[r].add(request.key)
             self.recipients.setdefault(request.key, []).append((r, self.now))
             if r in self.correct:
                 self.submitted_to_correct.setdefault(request.key, self.now)
@@ -315,6 +322,7 @@ class World:
         if self.nodes[r] is None:
             return
         self.nodes[r] = None
+        self.waiting[r].clear()  # its clients' calls failed with it
         self.crash_ticks[r].append(self.now)
         self.stats.crashes += 1
         self.trace.append(f"t={self.now} r{r} crashed")
@@ -376,6 +384,7 @@ class World:
         self.disks[rid] = []
         self.sent_log[rid] = []
         self.committed[rid] = {}
+        self.waiting[rid] = set()
         self.crash_ticks[rid] = []
         node = ConsensusNode(config, rid, _KEYS[rid].signer(), self.verifier, joined_at=(previous, start_seq))
         node.now = self.now

@@ -1,0 +1,152 @@
+"""replica/certificate_fetch.py: a certificate fetched from peers over real gRPC is used only
+when it verifies and is for exactly the request asked about; lying, silent and empty-handed
+peers are passed over."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable
+
+import grpc
+import grpc.aio
+import pytest
+
+from certs.certificate import Certificate, QuorumSignature, encode_certificate
+from protos import replica_api_pb2 as api
+from replica import certificate_fetch
+from replica.certificate_fetch import PeerCertificates
+from tests.certs.helpers import cached_batch
+
+BATCH = cached_batch()
+WANTED = BATCH.accountable[2]
+OWN_ID = 3
+
+Answer = Callable[[api.GetCertificateRequest, grpc.aio.ServicerContext], Awaitable[api.SubmitReply]]
+
+
+def _certified(certificate: Certificate | bytes) -> api.SubmitReply:
+    raw = certificate if isinstance(certificate, bytes) else encode_certificate(certificate)
+    return api.SubmitReply(status=api.CERTIFIED, certificate=raw)
+
+
+def _forged(certificate: Certificate) -> Certificate:
+    first = certificate.quorum[0]
+    flipped = QuorumSignature(first.replica_id, bytes([first.signature[0] ^ 1]) + first.signature[1:])
+    return dataclasses.replace(certificate, quorum=(flipped,) + certificate.quorum[1:])
+
+
+async def _not_found(request: api.GetCertificateRequest, context: grpc.aio.ServicerContext) -> api.SubmitReply:
+    await context.abort(grpc.StatusCode.NOT_FOUND, "no certificate")
+    raise AssertionError("unreachable")
+
+
+async def _garbage(request: api.GetCertificateRequest, context: grpc.aio.ServicerContext) -> api.SubmitReply:
+    return _certified(b"\xff\x00not a certificate")
+
+
+async def _someone_elses(request: api.GetCertificateRequest, context: grpc.aio.ServicerContext) -> api.SubmitReply:
+    return _certified(BATCH.accountable[0])  # valid, but for another request
+
+
+async def _forgery(request: api.GetCertificateRequest, context: grpc.aio.ServicerContext) -> api.SubmitReply:
+    return _certified(_forged(WANTED))
+
+
+async def _silent(request: api.GetCertificateRequest, context: grpc.aio.ServicerContext) -> api.SubmitReply:
+    await asyncio.sleep(5)
+    return _certified(WANTED)
+
+
+async def _honest(request: api.GetCertificateRequest, context: grpc.aio.ServicerContext) -> api.SubmitReply:
+    assert (request.client_id, request.request_id) == (WANTED.leaf.client_id, WANTED.leaf.request_id)
+    return _certified(WANTED)
+
+
+class _Peers:
+    """One real gRPC server per peer, each answering GetCertificate its own way."""
+
+    def __init__(self, answers: dict[int, Answer]) -> None:
+        self.answers = answers
+        self.calls: dict[int, int] = {replica_id: 0 for replica_id in answers}
+        self.addresses: dict[int, str] = {}
+        self._servers: list[grpc.aio.Server] = []
+
+    async def start(self) -> None:
+        for replica_id, answer in self.answers.items():
+            server = grpc.aio.server()
+            server.add_generic_rpc_handlers((self._handler(replica_id, answer),))
+            port = server.add_insecure_port("127.0.0.1:0")
+            await server.start()
+            self._servers.append(server)
+            self.addresses[replica_id] = f"127.0.0.1:{port}"
+
+    def _handler(self, replica_id: int, answer: Answer) -> grpc.GenericRpcHandler:
+        async def get_certificate(request: api.GetCertificateRequest, context: grpc.aio.ServicerContext) -> api.SubmitReply:
+            self.calls[replica_id] += 1
+            return await answer(request, context)
+
+        return grpc.method_handlers_generic_handler(
+            "quorumserve.v1.Replica",
+            {
+                "GetCertificate": grpc.unary_unary_rpc_method_handler(
+                    get_certificate,
+                    request_deserializer=api.GetCertificateRequest.FromString,
+                    response_serializer=api.SubmitReply.SerializeToString,
+                )
+            },
+        )
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            await server.stop(None)
+
+
+def _fetch(answers: dict[int, Answer]) -> tuple[certificate_fetch.FetchedCertificate | None, dict[int, int]]:
+    async def scenario() -> tuple[certificate_fetch.FetchedCertificate | None, dict[int, int]]:
+        peers = _Peers(answers)
+        await peers.start()
+        fetcher = PeerCertificates(OWN_ID, lambda: peers.addresses, {BATCH.config.epoch: BATCH.config}.get)
+        try:
+            leaf = WANTED.leaf
+            return await fetcher.fetch(leaf.client_id, leaf.request_id, leaf.request_digest), peers.calls
+        finally:
+            await fetcher.close()
+            await peers.stop()
+
+    return asyncio.run(scenario())
+
+
+@pytest.fixture(autouse=True)
+def _quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(certificate_fetch, "FETCH_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(certificate_fetch, "FETCH_RETRY_PAUSE_S", 0.01)
+
+
+def test_the_first_certificate_that_verifies_for_the_request_is_used_and_liars_are_passed_over() -> None:
+    fetched, calls = _fetch({0: _not_found, 1: _garbage, 2: _someone_elses, OWN_ID: _honest, 4: _forgery, 5: _silent, 6: _honest})
+    assert fetched is not None
+    assert fetched.replica_id == 6 and fetched.certificate == WANTED
+    assert fetched.encoded == encode_certificate(WANTED)
+    assert calls[OWN_ID] == 0  # never asks itself
+    assert all(calls[r] == 1 for r in (0, 1, 2, 4, 5, 6))
+
+
+def test_a_peer_still_building_the_certificate_is_asked_again() -> None:
+    answered: list[int] = []
+
+    async def late(request: api.GetCertificateRequest, context: grpc.aio.ServicerContext) -> api.SubmitReply:
+        answered.append(1)
+        if len(answered) == 1:
+            return await _not_found(request, context)
+        return await _honest(request, context)
+
+    fetched, calls = _fetch({0: late, 1: _not_found})
+    assert fetched is not None and fetched.replica_id == 0
+    assert calls == {0: 2, 1: 1}
+
+
+def test_nothing_usable_anywhere_gives_none_after_every_round() -> None:
+    fetched, calls = _fetch({0: _not_found, 1: _forgery, 2: _someone_elses})
+    assert fetched is None
+    assert calls == {r: certificate_fetch.FETCH_ROUNDS for r in (0, 1, 2)}
