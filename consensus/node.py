@@ -202,6 +202,7 @@ class ConsensusNode:
         # waiting proposal -> how many rounds of fetching found its votes still disagreeing
         self.mismatch_rounds: dict[tuple[int, int], int] = {}
         self.helped: dict[int, int] = {}  # peer -> tick we last sent it our stable checkpoint
+        self.answered_view_change: dict[int, tuple[int, int]] = {}  # peer -> (view, tick) of our last answer to its old VIEW-CHANGE
         self.later_views: dict[int, set[int]] = {}  # view above ours -> replicas seen working in it
         self.asked_before_accusing: VoteKey | None = None  # the stalled request we fetched state for
         self.accuse_deadline = 0
@@ -1742,9 +1743,16 @@ class ConsensusNode:
         if vc.stable_seq < self.low:
             # the sender is behind our stable checkpoint, perhaps stuck asking for a view change
             # nobody else needs: show it the checkpoint so it fetches the state (section 4.3)
-            for checkpoint in self.stable_proof:
-                self._send(vc.sender, checkpoint)
+            self._help_behind(vc.sender)
         if vc.new_view <= self.view and (self.view_active or vc.new_view < self.view):
+            # Once per relay timeout per sender and view: a correct peer past that view answers
+            # our own old VIEW-CHANGE the same way, so answering every copy would bounce one late
+            # or replayed VIEW-CHANGE between two correct replicas forever (the simulator found
+            # such a storm: seed 516, a replaying replica, tens of thousands of messages a tick)
+            last = self.answered_view_change.get(vc.sender)
+            if last is not None and last[0] == vc.new_view and self.now - last[1] < self.params.relay_timeout_ticks:
+                return
+            self.answered_view_change[vc.sender] = (vc.new_view, self.now)
             # a replica behind us: hand it the NEW-VIEW of our view (signed by its primary, so any
             # replica holding it may relay it)
             if self.view_active and self.view in self.new_views and vc.new_view == self.view:

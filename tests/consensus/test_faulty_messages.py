@@ -486,6 +486,30 @@ def test_replay_of_a_recent_message_changes_nothing(kind: str) -> None:
     _carries_on(cluster)
 
 
+def test_replayed_old_view_change_is_answered_once_not_bounced_between_correct_replicas() -> None:
+    """A replica past view v answers a VIEW-CHANGE for v with its own (its sender may lack it
+    for a quorum). Two correct replicas past v must not keep answering each other's: one late,
+    duplicated or replayed VIEW-CHANGE would bounce between them forever (a message storm the
+    simulator found). Each answers it once per relay timeout, and the group still works."""
+    cluster = Cluster(n=7)
+    cluster.serve_one()
+    cluster.crash(0)
+    cluster.crash(1)
+    cluster.serve_one(to=range(2, 7))
+    assert all(cluster.nodes[r].view == 2 for r in range(2, 7))
+    old = next(vc for vc in cluster.sent_of(2, ViewChange) if vc.new_view == 1)
+    sent_before = {r: len(cluster.sent[r]) for r in range(2, 7)}
+    cluster.step(3, old, via=4)  # replayed by anyone, signed by replica 2
+    cluster.settle()  # before the fix: "the cluster did not settle: messages keep flowing"
+    answers = [(r, m) for r in range(2, 7) for m in cluster.sent[r][sent_before[r]:] if isinstance(m, ViewChange)]
+    assert sorted((r, m.new_view) for r, m in answers) == [(2, 1), (3, 1)]  # 3 answers 2, 2 answers 3, done
+    cluster.step(3, old, via=4)  # the same replay again, at once: not answered again
+    cluster.settle()
+    assert len([m for m in cluster.sent[3][sent_before[3]:] if isinstance(m, ViewChange)]) == 1
+    after = cluster.serve_one(to=range(2, 7))
+    assert all(after.key in cluster.nodes[r].state.executed for r in range(2, 7))
+
+
 def test_conflicting_pre_prepare_for_an_executed_slot_is_refused_as_equivocation() -> None:
     """A primary's second, different pre-prepare for a slot this replica already executed is
     still two signed contents for one slot: proof of equivocation."""
