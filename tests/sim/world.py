@@ -71,6 +71,14 @@ BYZANTINE_BEHAVIOURS = (
 )
 
 # Keys are the slow part of building a world; the same keys serve every seed.
+# The busiest tick of seeds 0-59 delivered 383 messages; a storm grows without bound
+STORM_EVENTS_PER_TICK = 20_000
+
+
+class MessageStorm(AssertionError):
+    pass
+
+
 _KEYS = [KeyPair(hashlib.sha256(b"sim-key-%d" % i).digest()) for i in range(16)]
 _OWNER_KEYS = [KeyPair(hashlib.sha256(b"sim-owner-%d" % i).digest()) for i in range(16)]
 
@@ -196,8 +204,13 @@ class World:
 
     def run_until(self, end: int) -> None:
         while True:
+            events = 0
             while self._events and self._events[0].time <= self.now:
                 heapq.heappop(self._events).action()
+                events += 1
+                if events > STORM_EVENTS_PER_TICK:
+                    # replicas answering each other without end: fail with the seed rather than run forever
+                    raise MessageStorm(f"more than {STORM_EVENTS_PER_TICK} deliveries in tick {self.now}")
             if self.now >= end:
                 return
             self.now += 1
