@@ -1539,7 +1539,9 @@ class ConsensusNode:
 
     def _recheck_waiting(self) -> None:
         for key, (pp, _) in sorted(self.waiting.items()):
-            if pp.view != self.view or not self.view_active or not self._in_window(pp.seq):
+            # executed meanwhile (state transfer brought the batch): nothing left to check, and
+            # its requests now look replayed, which is no fault of the primary
+            if pp.view != self.view or not self.view_active or not self._in_window(pp.seq) or pp.seq <= self.state.seq:
                 del self.waiting[key]
                 continue
             if self.state.seq < pp.seq - self.params.log_window_batches:
@@ -1557,6 +1559,9 @@ class ConsensusNode:
     def _check_waiting(self) -> None:
         """Vote batches a proposal needs did not come from the primary: ask their voters."""
         for key, (pp, deadline) in list(self.waiting.items()):
+            if pp.seq <= self.state.seq:
+                del self.waiting[key]  # executed meanwhile, see _recheck_waiting
+                continue
             if self.now < deadline:
                 continue
             if pp.view != self.view or self.state.seq < pp.seq - self.params.log_window_batches:

@@ -24,6 +24,11 @@ class ReplicaMetrics:
         self.requests = counter("quorumserve_requests_total", "client requests received", ("outcome",))
         self.certified = counter("quorumserve_certified_requests_total", "requests certified by this replica")
         self.batches = counter("quorumserve_committed_batches_total", "ordered batches executed")
+        # certificates of requests executed within a state-transfer snapshot, which this replica
+        # never saw as batches: "fetched" came from a peer, "missing" nobody gave
+        self.peer_certificates = counter(
+            "quorumserve_peer_certificates_total", "certificates this replica could not build and asked its peers for", ("outcome",)
+        )
         self.inference_batches = counter("quorumserve_inference_batches_total", "Triton calls (one per inference batch)")
         self.inference_requests = counter("quorumserve_inference_requests_total", "requests run through the model")
         self.disagreeing_votes = counter(

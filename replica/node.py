@@ -293,7 +293,7 @@ class ReplicaNode:
         outcome = self.core.submit(request, disseminate=not fanout)
         self.metrics.labels(self.metrics.requests, outcome=outcome.status).inc()
         if outcome.status == "executed":
-            self._resolve_from_store(request.client_id, request.request_id, future)
+            self._resolve_from_store(request.client_id, request.request_id, [future])
         else:
             waiters = self._waiters.setdefault(request.key, _Waiters(received_s=time.monotonic()))
             waiters.futures.append(future)
@@ -301,57 +301,59 @@ class ReplicaNode:
         self._drain()
         return outcome, future
 
-    def _resolve_from_store(self, client_id: str, request_id: str, future: asyncio.Future[Certified]) -> None:
-        async def fetch() -> None:
-            certified = await self.get_certificate(client_id, request_id)
-            if future.done():
-                return
-            if certified is None:
-                future.set_exception(ReplicaError(f"{client_id}/{request_id} was executed before this replica's records start; ask another replica"))
-            else:
-                future.set_result(certified)
+    def _resolve_from_store(self, client_id: str, request_id: str, futures: Sequence[asyncio.Future[Certified]]) -> None:
+        """Answer clients asking about a request this replica knows executed: the certificate
+        it stored, or else one fetched from a peer, or else word to ask another replica. None is
+        stored when the batch was executed within a state-transfer snapshot, and, briefly, when
+        a retry arrives between the batch's execution and its certificate's build; a peer's copy
+        certifies the same decision (perhaps under another commit quorum)."""
 
-        task = asyncio.get_running_loop().create_task(fetch())
+        async def resolve() -> None:
+            certified = await self.get_certificate(client_id, request_id)
+            if certified is None:
+                certified = await self._certificate_from_peers(client_id, request_id)
+            for future in futures:
+                if future.done():
+                    continue
+                if certified is None:
+                    future.set_exception(ReplicaError(f"{client_id}/{request_id} was executed before this replica's records start and no peer gave its certificate; ask another replica"))
+                else:
+                    future.set_result(certified)
+
+        task = asyncio.get_running_loop().create_task(resolve())
         self._inference_tasks.add(task)
         task.add_done_callback(self._inference_tasks.discard)
 
     def _answer_unseen(self, keys: Sequence[tuple[str, str]]) -> None:
-        """A snapshot showed these requests executed: this replica never saw their batches and
-        cannot certify them. Their waiting clients get the certificate from a peer, checked
-        here, or else at once (not at their timeout) word to ask another replica."""
+        """A snapshot showed these requests executed: this replica never saw their batches, so
+        their waiting clients are answered now, not at their timeout."""
         for key in keys:
             waiters = self._waiters.pop(key, None)
-            if waiters is None:
-                continue
-            executed = self.core.state.executed.get(key)
-            task = asyncio.get_running_loop().create_task(self._certify_from_peers(key, None if executed is None else executed[1], waiters))
-            self._inference_tasks.add(task)
-            task.add_done_callback(self._inference_tasks.discard)
+            if waiters is not None:
+                self._resolve_from_store(key[0], key[1], waiters.futures)
 
-    async def _certify_from_peers(self, key: tuple[str, str], request_digest: bytes | None, waiters: _Waiters) -> None:
-        client_id, request_id = key
-        fetched = None
-        if request_digest is not None:
-            try:
-                fetched = await self._peer_certificates.fetch(client_id, request_id, request_digest)
-            except Exception:  # the clients still get an answer below
-                log.exception("replica %d: fetching the certificate of %s/%s from peers failed", self.replica_id, client_id, request_id)
+    async def _certificate_from_peers(self, client_id: str, request_id: str) -> Certified | None:
+        executed = self.core.state.executed.get((client_id, request_id))
+        if executed is None:
+            return None
+        try:
+            fetched = await self._peer_certificates.fetch(client_id, request_id, executed[1])
+        except Exception:
+            log.exception("replica %d: fetching the certificate of %s/%s from peers failed", self.replica_id, client_id, request_id)
+            return None
         if fetched is None:
-            log.info("replica %d: %s/%s was executed within a state-transfer snapshot and no peer gave its certificate; its client is told to ask another replica", self.replica_id, client_id, request_id)
-            for future in waiters.futures:
-                self._resolve_from_store(client_id, request_id, future)  # finds none and says so
-            return
+            self.metrics.labels(self.metrics.peer_certificates, outcome="missing").inc()
+            log.info("replica %d: no peer gave the certificate of %s/%s (executed at seq %d)", self.replica_id, client_id, request_id, executed[0])
+            return None
+        self.metrics.labels(self.metrics.peer_certificates, outcome="fetched").inc()
         certificate = fetched.certificate
         seq = certificate.header.seq
         compact = encode_certificate(certificate.compact()) if certificate.vote_proofs else fetched.encoded
-        certified = Certified(client_id, request_id, seq, fetched.encoded, compact)
         row = CertificateRow(client_id, request_id, certificate.leaf.request_digest, fetched.encoded)
-        # kept, so that later look-ups here find it too
+        # kept, so that later look-ups here find it without asking again
         await asyncio.get_running_loop().run_in_executor(self._certificates, functools.partial(self.store.put_certificates, seq, [row], durable=False))
-        log.info("replica %d: certificate of %s/%s (seq %d, executed within a state-transfer snapshot) fetched from replica %d", self.replica_id, client_id, request_id, seq, fetched.replica_id)
-        for future in waiters.futures:
-            if not future.done():
-                future.set_result(certified)
+        log.info("replica %d: certificate of %s/%s (seq %d, none stored here) fetched from replica %d", self.replica_id, client_id, request_id, seq, fetched.replica_id)
+        return Certified(client_id, request_id, seq, fetched.encoded, compact)
 
     def submit_control(self, op: ModelUpdate) -> None:
         self.core.submit_control(op)

@@ -486,6 +486,21 @@ def test_replay_of_a_recent_message_changes_nothing(kind: str) -> None:
     _carries_on(cluster)
 
 
+def test_a_pre_prepare_executed_by_state_transfer_while_it_waited_for_votes_accuses_nobody() -> None:
+    """A backup holding a PRE-PREPARE while it waits for vote batches may get the same batch,
+    committed, by state transfer. The waiting PRE-PREPARE is then done with; checked again, its
+    requests would look replayed and a correct primary would be reported as faulty."""
+    cluster = Cluster()
+    cluster.drop(lambda e: isinstance(e.message, VoteBatch) and e.to == 3)
+    request = cluster.new_request()
+    cluster.submit(request, to=[0, 1, 2])
+    cluster.settle()
+    cluster.tick_until(lambda: cluster.nodes[3].executed_seq == 1, 500)
+    assert any(b.via_state_transfer for b in cluster.committed[3])
+    assert [e.detail for e in cluster.events[3] if e.kind == "rejected"] == []
+    assert not cluster.nodes[3].waiting
+
+
 def test_replayed_old_view_change_is_answered_once_not_bounced_between_correct_replicas() -> None:
     """A replica past view v answers a VIEW-CHANGE for v with its own (its sender may lack it
     for a quorum). Two correct replicas past v must not keep answering each other's: one late,

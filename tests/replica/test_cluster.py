@@ -365,6 +365,58 @@ def test_submit_stream_answers_one_request_per_message_and_survives_garbage(grou
         verify(decode_certificate(certified[request.request_id].certificate), config, request)
 
 
+def test_a_replica_that_was_down_when_a_request_was_certified_answers_its_client_with_a_peers_certificate(group: LocalGroup, digits: tuple[np.ndarray, np.ndarray]) -> None:
+    """While a replica is down the group certifies a request and three checkpoint intervals
+    more. Back up, the replica catches up by a state-transfer snapshot and never sees that
+    request's batch, yet a client submitting the request to it (a retry, or a client that
+    talks to this replica only) gets a valid certificate from it, fetched from a peer, checked
+    and kept; before, it got "ask another replica"."""
+    assert group.config is not None
+    config = group.config
+    X, _ = digits
+    primary = current_primary(group)
+    victim = next(r for r in range(group.n) if r != primary)
+    live = [a for r, a in enumerate(group.addresses) if r != victim]
+    waited = digits_request(config, "down", "waited", X[0])
+    later = [digits_request(config, "down", f"later-{i}", X[i % len(X)]) for i in range(3 * config.params.checkpoint_interval_batches)]
+    load = Load(config, group.addresses, X, client_id="down")
+    group.stop_replica(victim)
+
+    async def certify_without_victim() -> None:
+        channels = [grpc.aio.insecure_channel(a) for a in live]
+        try:
+            stubs = [api_grpc.ReplicaStub(c) for c in channels]
+            await load.certify(waited, stubs)
+            for request in later:  # one batch each: the group's stable checkpoint moves past the request
+                await load.certify(request, stubs)
+        finally:
+            for c in channels:
+                await c.close()
+
+    asyncio.run(asyncio.wait_for(certify_without_victim(), 180))
+    group.start_replica(victim)
+    fetched_before = metric_sum(scrape(group.replicas[victim].config.metrics_port), "quorumserve_peer_certificates_total", outcome="fetched")
+    with grpc.insecure_channel(group.replicas[victim].address) as channel:
+        stub = api_grpc.ReplicaStub(channel)
+        reply = stub.Submit(api.SubmitRequest(request=request_to_proto(waited), fanout=1, timeout_ms=60_000), timeout=90)
+        assert reply.status == api.CERTIFIED, f"{api.SubmitStatus.Name(reply.status)}: {reply.error}"
+        assert reply.replica_id == victim
+        answered = decode_certificate(reply.certificate)
+        verify(answered, config, waited)
+        fetched_after = metric_sum(scrape(group.replicas[victim].config.metrics_port), "quorumserve_peer_certificates_total", outcome="fetched")
+        assert fetched_after > fetched_before, "the certificate did not come from a peer"
+        # kept: asked again, the replica serves it from its own store (the full form)
+        kept = decode_certificate(stub.GetCertificate(api.GetCertificateRequest(client_id="down", request_id="waited"), timeout=10).certificate)
+    verify(kept, config, waited)
+    assert (kept.header, kept.leaf) == (answered.header, answered.leaf)
+
+    def voted(c) -> bool:  # type: ignore[no-untyped-def]
+        return victim in {v.replica_id for v in c.certificate.leaf.votes}
+
+    after = _certify_in_turn(group, load, [digits_request(config, "down", f"after-{i}", X[i]) for i in range(60)], until=voted)
+    assert voted(after[-1]), f"replica {victim} did not take part again after its restart"
+
+
 def test_certificates_a_crash_lost_are_rebuilt_when_the_replica_starts(group: LocalGroup, digits: tuple[np.ndarray, np.ndarray]) -> None:
     """A replica answers a client once a certificate is built and writes it afterwards without
     an fsync of its own; a crash can lose those writes. Simulated here by deleting the stored
