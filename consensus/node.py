@@ -1499,7 +1499,9 @@ class ConsensusNode:
         config = self._config_with_digest(snapshot.config_digest)
         if config is None:
             raise LocalProtocolError(f"snapshot at seq {snapshot.seq} is for a config this replica does not know")
+        skipped_after = self.state.seq
         self.state = ReplicatedState.from_snapshot(config, snapshot)
+        self._ready.skipped_batches.append((skipped_after, snapshot.seq))
         # before anything below forgets them: requests this replica holds that the snapshot
         # shows executed; it never sees their batches, so it can never certify them
         unseen = {p.request_key for p in self.pending.values() if p.request_key in self.state.executed}

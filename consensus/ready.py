@@ -157,9 +157,12 @@ class Ready:
     # (client id, request id) of requests this replica was holding that an installed snapshot
     # shows executed: it has no batch, so no certificate, for them; their clients must ask a peer
     executed_unseen: list[tuple[str, str]] = field(default_factory=list)
+    # (after_seq, through_seq) of batches an installed snapshot skipped: this replica holds no
+    # certificates for their requests (the runtime may fetch them from peers)
+    skipped_batches: list[tuple[int, int]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
             self.persist or self.messages or self.inference or self.committed or self.activations or self.events
-            or self.evidence or self.config_links or self.executed_unseen
+            or self.evidence or self.config_links or self.executed_unseen or self.skipped_batches
         )

@@ -68,6 +68,26 @@ class GetCertificateRequest(_message.Message):
     request_id: str
     def __init__(self, client_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
+class CertificateRangeRequest(_message.Message):
+    __slots__ = ("after_seq", "through_seq", "limit")
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    THROUGH_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    after_seq: int
+    through_seq: int
+    limit: int
+    def __init__(self, after_seq: _Optional[int] = ..., through_seq: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class CertificateRangeReply(_message.Message):
+    __slots__ = ("certificates", "next_after_seq", "more")
+    CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    certificates: _containers.RepeatedScalarFieldContainer[bytes]
+    next_after_seq: int
+    more: bool
+    def __init__(self, certificates: _Optional[_Iterable[bytes]] = ..., next_after_seq: _Optional[int] = ..., more: _Optional[bool] = ...) -> None: ...
+
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -59,6 +59,11 @@ class ReplicaStub:
                 request_serializer=protos_dot_replica__api__pb2.GetCertificateRequest.SerializeToString,
                 response_deserializer=protos_dot_replica__api__pb2.SubmitReply.FromString,
                 _registered_method=True)
+        self.ListCertificates = channel.unary_unary(
+                '/quorumserve.v1.Replica/ListCertificates',
+                request_serializer=protos_dot_replica__api__pb2.CertificateRangeRequest.SerializeToString,
+                response_deserializer=protos_dot_replica__api__pb2.CertificateRangeReply.FromString,
+                _registered_method=True)
         self.Status = channel.unary_unary(
                 '/quorumserve.v1.Replica/Status',
                 request_serializer=protos_dot_replica__api__pb2.StatusRequest.SerializeToString,
@@ -128,6 +133,14 @@ class ReplicaServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCertificates(self, request, context):
+        """A range of this replica's archive: how a replica that caught up by snapshot fills in the
+        certificates of the batches it skipped, and how an auditor exports them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Status(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -191,6 +204,11 @@ def add_ReplicaServicer_to_server(servicer, server):
                     servicer.GetCertificate,
                     request_deserializer=protos_dot_replica__api__pb2.GetCertificateRequest.FromString,
                     response_serializer=protos_dot_replica__api__pb2.SubmitReply.SerializeToString,
+            ),
+            'ListCertificates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCertificates,
+                    request_deserializer=protos_dot_replica__api__pb2.CertificateRangeRequest.FromString,
+                    response_serializer=protos_dot_replica__api__pb2.CertificateRangeReply.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
@@ -358,6 +376,33 @@ class Replica:
             '/quorumserve.v1.Replica/GetCertificate',
             protos_dot_replica__api__pb2.GetCertificateRequest.SerializeToString,
             protos_dot_replica__api__pb2.SubmitReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCertificates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quorumserve.v1.Replica/ListCertificates',
+            protos_dot_replica__api__pb2.CertificateRangeRequest.SerializeToString,
+            protos_dot_replica__api__pb2.CertificateRangeReply.FromString,
             options,
             channel_credentials,
             insecure,

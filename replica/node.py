@@ -48,7 +48,7 @@ from consensus.node import ConsensusNode, SubmitOutcome
 from consensus.messages import Checkpoint
 from consensus.ready import Activation, CommittedBatch, CommittedRecord, ConfigLinkRecord, InferenceBatch, PersistRecord, Ready
 from consensus.state import CheckpointSummary
-from replica.certificate_fetch import PeerCertificates
+from replica.certificate_fetch import FetchedCertificate, PeerCertificates
 from replica.config import ReplicaConfig
 from replica.metrics import ReplicaMetrics
 from replica.storage import CertificateRow, ReplicaStore
@@ -332,6 +332,49 @@ class ReplicaNode:
             if waiters is not None:
                 self._resolve_from_store(key[0], key[1], waiters.futures)
 
+    def _start_backfill(self, after_seq: int, through_seq: int) -> None:
+        """A snapshot skipped batches after_seq < seq <= through_seq: fill this replica's archive
+        with their certificates from peers in the background, so that it serves them like the
+        rest (to auditors, to clients asking later)."""
+        # now, while the executed table is the snapshot's: which requests, at which seq, digest
+        expected = {key: value for key, value in self.core.state.executed.items() if after_seq < value[0] <= through_seq}
+        if not expected:
+            return
+        task = asyncio.get_running_loop().create_task(self._backfill(after_seq, through_seq, expected))
+        self._inference_tasks.add(task)
+        task.add_done_callback(self._inference_tasks.discard)
+
+    async def _backfill(self, after_seq: int, through_seq: int, expected: dict[tuple[str, str], tuple[int, bytes]]) -> None:
+        loop = asyncio.get_running_loop()
+
+        async def keep(page: list[FetchedCertificate]) -> None:
+            by_seq: dict[int, list[CertificateRow]] = {}
+            for fetched in page:
+                leaf = fetched.certificate.leaf
+                by_seq.setdefault(fetched.certificate.header.seq, []).append(CertificateRow(leaf.client_id, leaf.request_id, leaf.request_digest, fetched.encoded))
+            await loop.run_in_executor(self._certificates, self._put_fetched, by_seq)
+            self.metrics.labels(self.metrics.peer_certificates, outcome="fetched").inc(len(page))
+
+        try:
+            got = await self._peer_certificates.fetch_range(after_seq, through_seq, expected, keep)
+        except Exception:
+            log.exception("replica %d: fetching the certificates of seqs %d..%d from peers failed", self.replica_id, after_seq + 1, through_seq)
+            return
+        missing = len(expected) - got
+        if missing:
+            self.metrics.labels(self.metrics.peer_certificates, outcome="missing").inc(missing)
+        log.info(
+            "replica %d: %d certificates of the batches a snapshot skipped (seqs %d..%d) fetched from peers%s",
+            self.replica_id, got, after_seq + 1, through_seq, f", {missing} found at no peer" if missing else "",
+        )
+
+    def _put_fetched(self, by_seq: dict[int, list[CertificateRow]]) -> None:
+        for seq, rows in by_seq.items():
+            try:
+                self.store.put_certificates(seq, rows, durable=False)
+            except Exception:  # checked against the replicated state, so this is a local fault
+                log.exception("replica %d: storing fetched certificates of seq %d failed", self.replica_id, seq)
+
     async def _certificate_from_peers(self, client_id: str, request_id: str) -> Certified | None:
         executed = self.core.state.executed.get((client_id, request_id))
         if executed is None:
@@ -379,6 +422,11 @@ class ReplicaNode:
 
     async def get_certificate(self, client_id: str, request_id: str) -> Certified | None:
         return await asyncio.get_running_loop().run_in_executor(self._certificates, self._load_certified, client_id, request_id)
+
+    async def list_certificates(self, after_seq: int, through_seq: int, limit: int) -> tuple[list[tuple[int, bytes]], int, bool]:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._certificates, self.store.certificates_between, after_seq, through_seq, limit
+        )
 
     def _load_certified(self, client_id: str, request_id: str) -> Certified | None:
         full = self.store.get_certificate(client_id, request_id)
@@ -472,6 +520,8 @@ class ReplicaNode:
             self._io.submit(self.store.put_activations, list(ready.activations))
         if ready.executed_unseen:
             self._answer_unseen(ready.executed_unseen)
+        for after_seq, through_seq in ready.skipped_batches:
+            self._start_backfill(after_seq, through_seq)
         core = self.core
         self.metrics.labels(self.metrics.view).set(core.view)
         self.metrics.labels(self.metrics.seq).set(core.executed_seq)

@@ -42,6 +42,7 @@ log = logging.getLogger("quorumserve.replica.api")
 
 REPLICA_SERVICE = "quorumserve.v1.Replica"
 SUBMIT_BATCH_MAX = 4096
+LIST_CERTIFICATES_MAX = 1024  # certificates per ListCertificates reply (about 1 MiB)
 PACKAGE_ARCHIVE_MAX_BYTES = 1 << 30
 
 
@@ -210,6 +211,14 @@ class ReplicaService:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no certificate for {message.client_id}/{message.request_id} at replica {self.node.replica_id}")
         return self._reply(certified, compact=False)
 
+    async def list_certificates(self, raw: bytes, context: grpc.aio.ServicerContext) -> api.CertificateRangeReply:
+        message = await self._checked(context, api.CertificateRangeRequest, raw)
+        if message.through_seq < message.after_seq:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"through_seq {message.through_seq} is below after_seq {message.after_seq}")
+        limit = min(message.limit or LIST_CERTIFICATES_MAX, LIST_CERTIFICATES_MAX)
+        page, next_after, more = await self.node.list_certificates(message.after_seq, message.through_seq, limit)
+        return api.CertificateRangeReply(certificates=[c for _, c in page], next_after_seq=next_after, more=more)
+
     async def status(self, raw: bytes, context: grpc.aio.ServicerContext) -> api.StatusReply:
         await self._checked(context, api.StatusRequest, raw)
         s = self.node.status()
@@ -312,6 +321,7 @@ class ReplicaService:
                     self.submit_batch_stream, request_deserializer=None, response_serializer=None
                 ),
                 "GetCertificate": unary(self.get_certificate, api.SubmitReply),
+                "ListCertificates": unary(self.list_certificates, api.CertificateRangeReply),
                 "Status": unary(self.status, api.StatusReply),
                 "UpdateModel": unary(self.update_model, api.ModelUpdateReply),
                 "ListEvidence": unary(self.list_evidence, api.EvidenceReply),

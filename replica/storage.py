@@ -543,6 +543,26 @@ class ReplicaStore:
             row = self._db.execute("SELECT max(seq) FROM certificates").fetchone()
         return 0 if row[0] is None else int(row[0])
 
+    def certificates_between(self, after_seq: int, through_seq: int, limit: int) -> tuple[list[tuple[int, bytes]], int, bool]:
+        """Stored certificates of batches after_seq < seq <= through_seq as (seq, certificate),
+        whole batches in seq order, about `limit` of them (a batch larger than that comes
+        whole). Returns them, the seq to continue after, and whether more may follow."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, certificate FROM certificates WHERE seq > ? AND seq <= ? ORDER BY seq, client_id, request_id LIMIT ?",
+                (after_seq, through_seq, limit + 1),
+            ).fetchall()
+            if len(rows) <= limit:
+                return [(int(seq), bytes(c)) for seq, c in rows], through_seq, False
+            last = int(rows[-1][0])
+            kept = [(int(seq), bytes(c)) for seq, c in rows if seq < last]
+            if not kept:  # one batch above the limit: all of it
+                kept = [(last, bytes(c)) for (c,) in self._db.execute(
+                    "SELECT certificate FROM certificates WHERE seq = ? ORDER BY client_id, request_id", (last,)
+                )]
+                return kept, last, True
+            return kept, kept[-1][0], True
+
     def get_certificate(self, client_id: str, request_id: str) -> bytes | None:
         with self._lock:
             row = self._db.execute(

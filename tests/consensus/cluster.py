@@ -153,6 +153,7 @@ class Cluster:
         self.events: dict[int, list[Event]] = {r: [] for r in range(self.n)}
         self.evidence: dict[int, list[Equivocation]] = {r: [] for r in range(self.n)}
         self.executed_unseen: dict[int, list[tuple[str, str]]] = {r: [] for r in range(self.n)}
+        self.skipped_batches: dict[int, list[tuple[int, int]]] = {r: [] for r in range(self.n)}
         self.rejections: list[tuple[int, ByzantineMessageError]] = []  # (receiver, error)
         self._next_index = 0
 
@@ -172,6 +173,7 @@ class Cluster:
         self.events[r].extend(ready.events)
         self.evidence[r].extend(ready.evidence)
         self.executed_unseen[r].extend(ready.executed_unseen)
+        self.skipped_batches[r].extend(ready.skipped_batches)
 
     def step(self, r: int, message: PeerMessage, via: int | None = None) -> None:
         """Hand `r` one message directly; a ByzantineMessageError reaches the caller."""

@@ -543,6 +543,8 @@ def test_requests_a_snapshot_shows_executed_are_reported_so_their_clients_need_n
     cluster.tick_until(lambda: fresh.key in node.state.executed, 500)
     assert any(e.kind == "state-installed" for e in cluster.events[3])
     assert cluster.executed_unseen[3] == [held.key]
+    # and the batches it skipped, whose certificates it lacks: from where it was to the snapshot
+    assert cluster.skipped_batches[3] == [(0, cluster.nodes[3].low)]
     # the request after the snapshot came as a batch: certified there, not reported
     assert fresh.key in cluster.committed_requests(3)
     assert all(not cluster.executed_unseen[r] for r in (0, 1, 2))

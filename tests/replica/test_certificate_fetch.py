@@ -16,7 +16,7 @@ from certs.certificate import Certificate, QuorumSignature, encode_certificate
 from protos import replica_api_pb2 as api
 from replica import certificate_fetch
 from replica.certificate_fetch import PeerCertificates
-from tests.certs.helpers import cached_batch
+from tests.certs.helpers import cached_batch, make_batch
 
 BATCH = cached_batch()
 WANTED = BATCH.accountable[2]
@@ -150,3 +150,86 @@ def test_nothing_usable_anywhere_gives_none_after_every_round() -> None:
     fetched, calls = _fetch({0: _not_found, 1: _forgery, 2: _someone_elses})
     assert fetched is None
     assert calls == {r: certificate_fetch.FETCH_ROUNDS for r in (0, 1, 2)}
+
+
+# -- a range of batches (ListCertificates) -----------------------------------------------------
+
+SECOND = make_batch(BATCH.group, 4, seq=2, request_offset=len(BATCH.leaves))
+RANGE = list(BATCH.accountable) + list(SECOND.accountable)  # seqs 1 and 2
+EXPECTED = {(c.leaf.client_id, c.leaf.request_id): (c.header.seq, c.leaf.request_digest) for c in RANGE}
+
+
+def _lister(certificates: list[Certificate]) -> Callable[[api.CertificateRangeRequest, grpc.aio.ServicerContext], Awaitable[api.CertificateRangeReply]]:
+    """A peer's ListCertificates over `certificates`, one batch (seq) per reply."""
+
+    async def list_certificates(request: api.CertificateRangeRequest, context: grpc.aio.ServicerContext) -> api.CertificateRangeReply:
+        seqs = sorted({c.header.seq for c in certificates if request.after_seq < c.header.seq <= request.through_seq})
+        if not seqs:
+            return api.CertificateRangeReply(next_after_seq=request.through_seq, more=False)
+        page = [encode_certificate(c) for c in certificates if c.header.seq == seqs[0]]
+        return api.CertificateRangeReply(certificates=page, next_after_seq=seqs[0], more=len(seqs) > 1)
+
+    return list_certificates
+
+
+def _fetch_range(listers: dict[int, Callable[..., Awaitable[api.CertificateRangeReply]]]) -> tuple[list[tuple[int, Certificate]], dict[int, int]]:
+    async def scenario() -> tuple[list[tuple[int, Certificate]], dict[int, int]]:
+        calls = {r: 0 for r in listers}
+        servers = []
+        addresses = {}
+        for replica_id, lister in listers.items():
+            async def counted(request: api.CertificateRangeRequest, context: grpc.aio.ServicerContext, replica_id: int = replica_id, lister=lister) -> api.CertificateRangeReply:  # type: ignore[no-untyped-def]
+                calls[replica_id] += 1
+                return await lister(request, context)
+
+            server = grpc.aio.server()
+            server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("quorumserve.v1.Replica", {
+                "ListCertificates": grpc.unary_unary_rpc_method_handler(
+                    counted, request_deserializer=api.CertificateRangeRequest.FromString, response_serializer=api.CertificateRangeReply.SerializeToString
+                )
+            }),))
+            addresses[replica_id] = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+            await server.start()
+            servers.append(server)
+        fetcher = PeerCertificates(OWN_ID, lambda: addresses, {BATCH.config.epoch: BATCH.config}.get)
+        kept: list[tuple[int, Certificate]] = []
+
+        async def keep(page: list[certificate_fetch.FetchedCertificate]) -> None:
+            kept.extend((f.replica_id, f.certificate) for f in page)
+
+        try:
+            count = await fetcher.fetch_range(0, 2, EXPECTED, keep)
+            assert count == len(kept)
+            return kept, calls
+        finally:
+            await fetcher.close()
+            for server in servers:
+                await server.stop(None)
+
+    return asyncio.run(scenario())
+
+
+def test_a_range_is_paged_through_and_every_certificate_checked() -> None:
+    kept, calls = _fetch_range({0: _lister(RANGE)})
+    assert [c for _, c in kept] == RANGE
+    assert calls == {0: 2}  # a page per batch here
+
+
+def test_a_peer_sending_anything_unusable_is_left_and_the_next_one_fills_the_gaps() -> None:
+    """Peer 0 sends a forgery inside its first page, peer 1 lacks batch 2, peer 2 someone's
+    certificate from outside the range, peer 4 everything: each certificate is kept once, only
+    checked ones, and every expected one arrives in the end."""
+    forged = _forged(RANGE[1])
+    outside = make_batch(BATCH.group, 1, seq=9, request_offset=50).accountable[0]
+    kept, calls = _fetch_range({
+        0: _lister([RANGE[0], forged] + RANGE[2:]),
+        1: _lister(list(BATCH.accountable)),
+        2: _lister([outside]),
+        OWN_ID: _lister(RANGE),
+        4: _lister(RANGE),
+    })
+    assert sorted((c.header.seq, c.leaf.request_id) for _, c in kept) == sorted((c.header.seq, c.leaf.request_id) for c in RANGE)
+    assert all(c.quorum == next(r for r in RANGE if r.leaf == c.leaf).quorum for _, c in kept)  # no forgery kept
+    by_peer = {r: sum(1 for p, _ in kept if p == r) for r in (0, 1, 4)}
+    assert by_peer == {0: 7, 1: 1, 4: 4}  # 0: batch 1 less the forgery; 1: the forged one's genuine copy; 4: batch 2
+    assert calls[0] == 1 and calls[2] == 1 and calls[OWN_ID] == 0

@@ -273,6 +273,22 @@ def test_committed_after_skips_gaps_and_last_certified_seq_says_where_certificat
     assert store.last_certified_seq() == 6
 
 
+def test_certificates_between_pages_through_whole_batches(store: ReplicaStore) -> None:
+    """The archive by seq range (ListCertificates): whole batches in order, about `limit` at a
+    time; a batch bigger than the limit comes whole rather than never."""
+    store.put_certificates(2, [certificate("a1"), certificate("a2")])
+    store.put_certificates(3, [certificate("b1"), certificate("b2"), certificate("b3")])
+    store.put_certificates(5, [certificate("c1")])
+    store.put_certificates(9, [certificate("d1")])  # outside the range asked for
+    page, after, more = store.certificates_between(0, 8, 4)
+    assert (page, after, more) == ([(2, b"cert:a1"), (2, b"cert:a2")], 2, True)  # batch 3 would not fit whole
+    page, after, more = store.certificates_between(after, 8, 4)
+    assert (page, after, more) == ([(3, b"cert:b1"), (3, b"cert:b2"), (3, b"cert:b3"), (5, b"cert:c1")], 8, False)
+    page, after, more = store.certificates_between(2, 8, 2)  # batch 3 alone exceeds the limit
+    assert ([seq for seq, _ in page], after, more) == ([3, 3, 3], 3, True)
+    assert store.certificates_between(9, 20, 4) == ([], 20, False)
+
+
 def test_a_certificate_written_without_its_own_fsync_is_kept_and_the_store_stays_fully_synced(tmp_path: Path) -> None:
     store = ReplicaStore(tmp_path / "replica.db")
     store.put_certificates(3, [certificate("r1")], durable=False)
