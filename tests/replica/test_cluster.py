@@ -269,6 +269,7 @@ def test_bad_client_input_gets_a_status_code_and_nothing_breaks(group: LocalGrou
         huge.inputs[0].data = bytes(20 * 1024 * 1024)
         assert submit(huge).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
+
     # garbage on the peer port: counted, and the replica keeps serving
     host, port = replica.address.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=5) as sock:
@@ -290,6 +291,22 @@ def test_bad_client_input_gets_a_status_code_and_nothing_breaks(group: LocalGrou
                 await c.close()
 
     verify(asyncio.run(one()).certificate, group.config, good)  # type: ignore[attr-defined]
+
+    # the archive by seq range: garbage and a backwards range are refused, a range is served
+    with grpc.insecure_channel(replica.address) as channel:
+        stub = api_grpc.ReplicaStub(channel)
+        raw_list = channel.unary_unary("/quorumserve.v1.Replica/ListCertificates", request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as garbage:
+            raw_list(b"\xff\x00garbage\x13\x37", timeout=5)
+        assert garbage.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as backwards:
+            stub.ListCertificates(api.CertificateRangeRequest(after_seq=10, through_seq=5), timeout=5)
+        assert backwards.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert wait_until(lambda: len(stub.ListCertificates(api.CertificateRangeRequest(after_seq=0, through_seq=2**40), timeout=10).certificates) > 0, 10)
+        page = stub.ListCertificates(api.CertificateRangeRequest(after_seq=0, through_seq=2**40, limit=1), timeout=10)
+        assert page.certificates and page.next_after_seq >= decode_certificate(page.certificates[0]).header.seq
+        for raw in page.certificates:
+            verify(decode_certificate(raw), group.config)
 
 
 def test_submit_batch_stream_takes_bursts_answers_in_bursts_and_survives_garbage(group: LocalGroup, digits: tuple[np.ndarray, np.ndarray]) -> None:
