@@ -16,9 +16,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
-import grpc
 import grpc.aio
+from google.protobuf.message import Message
 
 from certs.certificate import Certificate, decode_certificate
 from certs.config import GroupConfig
@@ -27,6 +28,7 @@ from certs.verify import verify
 from protos import replica_api_pb2 as api
 
 log = logging.getLogger("quorumserve.replica")
+M = TypeVar("M", bound=Message)
 
 GET_CERTIFICATE_METHOD = "/quorumserve.v1.Replica/GetCertificate"
 LIST_CERTIFICATES_METHOD = "/quorumserve.v1.Replica/ListCertificates"
@@ -45,8 +47,8 @@ class FetchedCertificate:
 
 
 class PeerCertificates:
-    """Asks peers, one after another, for a request's certificate and returns the first that
-    verifies against the group config of its epoch and is for exactly that request."""
+    """Asks peers, one after another, for certificates and keeps only those that verify against
+    the group config of their epoch and are for exactly the requests asked about."""
 
     def __init__(self, own_id: int, addresses: Callable[[], Mapping[int, str]], configs: Callable[[int], GroupConfig | None]) -> None:
         self._own_id = own_id
@@ -54,23 +56,24 @@ class PeerCertificates:
         self._configs = configs
         self._channels: dict[str, grpc.aio.Channel] = {}
 
-    async def fetch(self, client_id: str, request_id: str, request_digest: bytes) -> FetchedCertificate | None:
+    async def fetch(self, client_id: str, request_id: str, executed: tuple[int, bytes]) -> FetchedCertificate | None:
+        """The certificate of one request, which the replicated state says was executed at
+        `executed` = (seq, request digest)."""
         request = api.GetCertificateRequest(client_id=client_id, request_id=request_id).SerializeToString()
+        expected = {(client_id, request_id): executed}
         for round_no in range(FETCH_ROUNDS):
             if round_no:
                 await asyncio.sleep(FETCH_RETRY_PAUSE_S)
-            for replica_id, address in sorted(self._addresses().items()):
-                if replica_id == self._own_id:
-                    continue
-                raw = await self._ask(address, request)
-                if raw is None:
-                    continue
+            for replica_id, address in self._peers():
+                reply = await self._call(address, GET_CERTIFICATE_METHOD, request, api.SubmitReply, FETCH_TIMEOUT_S)
+                if reply is None or reply.status != api.CERTIFIED:
+                    continue  # NOT_FOUND, unreachable, too slow: the next peer
                 try:
-                    certificate = self._checked(raw, client_id, request_id, request_digest)
+                    certificate = self._checked(reply.certificate, expected)
                 except Exception as exc:  # whatever is wrong with a peer's bytes is the peer's fault
                     log.warning("replica %d sent an unusable certificate for %s/%s: %s", replica_id, client_id, request_id, exc)
                     continue
-                return FetchedCertificate(certificate, raw, replica_id)
+                return FetchedCertificate(certificate, reply.certificate, replica_id)
         return None
 
     async def fetch_range(
@@ -81,27 +84,26 @@ class PeerCertificates:
         on_page: Callable[[list[FetchedCertificate]], Awaitable[object]],
     ) -> int:
         """The certificates of batches after_seq < seq <= through_seq, page by page from one peer
-        after another (ListCertificates), each handed to `on_page` once checked. A certificate
-        counts only if it verifies and `expected` (the replicated state's executed table: request
-        -> (seq, digest)) has its request at its seq with its digest. The next peer is asked for
-        the whole range again while some expected request is still missing; a peer that sends
-        anything unusable is left at once. Returns how many certificates were handed over."""
-        wanted = {key for key, (seq, _) in expected.items() if after_seq < seq <= through_seq}
+        after another (ListCertificates), each handed to `on_page` once checked. `expected` holds
+        the range's requests as the replicated state's executed table has them (request ->
+        (seq, digest)); a certificate counts only if it verifies and matches its entry. The next
+        peer is asked for the whole range again while some expected request is still missing; a
+        peer that sends anything unusable is left at once. Returns how many were handed over."""
         got: set[tuple[str, str]] = set()
-        for replica_id, address in sorted(self._addresses().items()):
-            if replica_id == self._own_id or got >= wanted:
-                continue
+        for replica_id, address in self._peers():
+            if len(got) == len(expected):
+                break
             cursor = after_seq
             while cursor < through_seq:
                 request = api.CertificateRangeRequest(after_seq=cursor, through_seq=through_seq, limit=RANGE_PAGE_CERTIFICATES)
-                reply = await self._list(address, request.SerializeToString())
+                reply = await self._call(address, LIST_CERTIFICATES_METHOD, request.SerializeToString(), api.CertificateRangeReply, RANGE_TIMEOUT_S)
                 if reply is None:
                     break
                 page: list[FetchedCertificate] = []
                 unusable = 0
                 for raw in reply.certificates:
                     try:
-                        certificate = self._checked_against(raw, expected, after_seq, through_seq)
+                        certificate = self._checked(raw, expected)
                     except Exception:  # the peer's fault, whatever it is
                         unusable += 1
                         continue
@@ -119,12 +121,18 @@ class PeerCertificates:
                 cursor = reply.next_after_seq
         return len(got)
 
-    def _checked_against(self, raw: bytes, expected: Mapping[tuple[str, str], tuple[int, bytes]], after_seq: int, through_seq: int) -> Certificate:
+    def _peers(self) -> list[tuple[int, str]]:
+        return [(r, a) for r, a in sorted(self._addresses().items()) if r != self._own_id]
+
+    def _checked(self, raw: bytes, expected: Mapping[tuple[str, str], tuple[int, bytes]]) -> Certificate:
+        """The decoded certificate, if it verifies and `expected` has its request executed at
+        its seq with its digest (which rules out other requests, other batches and forgeries)."""
         certificate = decode_certificate(raw)
         leaf, seq = certificate.leaf, certificate.header.seq
-        if not after_seq < seq <= through_seq:
-            raise CertificateError(f"seq {seq} is outside {after_seq + 1}..{through_seq}")
-        if expected.get((leaf.client_id, leaf.request_id)) != (seq, leaf.request_digest):
+        wanted = expected.get((leaf.client_id, leaf.request_id))
+        if wanted is None:
+            raise CertificateError(f"it is for {leaf.client_id}/{leaf.request_id}, not asked for")
+        if wanted != (seq, leaf.request_digest):
             raise CertificateError(f"{leaf.client_id}/{leaf.request_id} was not executed at seq {seq} with that digest")
         config = self._configs(certificate.header.epoch)
         if config is None:
@@ -132,45 +140,17 @@ class PeerCertificates:
         verify(certificate, config)
         return certificate
 
-    async def _list(self, address: str, request: bytes) -> api.CertificateRangeReply | None:
-        call = self._channel(address).unary_unary(LIST_CERTIFICATES_METHOD, request_serializer=None, response_deserializer=None)
-        try:
-            return api.CertificateRangeReply.FromString(await call(request, timeout=RANGE_TIMEOUT_S))
-        except grpc.aio.AioRpcError:
-            return None
-        except Exception:  # an undecodable reply
-            return None
-
-    def _channel(self, address: str) -> grpc.aio.Channel:
+    async def _call(self, address: str, method: str, request: bytes, reply_type: type[M], timeout_s: float) -> M | None:
         channel = self._channels.get(address)
         if channel is None:
             channel = self._channels[address] = grpc.aio.insecure_channel(
                 address, options=[("grpc.max_receive_message_length", 64 << 20)]
             )
-        return channel
-
-    async def _ask(self, address: str, request: bytes) -> bytes | None:
-        call = self._channel(address).unary_unary(GET_CERTIFICATE_METHOD, request_serializer=None, response_deserializer=None)
+        call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
         try:
-            reply = api.SubmitReply.FromString(await call(request, timeout=FETCH_TIMEOUT_S))
-        except grpc.aio.AioRpcError:
-            return None  # NOT_FOUND, unreachable, too slow: the next peer
-        except Exception:  # an undecodable reply is the peer's fault, not ours
+            return reply_type.FromString(await call(request, timeout=timeout_s))  # type: ignore[no-any-return]
+        except Exception:  # an error status, no answer in time, or an undecodable reply
             return None
-        return reply.certificate if reply.status == api.CERTIFIED else None
-
-    def _checked(self, raw: bytes, client_id: str, request_id: str, request_digest: bytes) -> Certificate:
-        certificate = decode_certificate(raw)
-        leaf = certificate.leaf
-        if (leaf.client_id, leaf.request_id) != (client_id, request_id):
-            raise CertificateError(f"it is for {leaf.client_id}/{leaf.request_id}")
-        if leaf.request_digest != request_digest:
-            raise CertificateError("it is for another request under the same ids")
-        config = self._configs(certificate.header.epoch)
-        if config is None:
-            raise CertificateError(f"it is for epoch {certificate.header.epoch}, unknown here")
-        verify(certificate, config)
-        return certificate
 
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}

@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from certs.certificate import (
+    Certificate,
     QuorumSignature,
     SignedVoteBatch,
     build_certificates,
@@ -164,7 +164,7 @@ class ReplicaNode:
         self._waiters: dict[tuple[str, str], _Waiters] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._peer_certificates = PeerCertificates(self.replica_id, lambda: _peer_addresses(self.core.configs), lambda epoch: self.core.configs.get(epoch))
-        self._inference_tasks: set[asyncio.Task[None]] = set()
+        self._background_tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.models_file = config.data_dir / "models.json"
         self.started_s = 0.0
@@ -196,9 +196,9 @@ class ReplicaNode:
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in self._tasks + list(self._inference_tasks):
+        for task in self._tasks + list(self._background_tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._inference_tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._background_tasks, return_exceptions=True)
         await self.transport.stop()
         await self._peer_certificates.close()
         for waiters in self._waiters.values():
@@ -258,6 +258,12 @@ class ReplicaNode:
     # into the core
     # =====================================================================================
 
+    def _spawn(self, work: Coroutine[object, object, None]) -> None:
+        """Run `work` beside the ordering; stop() cancels whatever is still running."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background_tasks.add(task)
+        task.add_done_callback(self._background_tasks.discard)
+
     def _drain(self) -> None:
         if self.core.has_ready():
             self._ready_queue.put_nowait(self.core.ready())
@@ -293,7 +299,7 @@ class ReplicaNode:
         outcome = self.core.submit(request, disseminate=not fanout)
         self.metrics.labels(self.metrics.requests, outcome=outcome.status).inc()
         if outcome.status == "executed":
-            self._resolve_from_store(request.client_id, request.request_id, [future])
+            self._resolve_executed(request.client_id, request.request_id, [future])
         else:
             waiters = self._waiters.setdefault(request.key, _Waiters(received_s=time.monotonic()))
             waiters.futures.append(future)
@@ -301,7 +307,7 @@ class ReplicaNode:
         self._drain()
         return outcome, future
 
-    def _resolve_from_store(self, client_id: str, request_id: str, futures: Sequence[asyncio.Future[Certified]]) -> None:
+    def _resolve_executed(self, client_id: str, request_id: str, futures: Sequence[asyncio.Future[Certified]]) -> None:
         """Answer clients asking about a request this replica knows executed: the certificate
         it stored, or else one fetched from a peer, or else word to ask another replica. None is
         stored when the batch was executed within a state-transfer snapshot, and, briefly, when
@@ -320,9 +326,7 @@ class ReplicaNode:
                 else:
                     future.set_result(certified)
 
-        task = asyncio.get_running_loop().create_task(resolve())
-        self._inference_tasks.add(task)
-        task.add_done_callback(self._inference_tasks.discard)
+        self._spawn(resolve())
 
     def _answer_unseen(self, keys: Sequence[tuple[str, str]]) -> None:
         """A snapshot showed these requests executed: this replica never saw their batches, so
@@ -330,7 +334,7 @@ class ReplicaNode:
         for key in keys:
             waiters = self._waiters.pop(key, None)
             if waiters is not None:
-                self._resolve_from_store(key[0], key[1], waiters.futures)
+                self._resolve_executed(key[0], key[1], waiters.futures)
 
     def _start_backfill(self, after_seq: int, through_seq: int) -> None:
         """A snapshot skipped batches after_seq < seq <= through_seq: fill this replica's archive
@@ -340,23 +344,11 @@ class ReplicaNode:
         expected = {key: value for key, value in self.core.state.executed.items() if after_seq < value[0] <= through_seq}
         if not expected:
             return
-        task = asyncio.get_running_loop().create_task(self._backfill(after_seq, through_seq, expected))
-        self._inference_tasks.add(task)
-        task.add_done_callback(self._inference_tasks.discard)
+        self._spawn(self._backfill(after_seq, through_seq, expected))
 
     async def _backfill(self, after_seq: int, through_seq: int, expected: dict[tuple[str, str], tuple[int, bytes]]) -> None:
-        loop = asyncio.get_running_loop()
-
-        async def keep(page: list[FetchedCertificate]) -> None:
-            by_seq: dict[int, list[CertificateRow]] = {}
-            for fetched in page:
-                leaf = fetched.certificate.leaf
-                by_seq.setdefault(fetched.certificate.header.seq, []).append(CertificateRow(leaf.client_id, leaf.request_id, leaf.request_digest, fetched.encoded))
-            await loop.run_in_executor(self._certificates, self._put_fetched, by_seq)
-            self.metrics.labels(self.metrics.peer_certificates, outcome="fetched").inc(len(page))
-
         try:
-            got = await self._peer_certificates.fetch_range(after_seq, through_seq, expected, keep)
+            got = await self._peer_certificates.fetch_range(after_seq, through_seq, expected, self._keep_fetched)
         except Exception:
             log.exception("replica %d: fetching the certificates of seqs %d..%d from peers failed", self.replica_id, after_seq + 1, through_seq)
             return
@@ -367,6 +359,15 @@ class ReplicaNode:
             "replica %d: %d certificates of the batches a snapshot skipped (seqs %d..%d) fetched from peers%s",
             self.replica_id, got, after_seq + 1, through_seq, f", {missing} found at no peer" if missing else "",
         )
+
+    async def _keep_fetched(self, fetched: list[FetchedCertificate]) -> None:
+        """Store certificates fetched from peers, so that look-ups here find them."""
+        by_seq: dict[int, list[CertificateRow]] = {}
+        for item in fetched:
+            leaf = item.certificate.leaf
+            by_seq.setdefault(item.certificate.header.seq, []).append(CertificateRow(leaf.client_id, leaf.request_id, leaf.request_digest, item.encoded))
+        await asyncio.get_running_loop().run_in_executor(self._certificates, self._put_fetched, by_seq)
+        self.metrics.labels(self.metrics.peer_certificates, outcome="fetched").inc(len(fetched))
 
     def _put_fetched(self, by_seq: dict[int, list[CertificateRow]]) -> None:
         for seq, rows in by_seq.items():
@@ -380,7 +381,7 @@ class ReplicaNode:
         if executed is None:
             return None
         try:
-            fetched = await self._peer_certificates.fetch(client_id, request_id, executed[1])
+            fetched = await self._peer_certificates.fetch(client_id, request_id, executed)
         except Exception:
             log.exception("replica %d: fetching the certificate of %s/%s from peers failed", self.replica_id, client_id, request_id)
             return None
@@ -388,15 +389,9 @@ class ReplicaNode:
             self.metrics.labels(self.metrics.peer_certificates, outcome="missing").inc()
             log.info("replica %d: no peer gave the certificate of %s/%s (executed at seq %d)", self.replica_id, client_id, request_id, executed[0])
             return None
-        self.metrics.labels(self.metrics.peer_certificates, outcome="fetched").inc()
-        certificate = fetched.certificate
-        seq = certificate.header.seq
-        compact = encode_certificate(certificate.compact()) if certificate.vote_proofs else fetched.encoded
-        row = CertificateRow(client_id, request_id, certificate.leaf.request_digest, fetched.encoded)
-        # kept, so that later look-ups here find it without asking again
-        await asyncio.get_running_loop().run_in_executor(self._certificates, functools.partial(self.store.put_certificates, seq, [row], durable=False))
-        log.info("replica %d: certificate of %s/%s (seq %d, none stored here) fetched from replica %d", self.replica_id, client_id, request_id, seq, fetched.replica_id)
-        return Certified(client_id, request_id, seq, fetched.encoded, compact)
+        await self._keep_fetched([fetched])
+        log.info("replica %d: certificate of %s/%s (seq %d, none stored here) fetched from replica %d", self.replica_id, client_id, request_id, executed[0], fetched.replica_id)
+        return _certified(client_id, request_id, fetched.certificate, fetched.encoded)
 
     def submit_control(self, op: ModelUpdate) -> None:
         self.core.submit_control(op)
@@ -430,11 +425,7 @@ class ReplicaNode:
 
     def _load_certified(self, client_id: str, request_id: str) -> Certified | None:
         full = self.store.get_certificate(client_id, request_id)
-        if full is None:
-            return None
-        certificate = decode_certificate(full)
-        compact = encode_certificate(certificate.compact()) if certificate.vote_proofs else full
-        return Certified(client_id, request_id, certificate.header.seq, full, compact)
+        return None if full is None else _certified(client_id, request_id, decode_certificate(full), full)
 
     # =====================================================================================
     # out of the core
@@ -468,9 +459,7 @@ class ReplicaNode:
                     for batch in committed:
                         trace.event("committed", batch.header.seq)
                 # certificates are built beside the ordering, never in its way
-                task = loop.create_task(self._certify(committed))
-                self._inference_tasks.add(task)
-                task.add_done_callback(self._inference_tasks.discard)
+                self._spawn(self._certify(committed))
 
     def _persist_quietly(self, records: list[PersistRecord]) -> None:
         try:
@@ -509,9 +498,7 @@ class ReplicaNode:
             for out in ready.messages:
                 self._send(out.to, out.message)
         for batch in ready.inference:
-            task = asyncio.get_running_loop().create_task(self._infer(batch))
-            self._inference_tasks.add(task)
-            task.add_done_callback(self._inference_tasks.discard)
+            self._spawn(self._infer(batch))
         for activation in ready.activations:
             if activation.replica_id == self.replica_id:
                 self.metrics.labels(self.metrics.model_version).set(activation.version)
@@ -575,9 +562,7 @@ class ReplicaNode:
             # one when none is left (a failed load drops the spare it used) or none fits
             await self._prepare_spares()
 
-        task = asyncio.get_running_loop().create_task(unload())
-        self._inference_tasks.add(task)
-        task.add_done_callback(self._inference_tasks.discard)
+        self._spawn(unload())
 
     # =====================================================================================
     # inference
@@ -698,9 +683,8 @@ class ReplicaNode:
             if index in duplicates:
                 continue
             full = encode_certificate(certificate)
-            compact = encode_certificate(certificate.compact()) if certificate.vote_proofs else full
             rows.append(CertificateRow(leaf.client_id, leaf.request_id, leaf.request_digest, full))
-            certified.append(Certified(leaf.client_id, leaf.request_id, batch.header.seq, full, compact))
+            certified.append(_certified(leaf.client_id, leaf.request_id, certificate, full))
             for vote in leaf.votes:
                 if leaf.decision.label != NO_AGREEMENT and vote.output.label != leaf.decision.label:
                     self.metrics.labels(self.metrics.disagreeing_votes, voter=str(vote.replica_id)).inc()
@@ -762,6 +746,12 @@ class ReplicaNode:
             "loaded_versions": loaded,
             "triton_models": triton_models,
         }
+
+
+def _certified(client_id: str, request_id: str, certificate: Certificate, encoded: bytes) -> Certified:
+    """A stored or fetched certificate as a client gets it: as held, and compact."""
+    compact = encode_certificate(certificate.compact()) if certificate.vote_proofs else encoded
+    return Certified(client_id, request_id, certificate.header.seq, encoded, compact)
 
 
 def _addresses(config: GroupConfig) -> list[str]:

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 import grpc.aio
 import pytest
+from google.protobuf.message import Message
 
 from certs.certificate import Certificate, QuorumSignature, encode_certificate
 from protos import replica_api_pb2 as api
@@ -64,10 +65,17 @@ async def _honest(request: api.GetCertificateRequest, context: grpc.aio.Servicer
 
 
 class _Peers:
-    """One real gRPC server per peer, each answering GetCertificate its own way."""
+    """One real gRPC server per peer, each answering one Replica method its own way."""
 
-    def __init__(self, answers: dict[int, Answer]) -> None:
+    def __init__(
+        self,
+        answers: dict[int, Callable[..., Awaitable[Message]]],
+        method: str = "GetCertificate",
+        request_type: type[Message] = api.GetCertificateRequest,
+    ) -> None:
         self.answers = answers
+        self.method = method
+        self.request_type = request_type
         self.calls: dict[int, int] = {replica_id: 0 for replica_id in answers}
         self.addresses: dict[int, str] = {}
         self._servers: list[grpc.aio.Server] = []
@@ -81,18 +89,16 @@ class _Peers:
             self._servers.append(server)
             self.addresses[replica_id] = f"127.0.0.1:{port}"
 
-    def _handler(self, replica_id: int, answer: Answer) -> grpc.GenericRpcHandler:
-        async def get_certificate(request: api.GetCertificateRequest, context: grpc.aio.ServicerContext) -> api.SubmitReply:
+    def _handler(self, replica_id: int, answer: Callable[..., Awaitable[Message]]) -> grpc.GenericRpcHandler:
+        async def counted(request: Message, context: grpc.aio.ServicerContext) -> Message:
             self.calls[replica_id] += 1
             return await answer(request, context)
 
         return grpc.method_handlers_generic_handler(
             "quorumserve.v1.Replica",
             {
-                "GetCertificate": grpc.unary_unary_rpc_method_handler(
-                    get_certificate,
-                    request_deserializer=api.GetCertificateRequest.FromString,
-                    response_serializer=api.SubmitReply.SerializeToString,
+                self.method: grpc.unary_unary_rpc_method_handler(
+                    counted, request_deserializer=self.request_type.FromString, response_serializer=lambda m: m.SerializeToString()
                 )
             },
         )
@@ -109,7 +115,7 @@ def _fetch(answers: dict[int, Answer]) -> tuple[certificate_fetch.FetchedCertifi
         fetcher = PeerCertificates(OWN_ID, lambda: peers.addresses, {BATCH.config.epoch: BATCH.config}.get)
         try:
             leaf = WANTED.leaf
-            return await fetcher.fetch(leaf.client_id, leaf.request_id, leaf.request_digest), peers.calls
+            return await fetcher.fetch(leaf.client_id, leaf.request_id, (WANTED.header.seq, leaf.request_digest)), peers.calls
         finally:
             await fetcher.close()
             await peers.stop()
@@ -174,24 +180,9 @@ def _lister(certificates: list[Certificate]) -> Callable[[api.CertificateRangeRe
 
 def _fetch_range(listers: dict[int, Callable[..., Awaitable[api.CertificateRangeReply]]]) -> tuple[list[tuple[int, Certificate]], dict[int, int]]:
     async def scenario() -> tuple[list[tuple[int, Certificate]], dict[int, int]]:
-        calls = {r: 0 for r in listers}
-        servers = []
-        addresses = {}
-        for replica_id, lister in listers.items():
-            async def counted(request: api.CertificateRangeRequest, context: grpc.aio.ServicerContext, replica_id: int = replica_id, lister=lister) -> api.CertificateRangeReply:  # type: ignore[no-untyped-def]
-                calls[replica_id] += 1
-                return await lister(request, context)
-
-            server = grpc.aio.server()
-            server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("quorumserve.v1.Replica", {
-                "ListCertificates": grpc.unary_unary_rpc_method_handler(
-                    counted, request_deserializer=api.CertificateRangeRequest.FromString, response_serializer=api.CertificateRangeReply.SerializeToString
-                )
-            }),))
-            addresses[replica_id] = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
-            await server.start()
-            servers.append(server)
-        fetcher = PeerCertificates(OWN_ID, lambda: addresses, {BATCH.config.epoch: BATCH.config}.get)
+        peers = _Peers(listers, "ListCertificates", api.CertificateRangeRequest)  # type: ignore[arg-type]
+        await peers.start()
+        fetcher = PeerCertificates(OWN_ID, lambda: peers.addresses, {BATCH.config.epoch: BATCH.config}.get)
         kept: list[tuple[int, Certificate]] = []
 
         async def keep(page: list[certificate_fetch.FetchedCertificate]) -> None:
@@ -200,11 +191,10 @@ def _fetch_range(listers: dict[int, Callable[..., Awaitable[api.CertificateRange
         try:
             count = await fetcher.fetch_range(0, 2, EXPECTED, keep)
             assert count == len(kept)
-            return kept, calls
+            return kept, peers.calls
         finally:
             await fetcher.close()
-            for server in servers:
-                await server.stop(None)
+            await peers.stop()
 
     return asyncio.run(scenario())
 
