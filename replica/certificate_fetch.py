@@ -69,7 +69,8 @@ class PeerCertificates:
                 if reply is None or reply.status != api.CERTIFIED:
                     continue  # NOT_FOUND, unreachable, too slow: the next peer
                 try:
-                    certificate = self._checked(reply.certificate, expected)
+                    certificate = decode_certificate(reply.certificate)
+                    self._check(certificate, expected)
                 except Exception as exc:  # whatever is wrong with a peer's bytes is the peer's fault
                     log.warning("replica %d sent an unusable certificate for %s/%s: %s", replica_id, client_id, request_id, exc)
                     continue
@@ -85,10 +86,12 @@ class PeerCertificates:
     ) -> int:
         """The certificates of batches after_seq < seq <= through_seq, page by page from one peer
         after another (ListCertificates), each handed to `on_page` once checked. `expected` holds
-        the range's requests as the replicated state's executed table has them (request ->
-        (seq, digest)); a certificate counts only if it verifies and matches its entry. The next
-        peer is asked for the whole range again while some expected request is still missing; a
-        peer that sends anything unusable is left at once. Returns how many were handed over."""
+        the requests of the range whose certificates this replica lacks, as the replicated
+        state's executed table has them (request -> (seq, digest)); a certificate counts only if
+        it verifies and matches its entry, and one of the range's other requests is passed over
+        unchecked. The next peer is asked for the whole range again while some expected request
+        is still missing; a peer that sends anything unusable (undecodable, outside the range,
+        not verifying, another digest) is left at once. Returns how many were handed over."""
         got: set[tuple[str, str]] = set()
         for replica_id, address in self._peers():
             if len(got) == len(expected):
@@ -103,14 +106,19 @@ class PeerCertificates:
                 unusable = 0
                 for raw in reply.certificates:
                     try:
-                        certificate = self._checked(raw, expected)
+                        certificate = decode_certificate(raw)
+                        seq = certificate.header.seq
+                        if not after_seq < seq <= through_seq:
+                            raise CertificateError(f"seq {seq} is outside {after_seq + 1}..{through_seq}")
+                        key = (certificate.leaf.client_id, certificate.leaf.request_id)
+                        if key not in expected or key in got:
+                            continue  # in the range, but held here already: not worth a verify
+                        self._check(certificate, expected)
                     except Exception:  # the peer's fault, whatever it is
                         unusable += 1
                         continue
-                    key = (certificate.leaf.client_id, certificate.leaf.request_id)
-                    if key not in got:
-                        got.add(key)
-                        page.append(FetchedCertificate(certificate, raw, replica_id))
+                    got.add(key)
+                    page.append(FetchedCertificate(certificate, raw, replica_id))
                 if page:
                     await on_page(page)
                 if unusable:
@@ -124,10 +132,9 @@ class PeerCertificates:
     def _peers(self) -> list[tuple[int, str]]:
         return [(r, a) for r, a in sorted(self._addresses().items()) if r != self._own_id]
 
-    def _checked(self, raw: bytes, expected: Mapping[tuple[str, str], tuple[int, bytes]]) -> Certificate:
-        """The decoded certificate, if it verifies and `expected` has its request executed at
-        its seq with its digest (which rules out other requests, other batches and forgeries)."""
-        certificate = decode_certificate(raw)
+    def _check(self, certificate: Certificate, expected: Mapping[tuple[str, str], tuple[int, bytes]]) -> None:
+        """Raises unless the certificate verifies and `expected` has its request executed at its
+        seq with its digest (which rules out other requests, other batches and forgeries)."""
         leaf, seq = certificate.leaf, certificate.header.seq
         wanted = expected.get((leaf.client_id, leaf.request_id))
         if wanted is None:
@@ -138,7 +145,6 @@ class PeerCertificates:
         if config is None:
             raise CertificateError(f"it is for epoch {certificate.header.epoch}, unknown here")
         verify(certificate, config)
-        return certificate
 
     async def _call(self, address: str, method: str, request: bytes, reply_type: type[M], timeout_s: float) -> M | None:
         channel = self._channels.get(address)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import logging
 import time
@@ -165,6 +166,7 @@ class ReplicaNode:
         self._tasks: list[asyncio.Task[None]] = []
         self._peer_certificates = PeerCertificates(self.replica_id, lambda: _peer_addresses(self.core.configs), lambda epoch: self.core.configs.get(epoch))
         self._background_tasks: set[asyncio.Task[None]] = set()
+        self._archive_gaps = asyncio.Event()  # set: a snapshot skipped batches, look for gaps now
         self._stopping = False
         self.models_file = config.data_dir / "models.json"
         self.started_s = 0.0
@@ -189,6 +191,7 @@ class ReplicaNode:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._consume_ready(), name="ready"))
         self._tasks.append(loop.create_task(self._tick_loop(), name="tick"))
+        self._tasks.append(loop.create_task(self._repair_archive(), name="archive"))
         log.info(
             "replica %d of group %s started: view %d, executed seq %d, model version %d",
             self.replica_id, self.group.group_id, self.core.view, self.core.executed_seq, self.core.model_version,
@@ -336,29 +339,58 @@ class ReplicaNode:
             if waiters is not None:
                 self._resolve_executed(key[0], key[1], waiters.futures)
 
-    def _start_backfill(self, after_seq: int, through_seq: int) -> None:
-        """A snapshot skipped batches after_seq < seq <= through_seq: fill this replica's archive
-        with their certificates from peers in the background, so that it serves them like the
-        rest (to auditors, to clients asking later)."""
-        # now, while the executed table is the snapshot's: which requests, at which seq, digest
-        expected = {key: value for key, value in self.core.state.executed.items() if after_seq < value[0] <= through_seq}
-        if not expected:
-            return
-        self._spawn(self._backfill(after_seq, through_seq, expected))
+    async def _repair_archive(self) -> None:
+        """For the replica's life: fill its archive's gaps with certificates from peers.
 
-    async def _backfill(self, after_seq: int, through_seq: int, expected: dict[tuple[str, str], tuple[int, bytes]]) -> None:
-        try:
-            got = await self._peer_certificates.fetch_range(after_seq, through_seq, expected, self._keep_fetched)
-        except Exception:
-            log.exception("replica %d: fetching the certificates of seqs %d..%d from peers failed", self.replica_id, after_seq + 1, through_seq)
-            return
-        missing = len(expected) - got
-        if missing:
-            self.metrics.labels(self.metrics.peer_certificates, outcome="missing").inc(missing)
-        log.info(
-            "replica %d: %d certificates of the batches a snapshot skipped (seqs %d..%d) fetched from peers%s",
-            self.replica_id, got, after_seq + 1, through_seq, f", {missing} found at no peer" if missing else "",
-        )
+        A gap is an executed request with no certificate here: one of the batches a
+        state-transfer snapshot skipped. Looking for gaps in the store, rather than remembering
+        the ranges snapshots skipped, also finds what a restart interrupted and what no peer had
+        last time. It runs at start-up, after each snapshot (`_archive_gaps` is set), and, while
+        some are still missing, again after ARCHIVE_RETRY_FIRST_S, doubling up to
+        ARCHIVE_RETRY_MAX_S."""
+        retry_s = ARCHIVE_RETRY_FIRST_S
+        while True:
+            self._archive_gaps.clear()
+            try:
+                missing = await self._fill_archive_gaps()
+            except Exception:  # a store or peer failure must not end the loop: try again later
+                log.exception("replica %d: filling in missing certificates failed", self.replica_id)
+                missing = -1
+            if not missing:
+                retry_s = ARCHIVE_RETRY_FIRST_S
+                await self._archive_gaps.wait()
+                continue
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._archive_gaps.wait(), retry_s)
+            retry_s = min(retry_s * 2, ARCHIVE_RETRY_MAX_S)
+
+    async def _fill_archive_gaps(self) -> int:
+        """One pass over the store's gaps, a range of consecutive batches at a time; returns
+        how many certificates no peer gave."""
+        loop = asyncio.get_running_loop()
+        after_seq = got_total = missing_total = 0
+        while True:
+            gaps = await loop.run_in_executor(self._certificates, self.store.certificate_gaps, after_seq, ARCHIVE_GAPS_PER_READ)
+            if len(gaps) == ARCHIVE_GAPS_PER_READ:
+                # a batch's requests come together (a batch is smaller than a read): the last
+                # seq may go on in the next read, so it waits for that one
+                last_seq = gaps[-1][2]
+                gaps = [gap for gap in gaps if gap[2] < last_seq] or gaps
+            if not gaps:
+                break
+            for first_seq, last_seq, expected in _gap_ranges(gaps):
+                got = await self._peer_certificates.fetch_range(first_seq - 1, last_seq, expected, self._keep_fetched)
+                got_total += got
+                missing_total += len(expected) - got
+            after_seq = gaps[-1][2]
+        if missing_total:
+            self.metrics.labels(self.metrics.peer_certificates, outcome="missing").inc(missing_total)
+        if got_total or missing_total:
+            log.info(
+                "replica %d: %d certificates this replica lacked (batches a snapshot skipped) fetched from peers%s",
+                self.replica_id, got_total, f", {missing_total} found at no peer (asked again later)" if missing_total else "",
+            )
+        return missing_total
 
     async def _keep_fetched(self, fetched: list[FetchedCertificate]) -> None:
         """Store certificates fetched from peers, so that look-ups here find them."""
@@ -507,8 +539,8 @@ class ReplicaNode:
             self._io.submit(self.store.put_activations, list(ready.activations))
         if ready.executed_unseen:
             self._answer_unseen(ready.executed_unseen)
-        for after_seq, through_seq in ready.skipped_batches:
-            self._start_backfill(after_seq, through_seq)
+        if ready.skipped_batches:
+            self._archive_gaps.set()  # the snapshot is on disk (persisted before this runs)
         core = self.core
         self.metrics.labels(self.metrics.view).set(core.view)
         self.metrics.labels(self.metrics.seq).set(core.executed_seq)
@@ -754,6 +786,20 @@ def _certified(client_id: str, request_id: str, certificate: Certificate, encode
     return Certified(client_id, request_id, certificate.header.seq, encoded, compact)
 
 
+def _gap_ranges(gaps: Sequence[tuple[str, str, int, bytes]]) -> list[tuple[int, int, dict[tuple[str, str], tuple[int, bytes]]]]:
+    """Missing certificates (in seq order) as ranges of batches to ask peers for: (first seq,
+    last seq, request -> (seq, digest)). Gaps close together share a range; one far away starts
+    a new one, so a peer is not asked to page through batches held here already."""
+    ranges: list[tuple[int, int, dict[tuple[str, str], tuple[int, bytes]]]] = []
+    for client_id, request_id, seq, digest in gaps:
+        if not ranges or seq - ranges[-1][1] > ARCHIVE_GAP_SEQS_MAX:
+            ranges.append((seq, seq, {}))
+        first_seq, _, expected = ranges[-1]
+        expected[(client_id, request_id)] = (seq, digest)
+        ranges[-1] = (first_seq, seq, expected)
+    return ranges
+
+
 def _addresses(config: GroupConfig) -> list[str]:
     return [m.address for m in config.members]
 
@@ -768,6 +814,10 @@ def _peer_addresses(configs: Mapping[int, GroupConfig]) -> dict[int, str]:
 
 
 REBUILD_BATCHES_PER_READ = 256  # committed batches read at a time when rebuilding certificates
+ARCHIVE_GAPS_PER_READ = 8192  # missing certificates read at a time (more than a batch holds)
+ARCHIVE_GAP_SEQS_MAX = 16  # gaps this many seqs apart or less are fetched as one range
+ARCHIVE_RETRY_FIRST_S = 30.0  # then doubling: what no peer had is asked for again
+ARCHIVE_RETRY_MAX_S = 600.0
 SWAPPED_MODEL_VERSION = 1_000_000  # where the swap-weak misbehaviour keeps its hidden model
 
 _NUMPY_DTYPES = {

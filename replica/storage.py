@@ -563,6 +563,33 @@ class ReplicaStore:
                 return kept, last, True
             return kept, kept[-1][0], True
 
+    def certificate_gaps(self, after_seq: int, limit: int) -> list[tuple[str, str, int, bytes]]:
+        """Executed requests (as of the last stable checkpoint) with no stored certificate, seq
+        above `after_seq`, in seq order, at most `limit`: (client_id, request_id, seq, digest).
+
+        Every request this replica saw committed has its certificate (written with the batch,
+        rebuilt at start-up if a crash lost it), so a gap is a batch that a state-transfer
+        snapshot skipped and whose certificate has not been fetched from a peer yet. The scan
+        reads the whole executed table, so it runs on a connection of its own: WAL lets it read
+        while the replica's writes go on, instead of holding them up behind the store's lock."""
+        try:
+            reader = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: cannot open for reading: {exc}") from exc
+        try:
+            rows = reader.execute(
+                "SELECT e.client_id, e.request_id, e.seq, e.request_digest FROM executed AS e "
+                "WHERE e.seq > ? AND NOT EXISTS (SELECT 1 FROM certificates AS c "
+                "WHERE c.client_id = e.client_id AND c.request_id = e.request_id) "
+                "ORDER BY e.seq, e.client_id, e.request_id LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+        finally:
+            reader.close()
+        return [(str(c), str(r), int(s), bytes(d)) for c, r, s, d in rows]
+
     def get_certificate(self, client_id: str, request_id: str) -> bytes | None:
         with self._lock:
             row = self._db.execute(

@@ -178,7 +178,10 @@ def _lister(certificates: list[Certificate]) -> Callable[[api.CertificateRangeRe
     return list_certificates
 
 
-def _fetch_range(listers: dict[int, Callable[..., Awaitable[api.CertificateRangeReply]]]) -> tuple[list[tuple[int, Certificate]], dict[int, int]]:
+def _fetch_range(
+    listers: dict[int, Callable[..., Awaitable[api.CertificateRangeReply]]],
+    expected: dict[tuple[str, str], tuple[int, bytes]] = EXPECTED,
+) -> tuple[list[tuple[int, Certificate]], dict[int, int]]:
     async def scenario() -> tuple[list[tuple[int, Certificate]], dict[int, int]]:
         peers = _Peers(listers, "ListCertificates", api.CertificateRangeRequest)  # type: ignore[arg-type]
         await peers.start()
@@ -189,7 +192,7 @@ def _fetch_range(listers: dict[int, Callable[..., Awaitable[api.CertificateRange
             kept.extend((f.replica_id, f.certificate) for f in page)
 
         try:
-            count = await fetcher.fetch_range(0, 2, EXPECTED, keep)
+            count = await fetcher.fetch_range(0, 2, expected, keep)
             assert count == len(kept)
             return kept, peers.calls
         finally:
@@ -203,6 +206,17 @@ def test_a_range_is_paged_through_and_every_certificate_checked() -> None:
     kept, calls = _fetch_range({0: _lister(RANGE)})
     assert [c for _, c in kept] == RANGE
     assert calls == {0: 2}  # a page per batch here
+
+
+def test_certificates_in_the_range_that_are_held_already_are_passed_over_and_the_peer_kept() -> None:
+    """A replica that lacks only some of a range's certificates (the rest it stored before a
+    restart) takes those from the first peer; the others on the peer's pages cost nothing and
+    do not make it leave that peer."""
+    lacking = {key: value for i, (key, value) in enumerate(EXPECTED.items()) if i % 3 == 0}
+    kept, calls = _fetch_range({0: _lister(RANGE), 1: _lister(RANGE)}, lacking)
+    assert sorted(c.leaf.request_id for _, c in kept) == sorted(request_id for _, request_id in lacking)
+    assert {peer for peer, _ in kept} == {0}
+    assert calls == {0: 2, 1: 0}
 
 
 def test_a_peer_sending_anything_unusable_is_left_and_the_next_one_fills_the_gaps() -> None:

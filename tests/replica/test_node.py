@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -24,7 +25,9 @@ from marketplace.local import LocalGroup
 from marketplace.models import held_out_digits
 from replica.config import load_replica_config
 from protos import replica_api_pb2 as api
+from replica import node as node_module
 from replica.node import Certified, ReplicaError, ReplicaNode
+from replica.storage import CertificateRow
 from tests.certs.helpers import Group, certify
 from tests.replica.load import digits_request
 
@@ -85,12 +88,7 @@ def test_a_client_waiting_on_a_request_a_snapshot_executed_gets_its_certificate_
         async def get_certificate(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
             return api.SubmitReply(status=api.CERTIFIED, certificate=answers[replica_id]).SerializeToString()
 
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            "quorumserve.v1.Replica", {"GetCertificate": grpc.unary_unary_rpc_method_handler(get_certificate)}),))
-        server.add_insecure_port(config.member(replica_id).address)  # type: ignore[union-attr]
-        await server.start()
-        return server
+        return await _peer_server(config.member(replica_id).address, "GetCertificate", get_certificate)  # type: ignore[union-attr]
 
     async def scenario() -> tuple[Certified, Certified | None]:
         peers = [await serve(r) for r in answers]
@@ -114,3 +112,97 @@ def test_a_client_waiting_on_a_request_a_snapshot_executed_gets_its_certificate_
     assert decode_certificate(certified.certificate) == genuine
     verify(decode_certificate(certified.certificate), config, request)
     assert stored is not None and stored.certificate == certified.certificate
+
+
+def test_a_replica_fills_the_gaps_in_its_archive_from_peers_and_asks_again_for_what_none_had(
+    tmp_path: Path, digits_packages: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Gaps are executed requests with no certificate here (batches a snapshot skipped), found
+    in the store, so a restart in the middle loses nothing. Held certificates are not asked
+    for, far-apart gaps are separate ranges, a peer sending a forgery is left for the next,
+    and what no peer has is asked for again later until a peer has it."""
+    monkeypatch.setattr(node_module, "ARCHIVE_RETRY_FIRST_S", 0.1)
+    group = LocalGroup(tmp_path / "group", model_packages=digits_packages)
+    config = group.prepare()
+    X, _ = held_out_digits(0)
+    keys = {i: load_private_key(group.data_dir / "keys" / f"replica-{i}.key") for i in range(config.n)}
+    top_k = min(config.task.top_k, len(config.task.class_labels))
+    votes = tuple(Vote(r, 1, quantise(np.eye(len(config.task.class_labels))[4] * 0.9 + 0.01, top_k)) for r in (0, 1, 2))
+
+    def leaf(request_id: str, row: int) -> tuple[Leaf, bytes]:
+        request = digits_request(config, "client", request_id, X[row])
+        decision = decide(config.policy, config.f, config.quorum_size, votes, top_k)
+        return Leaf(request.digest, "client", request_id, (), config.policy.describe(config.f), votes, decision), request.digest
+
+    (held, held_digest), (lacking, lacking_digest), (far, far_digest) = leaf("held", 0), leaf("lacking", 1), leaf("far", 2)
+    batch_40 = certify(Group(config, keys), [held, lacking], seq=40)
+    (cert_far,) = certify(Group(config, keys), [far], seq=90)
+    genuine_lacking = next(c for c in batch_40 if c.leaf.request_id == "lacking")
+    forged = dataclasses.replace(genuine_lacking, quorum=(QuorumSignature(genuine_lacking.quorum[0].replica_id, bytes(64)),) + genuine_lacking.quorum[1:])
+    archives = {0: [c for c in batch_40 if c is not genuine_lacking] + [forged], 1: list(batch_40)}  # nobody has "far" yet
+    asked: dict[int, list[tuple[int, int]]] = {0: [], 1: []}
+
+    async def serve(replica_id: int) -> grpc.aio.Server:
+        async def list_certificates(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            request = api.CertificateRangeRequest.FromString(raw)
+            asked[replica_id].append((request.after_seq, request.through_seq))
+            page = [encode_certificate(c) for c in archives[replica_id] if request.after_seq < c.header.seq <= request.through_seq]
+            return api.CertificateRangeReply(certificates=page, next_after_seq=request.through_seq, more=False).SerializeToString()
+
+        return await _peer_server(config.member(replica_id).address, "ListCertificates", list_certificates)  # type: ignore[union-attr]
+
+    def executed_without_certificate(node: ReplicaNode) -> None:
+        # as a state-transfer snapshot leaves the store: executed, and only "held" certified
+        node.store._db.executemany(
+            "INSERT INTO executed (client_id, request_id, seq, request_digest) VALUES (?, ?, ?, ?)",
+            [("client", "held", 40, held_digest), ("client", "lacking", 40, lacking_digest), ("client", "far", 90, far_digest)],
+        )
+        node.store.put_certificates(40, [CertificateRow("client", "held", held_digest, encode_certificate(batch_40[0]))])
+
+    async def until(condition: Callable[[], Awaitable[bool]]) -> None:
+        for _ in range(200):
+            if await condition():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("not within 10 s")
+
+    async def scenario() -> None:
+        peers = [await serve(r) for r in archives]
+        node = ReplicaNode(load_replica_config(group.data_dir / "replica-3.toml"))
+        executed_without_certificate(node)
+        repair = asyncio.get_running_loop().create_task(node._repair_archive())
+        try:
+            await until(lambda: _has(node, "lacking"))
+            stored = decode_certificate((await node.get_certificate("client", "lacking")).certificate)  # type: ignore[union-attr]
+            assert stored == genuine_lacking  # the forgery from replica 0 was not kept
+            assert not await _has(node, "far")
+            assert asked[0][:2] == [(39, 40), (89, 90)] and (39, 40) in asked[1]  # two ranges; 0 left after the forgery
+            archives[1].append(cert_far)  # a peer has it now: the next pass takes it
+            await until(lambda: _has(node, "far"))
+            assert node.store.certificate_gaps(0, 10) == []
+            asked_before = {r: len(a) for r, a in asked.items()}
+            node._archive_gaps.set()  # a later snapshot: nothing left to ask for
+            await asyncio.sleep(0.3)
+            assert {r: len(a) for r, a in asked.items()} == asked_before
+        finally:
+            repair.cancel()
+            await asyncio.gather(repair, return_exceptions=True)
+            await node.stop()
+            for server in peers:
+                await server.stop(None)
+
+    asyncio.run(scenario())
+
+
+async def _has(node: ReplicaNode, request_id: str) -> bool:
+    return await node.get_certificate("client", request_id) is not None
+
+
+async def _peer_server(address: str, method: str, handler: Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]) -> grpc.aio.Server:
+    """A stand-in peer on a member's address answering one Replica method (raw bytes both ways)."""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "quorumserve.v1.Replica", {method: grpc.unary_unary_rpc_method_handler(handler)}),))
+    server.add_insecure_port(address)
+    await server.start()
+    return server

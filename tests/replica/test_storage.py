@@ -289,6 +289,23 @@ def test_certificates_between_pages_through_whole_batches(store: ReplicaStore) -
     assert store.certificates_between(9, 20, 4) == ([], 20, False)
 
 
+def test_certificate_gaps_are_the_executed_requests_without_a_stored_certificate(store: ReplicaStore) -> None:
+    """What a snapshot skipped and no peer has filled in yet: executed, not certified here."""
+    store.persist([checkpoint_record(50, 0, (("alice", "a", 3), ("alice", "b", 40), ("alice", "c", 40), ("alice", "d", 45)))])
+    store.put_certificates(3, [certificate("a")])
+    digest = hashlib.sha256(b"alice/c").digest()
+    assert store.certificate_gaps(0, 10) == [
+        ("alice", "b", 40, hashlib.sha256(b"alice/b").digest()),
+        ("alice", "c", 40, digest),
+        ("alice", "d", 45, hashlib.sha256(b"alice/d").digest()),
+    ]
+    assert [r for _, r, _, _ in store.certificate_gaps(0, 2)] == ["b", "c"]  # in seq order, at most `limit`
+    assert [r for _, r, _, _ in store.certificate_gaps(40, 10)] == ["d"]
+    store.put_certificates(40, [certificate("b"), CertificateRow("alice", "c", digest, b"cert:c")])
+    store.put_certificates(45, [certificate("d")])
+    assert store.certificate_gaps(0, 10) == []
+
+
 def test_a_certificate_written_without_its_own_fsync_is_kept_and_the_store_stays_fully_synced(tmp_path: Path) -> None:
     store = ReplicaStore(tmp_path / "replica.db")
     store.put_certificates(3, [certificate("r1")], durable=False)
