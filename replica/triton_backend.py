@@ -9,7 +9,8 @@ per inference batch. Choices, and why:
   one model name). Loading binds a new model into the running server (pytriton's `Triton.bind`
   after `run()` loads it through Triton's explicit model control).
 - Warm spare models. Binding a model is the expensive part of an update: Triton starts a
-  Python-backend stub process for it and pytriton's stub spawns a tensor-store process, about
+  Python-backend stub process for it and pytriton's stub spawns a tensor-store process (shared-memory
+  transport), about
   0.5 s of CPU together, on the cores that serve. So the backend keeps `spare_models` bound
   models that host no version (`prepare_spares`, done at start-up), and a new version with the
   same tensor signature takes a spare: loading it costs the TorchScript load and a warm-up only.
@@ -29,6 +30,17 @@ per inference batch. Choices, and why:
   optimising executor (it stalls on every new batch shape), with a bounded number of torch
   threads (several replicas share a few cores). No dynamic batcher: the replica
   batches requests itself, so one `infer()` is one Triton request and one model execution.
+- Tensor transport. pytriton moves tensors between Triton's Python-backend stub and this process
+  either through a shared-memory tensor store, whose blocks a multiprocessing-manager process
+  hands out (several IPC round trips a call), or inline, base64 in the ZeroMQ message
+  (pytriton's PYTRITON_NO_TENSORSTORE). Inline is cheaper for small batches, shared memory for
+  large ones: inline takes 0.73x the time of shared memory per call at 256 B, 0.90x at 16 KiB,
+  1.24x at 64 KiB, 3-4x at 0.6-4.8 MB (tests/bench/bench_transport.py, 2 cores). So the
+  backend goes inline when one request's input is at most INLINE_INPUT_BYTES_MAX (the digits
+  task's 256 B: a batch of 64 is 16 KiB), and uses shared memory otherwise (images). pytriton
+  reads the choice from the environment, in this process when a model is bound and in the stub
+  when it starts (a mismatch hangs the bind), so the backend sets it in tritonserver's
+  environment and around each bind (`_QuorumTriton`), not in this process's for good.
 - Triton's own output goes to `<workspace>/tritonserver.log`, not the console. The Python-backend
   stub must load this interpreter's libpython, so its LIBDIR leads LD_LIBRARY_PATH for Triton.
 - Unix socket paths are limited to 107 bytes and pytriton builds them from its workspace and the
@@ -89,6 +101,11 @@ _SOCKET_SUFFIX = "_0_0-server.sock"
 _GRPC_TOKEN_HEADER = "triton-grpc-protocol-triton-access-token"
 # every bound model is Triton version 1 of its own name: a model outlives the versions it hosts
 TRITON_MODEL_VERSION = 1
+WARM_UP_TIMEOUT_S = 60.0  # the model already ran once here (self-test); this is Triton's round trip
+INLINE_INPUT_BYTES_MAX = 512  # one request's input: at most this goes inline, more through shared memory
+TENSOR_TRANSPORTS = ("inline", "shared-memory")
+_NO_TENSOR_STORE_ENV = "PYTRITON_NO_TENSORSTORE"  # pytriton 0.7: set (non-empty) means inline
+_BIND_ENVIRONMENT_LOCK = threading.Lock()  # os.environ is process-wide; binds in one process take turns
 MODEL_NAME_PREFIX = "model-"
 _LOG_TAIL_CHARS = 2000
 _RAISED_LINE = re.compile(r"^[\w.]*(?:Error|Exception): \S")
@@ -223,7 +240,14 @@ class TritonBackend:
         host: str = "127.0.0.1",
         startup_timeout_s: float = 60.0,
         spare_models: int = 1,
+        tensor_transport: str | None = None,
     ) -> None:
+        """`tensor_transport`: "inline" or "shared-memory"; None chooses from the task's input
+        size (see the module's docstring), shared memory when there is no task."""
+        if tensor_transport is None:
+            tensor_transport = "inline" if task is not None and task.input_size_bytes <= INLINE_INPUT_BYTES_MAX else "shared-memory"
+        if tensor_transport not in TENSOR_TRANSPORTS:
+            raise ValueError(f"tensor_transport must be one of {TENSOR_TRANSPORTS}, is {tensor_transport!r}")
         if torch_threads < 1:
             raise ValueError("torch_threads must be at least 1")
         if spare_models < 0:
@@ -240,6 +264,7 @@ class TritonBackend:
         self._host = host
         self._startup_timeout_s = startup_timeout_s
         self._spare_models = spare_models
+        self._tensor_transport = tensor_transport
         # _lifecycle serialises start/load/unload/stop; _lock guards the serving table
         self._lifecycle = threading.RLock()
         self._lock = threading.Condition()
@@ -263,6 +288,11 @@ class TritonBackend:
     @property
     def workspace(self) -> Path:
         return self._workspace
+
+    @property
+    def tensor_transport(self) -> str:
+        """How tensors pass between Triton and the model here: "inline" or "shared-memory"."""
+        return self._tensor_transport
 
     @property
     def log_path(self) -> Path:
@@ -340,7 +370,9 @@ class TritonBackend:
                     allow_gpu_metrics=torch.cuda.is_available(),
                     log_verbose=0,
                 )
-                self._triton = _QuorumTriton(config=config, workspace=triton_dir, log_sink=self._log_sink)
+                self._triton = _QuorumTriton(
+                    config=config, workspace=triton_dir, log_sink=self._log_sink, inline_tensors=self._tensor_transport == "inline"
+                )
                 self._triton.start_and_wait(self._startup_timeout_s)
             except BaseException as exc:
                 tail = self._log_tail()
@@ -356,8 +388,8 @@ class TritonBackend:
             self._auth_headers = {_GRPC_TOKEN_HEADER: token} if token else {}
             self._sync_client = grpcclient.InferenceServerClient(self.grpc_url)
             LOGGER.info(
-                "tritonserver pid %s ready on grpc %s in %.2f s (log %s)",
-                self.server_pid, self.grpc_url, time.monotonic() - started, self.log_path,
+                "tritonserver pid %s ready on grpc %s in %.2f s, tensors %s (log %s)",
+                self.server_pid, self.grpc_url, time.monotonic() - started, self._tensor_transport, self.log_path,
             )
 
     def load(self, version: int, package_path: str | os.PathLike[str], *, expected_digest: bytes | None = None) -> bytes:
@@ -671,6 +703,8 @@ class TritonBackend:
             [tensor],
             model_version=str(TRITON_MODEL_VERSION),
             outputs=[grpcclient.InferRequestedOutput(OUTPUT_NAME)],
+            # bounded: a load whose first call never comes back fails instead of holding the update
+            client_timeout=WARM_UP_TIMEOUT_S,
         )
         output = result.as_numpy(OUTPUT_NAME)
         if output is None or output.shape != (1, spec.num_classes):
@@ -808,9 +842,10 @@ class _LogSink:
 class _LoggedTritonServer(TritonServer):
     """pytriton's server process with output to a file and this interpreter's libpython first."""
 
-    def __init__(self, *, log_sink: _LogSink, **kwargs: Any) -> None:
+    def __init__(self, *, log_sink: _LogSink, inline_tensors: bool, **kwargs: Any) -> None:
         super().__init__(verbose=False, **kwargs)
         self._log_sink = log_sink
+        self._inline_tensors = inline_tensors
 
     def _record_logs(self, line: bytes | str) -> None:
         # pytriton's version prints every line and keeps the whole log in memory
@@ -818,6 +853,9 @@ class _LoggedTritonServer(TritonServer):
 
     def _get_env(self) -> dict[str, str]:
         env: dict[str, str] = super()._get_env()
+        env.pop(_NO_TENSOR_STORE_ENV, None)
+        if self._inline_tensors:
+            env[_NO_TENSOR_STORE_ENV] = "1"  # the stub reads it when a model starts
         libdir = sysconfig.get_config_var("LIBDIR")
         if libdir:
             env["LD_LIBRARY_PATH"] = f"{libdir}:{env.get('LD_LIBRARY_PATH', '')}".rstrip(":")
@@ -827,8 +865,9 @@ class _LoggedTritonServer(TritonServer):
 class _QuorumTriton(Triton):
     """pytriton's Triton with the hooks the backend needs (pytriton 0.7.0 internals, pinned)."""
 
-    def __init__(self, *, config: TritonConfig, workspace: Path, log_sink: _LogSink) -> None:
+    def __init__(self, *, config: TritonConfig, workspace: Path, log_sink: _LogSink, inline_tensors: bool) -> None:
         self._log_sink = log_sink
+        self._inline_tensors = inline_tensors
         self._release = threading.Event()
         self._launcher: threading.Thread | None = None
         super().__init__(config=config, workspace=workspace)
@@ -838,8 +877,23 @@ class _QuorumTriton(Triton):
         super()._initialize_server()
         base: TritonServer = getattr(self, "_triton_server")  # pytriton's stock server, never started
         self._triton_server = _LoggedTritonServer(
-            path=base._server_path, libs_path=base._server_libs_path, config=base._server_config, log_sink=self._log_sink
+            path=base._server_path, libs_path=base._server_libs_path, config=base._server_config, log_sink=self._log_sink,
+            inline_tensors=self._inline_tensors,
         )
+
+    def bind(self, *args: Any, **kwargs: Any) -> None:
+        # pytriton's Model reads the transport from os.environ when it is made, inside bind:
+        # set it for just that (backends in one process may differ), to match the stub's
+        with _BIND_ENVIRONMENT_LOCK:
+            before = os.environ.pop(_NO_TENSOR_STORE_ENV, None)
+            if self._inline_tensors:
+                os.environ[_NO_TENSOR_STORE_ENV] = "1"
+            try:
+                super().bind(*args, **kwargs)
+            finally:
+                os.environ.pop(_NO_TENSOR_STORE_ENV, None)
+                if before is not None:
+                    os.environ[_NO_TENSOR_STORE_ENV] = before
 
     def start_and_wait(self, timeout_s: float) -> None:
         """Run tritonserver and wait for it, failing fast if the process dies during start-up."""

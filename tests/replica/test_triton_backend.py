@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,7 @@ from replica.model_spec import (
     weights_digest,
 )
 from replica.triton_backend import (
+    INLINE_INPUT_BYTES_MAX,
     BackendError,
     BackendNotRunningError,
     BackendStartError,
@@ -86,6 +88,47 @@ async def test_five_digits_get_probabilities_that_sum_to_one(
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     assert (probabilities >= 0).all()
     assert probabilities.argmax(axis=1).tolist() == predict(digits_models["mlp"], features[:5]).tolist()
+
+
+def test_small_inputs_travel_inline_and_large_ones_through_shared_memory(tmp_path: Path) -> None:
+    def transport(**kwargs: object) -> str:
+        return TritonBackend(tmp_path / "ws", grpc_port=1, http_port=2, metrics_port=3, **kwargs).tensor_transport  # type: ignore[arg-type]
+
+    digits = digits_task()  # 64 FP32 features: 256 bytes a request
+    assert transport(task=digits) == "inline"
+    assert transport(task=dataclasses.replace(digits, input_shape=(INLINE_INPUT_BYTES_MAX // 4,))) == "inline"
+    assert transport(task=dataclasses.replace(digits, input_shape=(INLINE_INPUT_BYTES_MAX // 4 + 1,))) == "shared-memory"
+    assert transport(task=dataclasses.replace(digits, input_shape=(3, 224, 224))) == "shared-memory"
+    assert transport() == "shared-memory"
+    assert transport(task=digits, tensor_transport="shared-memory") == "shared-memory"
+    with pytest.raises(ValueError, match="tensor_transport"):
+        transport(tensor_transport="carrier-pigeon")
+
+
+@pytest.mark.processes
+async def test_both_tensor_transports_give_the_same_probabilities(
+    triton_backend: TritonBackend, serving_version: int, digits_models: dict[str, ModelPackage],
+    tmp_path: Path, port_allocator: PortAllocator,
+) -> None:
+    assert triton_backend.tensor_transport == "inline"
+    grpc_port, http_port, metrics_port = port_allocator(3)
+    shared = TritonBackend(
+        tmp_path / "ws", grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port,
+        task=digits_task(), spare_models=0, tensor_transport="shared-memory",
+    )
+    await asyncio.to_thread(shared.start)
+    try:
+        model = digits_models["mlp"]
+        await shared.load_async(1, model.directory, expected_digest=model.weights_digest)
+        features, _ = held_out_digits(0)
+        for size in (1, 17, 64):
+            np.testing.assert_array_equal(
+                await shared.infer(1, features[:size]), await triton_backend.infer(serving_version, features[:size])
+            )
+    finally:
+        await asyncio.to_thread(shared.stop)
+    # the choice was made for each bind alone: this process's environment is as it was
+    assert "PYTRITON_NO_TENSORSTORE" not in os.environ
 
 
 @pytest.mark.processes
