@@ -118,6 +118,7 @@ class LocalGroup:
     price_per_request: int = 1
     storage_sync: str = "full"  # each replica's [storage] sync ("process": no fsync per write)
     spare_models: int = 1  # each replica's [triton] spare_models (warm Triton models for updates)
+    task: TaskSchema | None = None  # the group's task; the digits task if None
     host: str = "127.0.0.1"
     log_level: str = "INFO"
     progress: bool = False
@@ -195,7 +196,7 @@ class LocalGroup:
             self.replicas.append(ReplicaProcess(i, config_path, replica_config, self.data_dir / f"replica-{i}.log"))
         from marketplace.models import digits_task
 
-        task: TaskSchema = digits_task()
+        task: TaskSchema = self.task or digits_task()
         self.config = GroupConfig(
             group_id=self.group_id,
             epoch=0,

@@ -36,6 +36,7 @@ from tests.bench.common import (
     TritonCaller,
     cpu_line,
     digits_group,
+    model_inputs,
     log_line,
     measure,
     merge_windows,
@@ -55,12 +56,10 @@ WORKLOADS = ("direct Triton", "certified", "naive fan-out")
 
 
 def run(options: Options, result: BenchResult, shared: BenchGroup | None = None) -> None:
-    from marketplace.models import held_out_digits
-
     rounds = options.pick(2, 4)
     warmup_s = 1.0
     duration_s = options.pick(5.0, 10.0)
-    inputs, _ = held_out_digits(0)
+    inputs = model_inputs(options)
     with digits_group(options, shared, NAME) as bench:
         targets = bench.triton_targets()
         run_id = f"{TRACED_RUN_PREFIX}{time.time_ns()}"

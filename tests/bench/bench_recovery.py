@@ -31,6 +31,7 @@ from tests.bench.common import (
     Options,
     closed_loop,
     digits_group,
+    model_inputs,
     log_line,
     pyplot,
     run_alone,
@@ -47,11 +48,10 @@ BIN_S = 0.1
 
 def run(options: Options, result: BenchResult, shared: BenchGroup | None = None) -> None:
     from certs.certificate import decode_certificate
-    from marketplace.models import held_out_digits
 
     before_s = options.pick(5.0, 10.0)
     after_s = options.pick(8.0, 15.0)
-    inputs, _ = held_out_digits(0)
+    inputs = model_inputs(options)
     with digits_group(options, shared, NAME) as bench:
         asyncio.run(warm_up(bench, inputs))
         views: list[tuple[float, int, int]] = []  # (monotonic time answered, view, seq) of each call's first row

@@ -37,6 +37,7 @@ from tests.bench.common import (
     TritonCaller,
     cpu_line,
     digits_group,
+    model_inputs,
     log_line,
     measure,
     merge_windows,
@@ -54,13 +55,11 @@ WORKLOADS = ("naive fan-out", "certified", "plain Triton")
 
 
 def run(options: Options, result: BenchResult, shared: BenchGroup | None = None) -> None:
-    from marketplace.models import held_out_digits
-
     concurrencies = options.pick((1, 8, 64), (1, 8, 32, 64))
     rounds = options.pick(1, 3)
     warmup_s = options.pick(2.0, 3.0)
     duration_s = options.pick(5.0, 10.0)
-    inputs, _ = held_out_digits(0)
+    inputs = model_inputs(options)
     with digits_group(options, shared, NAME) as bench:
         targets = bench.triton_targets()
         run_id = f"repl-{time.time_ns()}"

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench.common import (
+    BenchError,
     save_figure,
     BenchGroup,
     BenchResult,
@@ -55,6 +56,8 @@ ACTIVATION_TIMEOUT_S = 120.0
 def run(options: Options, result: BenchResult, shared: BenchGroup | None = None) -> None:
     from marketplace.models import held_out_digits
 
+    if options.model != "digits":
+        raise BenchError(f"the update benchmark updates digits models only, not {options.model}")
     before_s = options.pick(6.0, 15.0)
     after_s = options.pick(5.0, 10.0)
     inputs, _ = held_out_digits(0)

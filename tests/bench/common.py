@@ -48,6 +48,9 @@ class BenchError(RuntimeError):
 # =========================================================================================
 
 
+MODELS = ("digits", "resnet50")
+
+
 @dataclass(frozen=True)
 class Options:
     quick: bool = False
@@ -56,6 +59,7 @@ class Options:
     progress: bool = True
     storage_sync: str = "full"  # the replicas' [storage] sync
     spare_models: int = 1  # the replicas' [triton] spare_models
+    model: str = "digits"  # what the digits-group benchmarks serve: "digits" or "resnet50" (for a GPU)
 
     def pick(self, quick: Any, full: Any) -> Any:
         return quick if self.quick else full
@@ -74,6 +78,11 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "--spare-models", type=int, default=1,
         help="warm spare Triton models per replica (default 1; 0 = every update binds a new model, for comparison)",
     )
+    parser.add_argument(
+        "--model", choices=MODELS, default="digits",
+        help="what replication, latency and recovery serve: four trained digits models (default) or four "
+        "random-weight ResNet-50s on 3x224x224 images (marketplace/resnet.py; for a GPU machine)",
+    )
 
 
 def options_from(args: argparse.Namespace) -> Options:
@@ -84,6 +93,7 @@ def options_from(args: argparse.Namespace) -> Options:
         progress=not args.no_progress,
         storage_sync=args.storage_sync,
         spare_models=args.spare_models,
+        model=args.model,
     )
 
 
@@ -407,8 +417,8 @@ class TritonCaller:
     async def one(self, client: Any, target: TritonTarget, row: np.ndarray) -> None:
         from tritonclient.grpc.aio import InferInput, InferRequestedOutput
 
-        tensor = InferInput(target.input_name, [1, row.shape[0]], "FP32")
-        tensor.set_data_from_numpy(row.reshape(1, -1))
+        tensor = InferInput(target.input_name, [1, *row.shape], "FP32")
+        tensor.set_data_from_numpy(row[np.newaxis])
         result = await client.infer(
             target.model_name, [tensor], model_version=target.model_version,
             outputs=[InferRequestedOutput("probabilities")], client_timeout=REQUEST_TIMEOUT_S,
@@ -450,7 +460,7 @@ class GatewayCaller:
         from tritonclient.grpc.aio import InferInput
 
         start = (i * self.rows) % max(1, len(self.inputs) - self.rows)
-        tensor = InferInput("pixels", [self.rows, self.inputs.shape[1]], "FP32")
+        tensor = InferInput("pixels", [self.rows, *self.inputs.shape[1:]], "FP32")
         tensor.set_data_from_numpy(self.inputs[start : start + self.rows])
         result = await self.client.infer(self.group_id, [tensor], request_id=f"{self.run_id}-{i}", client_timeout=REQUEST_TIMEOUT_S)
         parameters = result.get_response().parameters
@@ -703,16 +713,18 @@ def replica_breakdown(before: dict[str, float], after: dict[str, float], certifi
 @contextlib.contextmanager
 def running_group(
     directory: Path, packages: Sequence[Path], *, f: int = 1, label: str = "group", gateway_args: Sequence[str] = (),
-    storage_sync: str = "full", params: Any = None, spare_models: int = 1,
+    storage_sync: str = "full", params: Any = None, spare_models: int = 1, task: Any = None,
 ) -> Iterator[BenchGroup]:
     """Start 3f+1 replicas (each with its own Triton) and a gateway; always stop them all.
-    `params`: the group's ProtocolParams (the defaults when None)."""
+    `params`: the group's ProtocolParams (the defaults when None); `task`: its TaskSchema (the
+    digits task when None)."""
     from marketplace.commands import start_gateway_process
     from marketplace.local import LocalGroup
 
     n = 3 * f + 1
     group = LocalGroup(
-        directory / label, f=f, model_packages=list(packages), storage_sync=storage_sync, spare_models=spare_models
+        directory / label, f=f, model_packages=list(packages), storage_sync=storage_sync, spare_models=spare_models,
+        task=task,
     )
     if params is not None:
         group.params = params
@@ -754,18 +766,39 @@ def _environment(name: str, value: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def digits_group(options: Options, shared: BenchGroup | None, name: str) -> Iterator[BenchGroup]:
-    """The shared digits group when `make bench` passes one, else a fresh 4-replica group of
-    four heterogeneous trained digits models (stopped afterwards)."""
+    """The shared group when `make bench` passes one, else a fresh 4-replica group of four
+    different models (stopped afterwards): trained digits models, or with --model resnet50 four
+    random-weight ResNet-50s."""
     if shared is not None:
         yield shared
         return
     with data_dir(options, name) as directory:
-        step(f"{name}: training four digits models")
-        packages = digits_packages(directory / "models")
+        task = None
+        if options.model == "resnet50":
+            from marketplace.resnet import imagenet_task, resnet50_package
+
+            step(f"{name}: building four ResNet-50s (random weights)")
+            packages = [Path(resnet50_package(directory / "models" / f"resnet50-{i}", seed=i).directory) for i in range(4)]
+            task = imagenet_task()
+        else:
+            step(f"{name}: training four digits models")
+            packages = digits_packages(directory / "models")
         with running_group(
-            directory, packages, label=f"{name} group", storage_sync=options.storage_sync, spare_models=options.spare_models
+            directory, packages, label=f"{name} group", storage_sync=options.storage_sync, spare_models=options.spare_models,
+            task=task,
         ) as bench:
             yield bench
+
+
+def model_inputs(options: Options) -> np.ndarray:
+    """The rows the load generators send: held-out digits, or random images for --model resnet50."""
+    if options.model == "resnet50":
+        from marketplace.resnet import random_images
+
+        return random_images(64)
+    from marketplace.models import held_out_digits
+
+    return held_out_digits(0)[0]
 
 
 async def warm_up(bench: BenchGroup, inputs: np.ndarray, *, seconds: float = 2.0) -> None:
