@@ -9,9 +9,8 @@ per inference batch. Choices, and why:
   one model name). Loading binds a new model into the running server (pytriton's `Triton.bind`
   after `run()` loads it through Triton's explicit model control).
 - Warm spare models. Binding a model is the expensive part of an update: Triton starts a
-  Python-backend stub process for it and pytriton's stub spawns a tensor-store process (shared-memory
-  transport), about
-  0.5 s of CPU together, on the cores that serve. So the backend keeps `spare_models` bound
+  Python-backend stub process for it and pytriton's stub spawns a tensor-store process (with the
+  shared-memory transport), about 0.5 s of CPU together, on the cores that serve. So the backend keeps `spare_models` bound
   models that host no version (`prepare_spares`, done at start-up), and a new version with the
   same tensor signature takes a spare: loading it costs the TorchScript load and a warm-up only.
   A retired version's model becomes the spare again instead of being unloaded. Hence Triton

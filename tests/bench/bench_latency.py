@@ -35,7 +35,7 @@ from tests.bench.common import (
     TRACED_RUN_PREFIX,
     TritonCaller,
     cpu_line,
-    digits_group,
+    model_group,
     model_inputs,
     log_line,
     measure,
@@ -60,7 +60,7 @@ def run(options: Options, result: BenchResult, shared: BenchGroup | None = None)
     warmup_s = 1.0
     duration_s = options.pick(5.0, 10.0)
     inputs = model_inputs(options)
-    with digits_group(options, shared, NAME) as bench:
+    with model_group(options, shared, NAME) as bench:
         targets = bench.triton_targets()
         run_id = f"{TRACED_RUN_PREFIX}{time.time_ns()}"
         asyncio.run(warm_up(bench, inputs))

@@ -30,7 +30,7 @@ from tests.bench.common import (
     LoadRun,
     Options,
     closed_loop,
-    digits_group,
+    model_group,
     model_inputs,
     log_line,
     pyplot,
@@ -52,7 +52,7 @@ def run(options: Options, result: BenchResult, shared: BenchGroup | None = None)
     before_s = options.pick(5.0, 10.0)
     after_s = options.pick(8.0, 15.0)
     inputs = model_inputs(options)
-    with digits_group(options, shared, NAME) as bench:
+    with model_group(options, shared, NAME) as bench:
         asyncio.run(warm_up(bench, inputs))
         views: list[tuple[float, int, int]] = []  # (monotonic time answered, view, seq) of each call's first row
 

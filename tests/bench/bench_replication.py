@@ -36,7 +36,7 @@ from tests.bench.common import (
     Options,
     TritonCaller,
     cpu_line,
-    digits_group,
+    model_group,
     model_inputs,
     log_line,
     measure,
@@ -60,7 +60,7 @@ def run(options: Options, result: BenchResult, shared: BenchGroup | None = None)
     warmup_s = options.pick(2.0, 3.0)
     duration_s = options.pick(5.0, 10.0)
     inputs = model_inputs(options)
-    with digits_group(options, shared, NAME) as bench:
+    with model_group(options, shared, NAME) as bench:
         targets = bench.triton_targets()
         run_id = f"repl-{time.time_ns()}"
         asyncio.run(warm_up(bench, inputs))

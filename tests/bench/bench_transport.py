@@ -4,7 +4,8 @@ Two backends in this process, one passing tensors inline and one through pytrito
 shared-memory tensor store, serve the same trivial model (its logits are the first ten inputs)
 for small (64 FP32, the digits task) and image-sized (3x224x224 FP32) requests. For each batch
 size it times sequential `infer` calls on both, alternating in rounds so that both see the same
-machine, and reports the median ms per call and the ratio inline / shared memory. This is the
+machine, and reports the median over rounds of each round's mean ms per call, and the ratio
+inline / shared memory. This is the
 figure behind TritonBackend's choice of transport (INLINE_INPUT_BYTES_MAX). A Markdown table
 goes to stdout and the figures to results/bench_transport.json; it measures, it never fails.
 """

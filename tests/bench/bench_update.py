@@ -35,7 +35,7 @@ from tests.bench.common import (
     closed_loop,
     cpu_line,
     data_dir,
-    digits_group,
+    model_group,
     digits_packages,
     log_line,
     pyplot,
@@ -61,7 +61,7 @@ def run(options: Options, result: BenchResult, shared: BenchGroup | None = None)
     before_s = options.pick(6.0, 15.0)
     after_s = options.pick(5.0, 10.0)
     inputs, _ = held_out_digits(0)
-    with digits_group(options, shared, NAME) as bench, data_dir(options, f"{NAME}-models") as models:
+    with model_group(options, shared, NAME) as bench, data_dir(options, f"{NAME}-models") as models:
         step("update: training two other digits models for the update")
         # another seed: other subsamples and initialisations, so other weights
         packages = digits_packages(models / "update", count=len(UPDATED), seed=1)

@@ -765,7 +765,7 @@ def _environment(name: str, value: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def digits_group(options: Options, shared: BenchGroup | None, name: str) -> Iterator[BenchGroup]:
+def model_group(options: Options, shared: BenchGroup | None, name: str) -> Iterator[BenchGroup]:
     """The shared group when `make bench` passes one, else a fresh 4-replica group of four
     different models (stopped afterwards): trained digits models, or with --model resnet50 four
     random-weight ResNet-50s."""

@@ -8,10 +8,11 @@ baseline, then a section per benchmark), <out-dir>/bench_*.json and PNG plots, a
 the report is. --quick shortens every window and drops some points (a few minutes in all); the
 full run repeats points in rounds.
 
-One 4-replica digits group is shared, in this order, by replication, latency, update and
-recovery (recovery kills the primary, so it comes last), and stopped before ordering starts its
-own groups with the null model; certs needs no group. A benchmark that crashes is reported as crashed and the
-others still run; every group and gateway is stopped whatever happens. Benchmarks measure: no
+One 4-replica group (four digits models, or four ResNet-50s with --model resnet50, which leaves
+the update benchmark out) is shared, in this order, by replication, latency, update and recovery
+(recovery kills the primary, so it comes last), and stopped before ordering starts its own groups
+with the null model; certs needs no group. A benchmark that crashes is reported as crashed and
+the others still run; every group and gateway is stopped whatever happens. Benchmarks measure: no
 figure makes this command fail.
 """
 
@@ -32,7 +33,7 @@ from tests.bench.common import (
     Figure,
     Options,
     add_options,
-    digits_group,
+    model_group,
     options_from,
     step,
     stop_on_sigterm,
@@ -85,7 +86,7 @@ def run_certs(options: Options, result: BenchResult, shared: BenchGroup | None =
     result.data.update({"source": str(out), "baseline_ed25519_verify_cpu_ms": baseline_ms})
 
 
-# name -> (title, runner, uses the shared digits group); the order is the order they run in
+# name -> (title, runner, uses the shared group); the order is the order they run in
 BENCHES: dict[str, tuple[str, Runner, bool]] = {
     "certs": (CERTS_TITLE, run_certs, False),
     "replication": (bench_replication.TITLE, bench_replication.run, True),
@@ -98,7 +99,7 @@ REPORT_ORDER = ("replication", "ordering", "latency", "recovery", "update", "cer
 
 
 class SharedGroup:
-    """The digits group the benchmarks that can share one use, started on first use and
+    """The group the benchmarks that can share one use, started on first use and
     stopped before a benchmark that starts groups of its own (they would compete for CPU)."""
 
     def __init__(self, options: Options) -> None:
@@ -110,7 +111,7 @@ class SharedGroup:
         if self.group is None:
             self._stack = contextlib.ExitStack()
             try:
-                self.group = self._stack.enter_context(digits_group(self.options, None, "shared"))
+                self.group = self._stack.enter_context(model_group(self.options, None, "shared"))
             except BaseException:
                 self.close()
                 raise
