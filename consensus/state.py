@@ -117,7 +117,9 @@ class ReplicatedState:
         self.seq = 0  # executed through this sequence number
         self.chain_digest = ZERO_DIGEST
         # (client_id, request_id) -> (seq, request digest): the digest tells a retry (same request)
-        # from a reuse of the id for a different request
+        # from a reuse of the id for a different request. Kept in execution order (dicts keep
+        # insertion order; apply() only adds new keys, in seq order, and from_snapshot() inserts
+        # by seq), so the requests executed after a given seq are the table's tail: see snapshot()
         self.executed: dict[tuple[str, str], tuple[int, bytes]] = {}
         self._executed_hash = 0
         self.versions: dict[int, tuple[int, bytes]] = {
@@ -240,10 +242,18 @@ class ReplicatedState:
 
     # -- snapshots --------------------------------------------------------------------------
     def snapshot(self, summary: CheckpointSummary, since_seq: int = 0) -> StateSnapshot:
-        """The snapshot at `summary.seq`, listing executed requests with since_seq < seq <= it."""
-        executed = tuple(
-            sorted((c, r, s, d) for (c, r), (s, d) in self.executed.items() if since_seq < s <= summary.seq)
-        )
+        """The snapshot at `summary.seq`, listing executed requests with since_seq < seq <= it.
+
+        Walks the table back from its newest entry and stops at since_seq, so the incremental
+        snapshot taken at every stable checkpoint costs what was executed since the previous one,
+        not a pass over every request the group ever executed (which grows without bound)."""
+        found: list[tuple[str, str, int, bytes]] = []
+        for (c, r), (s, d) in reversed(self.executed.items()):
+            if s <= since_seq:
+                break
+            if s <= summary.seq:
+                found.append((c, r, s, d))
+        executed = tuple(sorted(found))
         change = summary.epoch_change
         return StateSnapshot(
             summary.seq, summary.chain_digest, executed, summary.versions, summary.scheduled,
@@ -260,7 +270,8 @@ class ReplicatedState:
         state = cls(config)
         state.seq = snapshot.seq
         state.chain_digest = snapshot.chain_digest
-        for client_id, request_id, seq, request_digest in snapshot.executed:
+        # by seq: the table is kept in execution order (see __init__)
+        for client_id, request_id, seq, request_digest in sorted(snapshot.executed, key=lambda entry: entry[2]):
             state.executed[(client_id, request_id)] = (seq, request_digest)
             state._executed_hash = (
                 state._executed_hash + _entry_hash(client_id, request_id, seq, request_digest)
