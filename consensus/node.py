@@ -390,9 +390,14 @@ class ConsensusNode:
             return
         handler(message)
 
-    def tick(self) -> None:
+    def tick(self, elapsed_ticks: int = 1) -> None:
+        """Advance the clock by `elapsed_ticks` (more than one when the runtime slept while the
+        node was quiet; every timer compares `now` with a deadline, so one check after the jump
+        fires what a check at each tick would have) and do what is due."""
+        if elapsed_ticks < 1:
+            raise ValueError(f"a tick advances the clock by at least 1, not {elapsed_ticks}")
         if self.retired:
-            self.now += 1
+            self.now += elapsed_ticks
             return
         if self.restored:
             # after a restart the group may have moved on: ask a peer straight away
@@ -400,11 +405,33 @@ class ConsensusNode:
             peers = [r for r in self.config.replica_ids if r != self.id]
             start = self.id % len(peers)
             self._start_state_transfer(peers[start:] + peers[:start])
-        self.now += 1
+        self.now += elapsed_ticks
         self._maybe_batch_inference()
         self._try_propose()
         self._check_waiting()
         self._check_timers()
+
+    def quiet(self) -> bool:
+        """Nothing is under way that a timer must move along soon: no request pending, no
+        inference queued or in flight, no proposal waiting for votes, no control operation to
+        order, nothing in the log above what was executed, this replica's last checkpoint
+        stable, and no view change or state transfer in progress. A quiet node only needs its
+        periodic work (retransmission, garbage collection) now and then, so the runtime may tick
+        it rarely, waking at once for anything that reaches it; any other state needs ticks at
+        the protocol's resolution (batching delays and vote timeouts are a few ticks)."""
+        return (
+            not self.pending
+            and not self.inference_queue
+            and not self.inference_inflight
+            and not self.waiting
+            and not self.pending_ops
+            and not self.restored
+            and self.view_active
+            and self.fetching_state_since is None
+            and (self.stable_ahead is None or self.stable_ahead[0] <= self.state.seq)
+            and max(self.log, default=0) <= self.state.seq
+            and self._last_checkpoint_seq() <= self.low
+        )
 
     # =====================================================================================
     # requests, inference and votes
@@ -697,6 +724,9 @@ class ConsensusNode:
         if isinstance(op, ModelUpdate) and self.config.is_member(op.replica_id) and op.new_version <= self.state.latest_version(op.replica_id):
             # ordered already: a late copy or a replay, harmless either way
             raise ByzantineMessageError(message.sender, "stale", f"model update to version {op.new_version} is already ordered")
+        if isinstance(op, ModelUpdate) and not self.config.is_member(op.replica_id) and any(c.is_member(op.replica_id) for c in self.configs.values()):
+            # relayed by a replica still in the epoch that removed op's replica: late, not faulty
+            raise ByzantineMessageError(message.sender, "stale", f"model update for replica {op.replica_id}, which has left the group")
         op_epoch = op.join.epoch if isinstance(op, JoinOp) else op.leave.epoch if isinstance(op, LeaveOp) else getattr(op, "epoch", self.config.epoch)
         if op_epoch < self.config.epoch or (not isinstance(op, ModelUpdate) and self.state.epoch_change is not None):
             raise ByzantineMessageError(message.sender, "stale", "membership change for an epoch already closing or closed")
@@ -825,12 +855,18 @@ class ConsensusNode:
         membership = self.state.epoch_change is not None or any(
             not isinstance(op, ModelUpdate) for op in self._ops_in_flight()
         )
-        for _, op in sorted(self.pending_ops.items(), key=lambda item: repr(item[0])):
+        for key, op in sorted(self.pending_ops.items(), key=lambda item: repr(item[0])):
             if self._op_in_flight(op):
                 continue
             if isinstance(op, ModelUpdate):
-                if op.new_version > self.state.latest_version(op.replica_id):
-                    ops.append(op)
+                # checked again as every backup will check it: an update taken while its replica
+                # was a member can outlive that membership (an epoch change removed the replica)
+                try:
+                    self._check_control(op)
+                except RequestRejectedError:
+                    del self.pending_ops[key]  # it can never become valid again
+                    continue
+                ops.append(op)
             elif not membership:
                 try:
                     self._check_membership(op)
@@ -1186,6 +1222,14 @@ class ConsensusNode:
         self._persist(CommittedRecord(batch))
         self._ready.committed.append(batch)
         self.view_change_attempts = 0
+        # requests of other proposals for this seq (earlier views) were not ordered here: they
+        # may be proposed again later, so they must not stay marked as proposed at this seq
+        for other in [*slot.contents.values(), slot.pre_prepare]:
+            if other is not None and other.header.batch_digest != header.batch_digest:
+                for entry in other.proposal.entries:
+                    request_key = (entry.leaf.client_id, entry.leaf.request_id)
+                    if self.proposed.get(request_key) == header.seq:
+                        del self.proposed[request_key]
         for entry in proposal.entries:
             request_key = (entry.leaf.client_id, entry.leaf.request_id)
             self.proposed.pop(request_key, None)
@@ -1519,6 +1563,7 @@ class ConsensusNode:
         self._persist(StableCheckpointRecord(snapshot, 0, tuple(proof)))
         self._ready.events.append(Event("state-installed", f"snapshot at seq {snapshot.seq}"))
         self._truncate(snapshot.seq)
+        self._rebuild_proposed()  # what was proposed for the seqs the snapshot covers is settled
         if self.next_seq <= snapshot.seq:
             self.next_seq = snapshot.seq + 1
         for key in list(self.pending):
@@ -2011,6 +2056,10 @@ class ConsensusNode:
             pending.quorum_tick = None
             pending.voted_versions.clear()
             self._queue_for_inference(key)
+        # model updates for replicas this epoch removed can never be ordered now
+        for key, op in list(self.pending_ops.items()):
+            if isinstance(op, ModelUpdate) and not config.is_member(op.replica_id):
+                del self.pending_ops[key]
         self._ready.events.append(Event(
             "epoch-change",
             f"epoch {config.epoch} from seq {start_seq + 1}: replicas {list(config.replica_ids)} (f={config.f})"

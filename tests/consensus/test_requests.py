@@ -13,11 +13,12 @@ from certs.policy import NO_AGREEMENT, AgreementPolicy, Decision, PolicyKind
 from certs.request import InferenceRequest, TensorData
 
 from consensus.errors import ByzantineMessageError, LocalProtocolError, RequestRejectedError
-from consensus.messages import ControlMessage, ModelUpdate, PrePrepare, Prepare, RequestMessage, VoteBatch
+from certs.membership import LeaveRequest
+from consensus.messages import Commit, ControlMessage, LeaveOp, ModelUpdate, PrePrepare, Prepare, RequestMessage, VoteBatch
 from consensus.node import SubmitOutcome
 from consensus.ready import Activation
 from tests.consensus.cluster import Cluster, Envelope, Model, honest_model, make_request
-from tests.sim.world import LABELS
+from tests.sim.world import _OWNER_KEYS, LABELS
 
 # =====================================================================================
 # exactly-once
@@ -519,6 +520,44 @@ def test_updated_replica_catching_up_by_state_transfer_reports_the_activation() 
     ready().activations; a replica that skipped the activating batch must still hear of it."""
     cluster, op = _updated_replica_catches_up_by_state_transfer()
     assert [(a.replica_id, a.version, a.weights_digest) for a in cluster.activations[UPDATED]] == [(UPDATED, 2, op.weights_digest)]
+
+
+def test_a_model_update_still_pending_when_its_replica_leaves_is_dropped_and_blames_nobody() -> None:
+    """An update taken while its replica was a member waits past the end of the epoch when the
+    epoch's last batches are already proposed. Once an epoch change removes that replica, the
+    primary must not propose it (every correct backup would reject the batch and blame the
+    primary), every replica drops it, and a copy relayed from the old epoch is late, not faulty."""
+    cluster = Cluster(n=5)
+    leave = LeaveRequest(cluster.config.group_id, 0, 4).signed(_OWNER_KEYS[4])
+    for r in range(5):
+        cluster.nodes[r].submit_control(LeaveOp(leave))
+        cluster.drain(r)
+    cluster.settle()
+    change = cluster.nodes[0].state.epoch_change
+    assert change is not None
+    while cluster.nodes[0].executed_seq < change.seq - 1:
+        cluster.serve_one()
+    held_commits = cluster.hold(lambda e: isinstance(e.message, Commit))
+    cluster.submit(cluster.new_request())
+    cluster.settle()
+    cluster.tick(cluster.params.vote_timeout_ticks + 1)
+    assert all(max(node.log) == change.seq for node in cluster.nodes.values())  # the epoch's last batch
+    held_relay = cluster.hold(lambda e: isinstance(e.message, ControlMessage) and e.to == 0)
+    update = cluster.submit_update(4, 2, to=0)
+    cluster.submit_update(4, 2, to=1)
+    cluster.settle()
+    assert all(cluster.nodes[r].pending_ops for r in (0, 1))  # the window is full: it waits
+    cluster.release(held_commits)
+    cluster.settle()
+    assert all(node.config.epoch == 1 and not node.config.is_member(4) for node in cluster.nodes.values())
+    cluster.release(held_relay)
+    cluster.settle()
+    after = cluster.serve_one(to=[0, 1, 2, 3])
+    assert all(after.key in cluster.nodes[r].state.executed for r in range(4))
+    assert all(update not in pp.proposal.ops for r in range(5) for pp in cluster.sent_of(r, PrePrepare))
+    assert {r: node.pending_ops for r, node in cluster.nodes.items()} == {r: {} for r in range(5)}
+    assert {kind for _, _, kind in cluster.rejected_kinds()} <= {"stale"}
+    assert all(node.view == 0 for node in cluster.nodes.values())
 
 
 def test_requests_a_snapshot_shows_executed_are_reported_so_their_clients_need_not_wait() -> None:

@@ -194,6 +194,70 @@ def test_a_replica_fills_the_gaps_in_its_archive_from_peers_and_asks_again_for_w
     asyncio.run(scenario())
 
 
+def test_the_tick_loop_sleeps_while_the_core_is_quiet_and_ticks_every_interval_while_it_is_busy(
+    tmp_path: Path, digits_packages: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quiet core (nothing pending, in flight or armed) is ticked at most every
+    QUIET_TICK_INTERVAL_S, by the ticks that passed, so an idle replica stops waking 200 times a
+    second while its clock still keeps time; anything reaching the core wakes the loop, and wakes
+    closer together than a tick still add up to ticks; a busy core is ticked one tick at a time."""
+    group = LocalGroup(tmp_path / "group", model_packages=digits_packages)
+    group.prepare()
+    interval_s = 0.005  # the shipped tick_interval_ms
+
+    async def scenario() -> None:
+        node = ReplicaNode(load_replica_config(group.data_dir / "replica-1.toml"))
+        assert node.group.params.tick_interval_ms / 1000 == interval_s
+        calls: list[int] = []
+        real_tick = node.core.tick
+
+        def counting_tick(elapsed_ticks: int = 1) -> None:
+            calls.append(elapsed_ticks)
+            real_tick(elapsed_ticks)
+
+        busy = False
+        node.core.tick = counting_tick  # type: ignore[method-assign]
+        node.core.quiet = lambda: not busy  # type: ignore[method-assign]
+        loop = asyncio.get_running_loop()
+        ticker = loop.create_task(node._tick_loop())
+        try:
+            started, clock = loop.time(), node.core.now
+            await asyncio.sleep(0.55)
+            elapsed_s = loop.time() - started
+            assert len(calls) <= 6  # one wake per 0.1 s at most; the busy loop makes ~100
+            # the clock keeps time: only the wait still under way is not counted yet
+            assert node.core.now - clock >= int((elapsed_s - node_module.QUIET_TICK_INTERVAL_S) / interval_s) - 1
+
+            calls.clear()
+            started, clock = loop.time(), node.core.now
+            for _ in range(200):  # a chatty peer: something reaches the core every millisecond
+                node._drain()
+                await asyncio.sleep(0.001)
+            elapsed_s = loop.time() - started
+            assert node.core.now - clock >= int((elapsed_s - node_module.QUIET_TICK_INTERVAL_S) / interval_s) - 1
+            assert sum(calls) == node.core.now - clock
+
+            # from here a quiet core would sleep for good, so only the wake can make it tick
+            monkeypatch.setattr(node_module, "QUIET_TICK_INTERVAL_S", 1e6)
+            await asyncio.sleep(0.25)  # the wait under way (0.1 s at most) ends, the next is the long one
+            calls.clear()
+            busy = True
+            node._drain()  # as whatever made it busy does
+            await asyncio.wait_for(_until(lambda: len(calls) >= 20), 30)
+            assert calls[1:] == [1] * (len(calls) - 1)  # after the wake, one tick per interval
+        finally:
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+            await node.stop()
+
+    asyncio.run(scenario())
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.001)
+
+
 async def _has(node: ReplicaNode, request_id: str) -> bool:
     return await node.get_certificate("client", request_id) is not None
 

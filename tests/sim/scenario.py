@@ -174,6 +174,12 @@ def _check(world: World) -> None:
         missing = [key for key in world.submitted_to_correct if key not in node.state.executed]
         if missing:
             _fail(world, f"liveness: replica {r} (seq {node.executed_seq}, view {node.view}, active {node.view_active}) never executed {len(missing)} requests, e.g. {missing[:3]}")
+        # nothing is left marked as proposed at a seq already executed: the request was not in
+        # the batch executed there, and such a mark would make this replica refuse (as a backup)
+        # or never make (as primary) a later proposal of it
+        settled = {key: seq for key, seq in node.proposed.items() if seq <= node.executed_seq}
+        if settled:
+            _fail(world, f"replica {r} still marks {len(settled)} requests as proposed at executed seqs, e.g. {sorted(settled.items())[:3]}")
         # and no client of it is left waiting: each request it took was certified there or
         # reported as executed within a snapshot (the runtime then sends the client elsewhere)
         if world.waiting[r]:

@@ -73,6 +73,8 @@ BYZANTINE_BEHAVIOURS = (
 # Keys are the slow part of building a world; the same keys serve every seed.
 # The busiest tick of seeds 0-59 delivered 383 messages; a storm grows without bound
 STORM_EVENTS_PER_TICK = 20_000
+# replica/node.py's QUIET_TICK_INTERVAL_S over the shipped tick_interval_ms
+QUIET_TICKS = 20
 
 
 class MessageStorm(AssertionError):
@@ -197,6 +199,7 @@ class World:
         # replicas whose model version >= 2 always answers one class (to watch votes switch)
         self.constant_after_update: dict[int, int] = {}
         self.trace: list[str] = []
+        self.touched: set[int] = set()  # replicas something reached since their last tick
 
     # -- scheduling ---------------------------------------------------------------------------
     def at(self, time: int, action: Callable[[], None]) -> None:
@@ -215,15 +218,23 @@ class World:
                 return
             self.now += 1
             for r, node in self.nodes.items():
-                if node is not None:
-                    node.tick()
-                    self._drain(r)
+                if node is None:
+                    continue
+                # as the runtime does (replica/node.py, _tick_loop): a quiet node that nothing
+                # reached since its last tick is ticked only every QUIET_TICKS, by the ticks passed
+                elapsed_ticks = self.now - node.now
+                if node.quiet() and r not in self.touched and elapsed_ticks < QUIET_TICKS:
+                    continue
+                node.tick(elapsed_ticks)
+                self._drain(r)
+                self.touched.discard(r)
 
     # -- the runtime contract: persist, then send, run inference, deliver ----------------------
     def _drain(self, r: int) -> None:
         node = self.nodes[r]
         if node is None:
             return
+        self.touched.add(r)
         ready = node.ready()
         self.disks[r].extend(ready.persist)
         for event in ready.events:
