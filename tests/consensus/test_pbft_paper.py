@@ -506,6 +506,28 @@ def test_backup_given_another_pre_prepare_than_the_quorum_executes_what_the_quor
     assert all(cluster.committed_requests(r) == [request.key, after.key] for r in range(4))
 
 
+def test_a_request_in_a_pre_prepare_the_quorum_did_not_commit_is_ordered_later_in_the_same_view() -> None:
+    """4.2 / 4.5: the primary's batch with request X reaches one backup only, and a quorum
+    commits another batch (null) for that seq. The primary and that backup execute the
+    quorum's batch by state transfer; X was not ordered there, so X stays eligible: the primary
+    proposes it at the next seq and every replica accepts it, with no view change (n = 7)."""
+    cluster = Cluster(n=7)
+    cluster.drop(lambda e: isinstance(e.message, PrePrepare) and e.message.seq == 1 and e.to != 6)
+    request = cluster.new_request()
+    cluster.submit(request)
+    cluster.settle()
+    assert [len(p.proposal.entries) for p in cluster.sent_of(0, PrePrepare)] == [1]
+    other = null_pre_prepare(cluster.config, 0, 0, 1)
+    for r in range(1, 6):
+        cluster.step(r, other, via=0)
+    cluster.settle()
+    assert [node.executed_seq for node in cluster.nodes.values()] == [0, 1, 1, 1, 1, 1, 0]
+    cluster.tick_until(lambda: all(request.key in node.state.executed for node in cluster.nodes.values()), 600)
+    assert all(node.state.executed[request.key][0] == 2 for node in cluster.nodes.values())
+    assert all(node.view == 0 for node in cluster.nodes.values())
+    assert cluster.rejected_kinds() == []
+
+
 def test_f_faulty_primaries_in_a_row_are_replaced_with_n_7() -> None:
     """4.4 / 4.5.2 with f = 2: when the primaries of view 0 and of view 1 are both down, the
     group moves on to view 2 and commits there with 2f+1 = 5 replicas."""
