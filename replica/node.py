@@ -168,6 +168,8 @@ class ReplicaNode:
         self._background_tasks: set[asyncio.Task[None]] = set()
         self._archive_gaps = asyncio.Event()  # set: a snapshot skipped batches, look for gaps now
         self._core_touched = asyncio.Event()  # set whenever something reaches the core: see _tick_loop
+        self._core_sleeping = False  # the tick loop waits on a quiet core: its clock lags
+        self._clock_s = 0.0  # the loop time the core's clock stands for
         self._stopping = False
         self.models_file = config.data_dir / "models.json"
         self.started_s = 0.0
@@ -254,30 +256,49 @@ class ReplicaNode:
     async def _tick_loop(self) -> None:
         """Tick the core every tick_interval_ms while it has work under way. While it is quiet
         (core.quiet(): nothing pending, in flight or armed) sleep until something reaches it, or
-        QUIET_TICK_INTERVAL_S at most for its periodic work, and then advance its clock by the
-        ticks that passed: an idle replica used to wake 200 times a second for nothing (about
-        0.03 cores per replica). `clock_s` is the loop time the core's clock stands for, so wakes
-        closer together than a tick (a chatty peer) still add up to ticks."""
+        QUIET_TICK_INTERVAL_S at most for its periodic work: an idle replica used to wake 200
+        times a second for nothing (about 0.03 cores per replica). The core's clock then lags
+        the wall clock; _catch_up_clock() advances it by the ticks that passed, here and before
+        anything is handed to a sleeping core, so what it stamps on arrival (batching delays,
+        vote timeouts) is as fresh as under regular ticks."""
         interval_s = self.group.params.tick_interval_ms / 1000
         loop = asyncio.get_running_loop()
-        clock_s = loop.time()
+        self._clock_s = loop.time()
+        woke = False
         while True:
             if self.core.quiet():
                 self._core_touched.clear()
+                self._core_sleeping = True
+                # a timer setting the event rather than asyncio.wait_for, which (Python 3.11) can
+                # swallow a cancellation that meets the wake-up, and stop() would wait forever
+                timer = loop.call_later(QUIET_TICK_INTERVAL_S, self._core_touched.set)
                 try:
-                    await asyncio.wait_for(self._core_touched.wait(), QUIET_TICK_INTERVAL_S)
-                except TimeoutError:
-                    pass
-                elapsed_ticks = int((loop.time() - clock_s) / interval_s)
-                if elapsed_ticks == 0:
-                    continue  # touched within a tick: the next pass ticks on schedule if it is busy now
-                clock_s += elapsed_ticks * interval_s
-                self.core.tick(elapsed_ticks)
+                    await self._core_touched.wait()
+                finally:
+                    timer.cancel()
+                    self._core_sleeping = False
+                self._catch_up_clock()
+                woke = True
             else:
-                await asyncio.sleep(interval_s)
-                clock_s = loop.time()
+                # busy: one tick per pass, however long the pass took. The first pass after a
+                # wake keeps the clock's phase (the next tick is due at _clock_s + a tick, 2.5 ms
+                # away on average, as under regular ticks), not a whole tick from the wake
+                delay_s = self._clock_s + interval_s - loop.time() if woke else interval_s
+                woke = False
+                await asyncio.sleep(max(delay_s, 0.0))
+                self._clock_s = loop.time()
                 self.core.tick()
             self._drain()
+
+    def _catch_up_clock(self) -> None:
+        """Advance a core that was left unticked by the whole ticks since `_clock_s` (the wall
+        time its clock stands for; what is left of a tick carries over, so wakes closer together
+        than a tick, from a chatty peer, still add up)."""
+        interval_s = self.group.params.tick_interval_ms / 1000
+        elapsed_ticks = int((asyncio.get_running_loop().time() - self._clock_s) / interval_s)
+        if elapsed_ticks > 0:
+            self._clock_s += elapsed_ticks * interval_s
+            self.core.tick(elapsed_ticks)
 
     # =====================================================================================
     # into the core
@@ -295,6 +316,8 @@ class ReplicaNode:
             self._ready_queue.put_nowait(self.core.ready())
 
     def _on_peer_messages(self, sender: int, messages: list[PeerMessage]) -> None:
+        if self._core_sleeping:
+            self._catch_up_clock()
         traced = trace.enabled()
         for message in messages:
             if traced and isinstance(message, PrePrepare):
@@ -322,6 +345,8 @@ class ReplicaNode:
         traced = trace.request_key(request.client_id, request.request_id)
         if traced is not None:
             trace.event("received", traced)
+        if self._core_sleeping:
+            self._catch_up_clock()
         outcome = self.core.submit(request, disseminate=not fanout)
         self.metrics.labels(self.metrics.requests, outcome=outcome.status).inc()
         if outcome.status == "executed":
@@ -449,6 +474,8 @@ class ReplicaNode:
         return _certified(client_id, request_id, fetched.certificate, fetched.encoded)
 
     def submit_control(self, op: ModelUpdate) -> None:
+        if self._core_sleeping:
+            self._catch_up_clock()
         self.core.submit_control(op)
         self._drain()
 

@@ -200,7 +200,8 @@ def test_the_tick_loop_sleeps_while_the_core_is_quiet_and_ticks_every_interval_w
     """A quiet core (nothing pending, in flight or armed) is ticked at most every
     QUIET_TICK_INTERVAL_S, by the ticks that passed, so an idle replica stops waking 200 times a
     second while its clock still keeps time; anything reaching the core wakes the loop, and wakes
-    closer together than a tick still add up to ticks; a busy core is ticked one tick at a time."""
+    closer together than a tick still add up to ticks, and its clock is brought up to date before
+    anything is handed to it; a busy core is ticked one tick at a time."""
     group = LocalGroup(tmp_path / "group", model_packages=digits_packages)
     group.prepare()
     interval_s = 0.005  # the shipped tick_interval_ms
@@ -240,6 +241,13 @@ def test_the_tick_loop_sleeps_while_the_core_is_quiet_and_ticks_every_interval_w
             # from here a quiet core would sleep for good, so only the wake can make it tick
             monkeypatch.setattr(node_module, "QUIET_TICK_INTERVAL_S", 1e6)
             await asyncio.sleep(0.25)  # the wait under way (0.1 s at most) ends, the next is the long one
+            # what reaches a sleeping core finds its clock brought up to date first, so the
+            # core stamps its arrival with the time it came, not the time of the last tick
+            clock = node.core.now
+            await asyncio.sleep(0.1)
+            node._on_peer_messages(2, [])
+            assert node.core.now - clock >= int(0.1 / interval_s) - 1
+            await asyncio.sleep(0.05)
             calls.clear()
             busy = True
             node._drain()  # as whatever made it busy does

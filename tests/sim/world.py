@@ -229,6 +229,14 @@ class World:
                 self._drain(r)
                 self.touched.discard(r)
 
+    def _catch_up(self, r: int) -> None:
+        """As the runtime does before handing anything to a core it left unticked while quiet:
+        bring its clock up to now, so what it stamps on arrival is fresh."""
+        node = self.nodes[r]
+        if node is not None and node.now < self.now:
+            node.tick(self.now - node.now)
+            self._drain(r)
+
     # -- the runtime contract: persist, then send, run inference, deliver ----------------------
     def _drain(self, r: int) -> None:
         node = self.nodes[r]
@@ -286,6 +294,7 @@ class World:
         if self.byzantine.get(to) == "replay" and len(self.received_log) < 5000:
             self.received_log.append(message)
         try:
+            self._catch_up(to)
             node.step(message, via=via)
         except ByzantineMessageError as exc:
             self.stats.rejected[exc.kind] = self.stats.rejected.get(exc.kind, 0) + 1
@@ -323,6 +332,7 @@ class World:
             if node is None:
                 continue
             try:
+                self._catch_up(r)
                 outcome = node.submit(request, disseminate=disseminate)
             except RequestRejectedError:
                 continue  # a replica that left the group refuses new requests
@@ -338,6 +348,7 @@ class World:
         op = replace(op, owner_signature=_OWNER_KEYS[replica_id].signer().sign(op.signed_bytes()))
         node = self.nodes[replica_id]
         if node is not None:
+            self._catch_up(replica_id)
             node.submit_control(op)
             self._drain(replica_id)
 
@@ -395,6 +406,7 @@ class World:
             if node is None or node.retired:
                 continue
             try:
+                self._catch_up(r)
                 node.submit_control(op)  # type: ignore[arg-type]
             except RequestRejectedError as exc:
                 self.trace.append(f"t={self.now} {what} refused: {exc}")
