@@ -1684,8 +1684,8 @@ class ConsensusNode:
                         # before accusing the primary (one relay timeout)
                         self.asked_before_accusing = oldest
                         self.accuse_deadline = self.now + params.relay_timeout_ticks
-                        peers = [r for r in self.config.replica_ids if r != self.id]
-                        self._start_state_transfer(peers[self.now % len(peers):] + peers[: self.now % len(peers)])
+                        self._start_state_transfer(self._peers_rotated())
+                        self._push_stalled(pending)
                     elif self.now >= self.accuse_deadline:
                         self._start_view_change(self.view + 1, "a request with a quorum of votes was not committed in time")
         elif self.view_change_deadline is not None and self.now >= self.view_change_deadline:
@@ -1698,6 +1698,12 @@ class ConsensusNode:
                 if own is not None:
                     self._send(None, own)
                 self.view_change_deadline = self.now + self._view_change_timeout()
+                # alone in this view change, this replica may only have missed the commits of
+                # the group's last batches (lost, or sent while it was installing a snapshot):
+                # with no traffic after them nothing else would bring them (no checkpoint, no
+                # retransmission of an executed slot), and its clients would wait forever.
+                # Ask a peer, as before accusing (the simulator found this: seed 976)
+                self._start_state_transfer(self._peers_rotated())
         if (
             self.stable_ahead is not None
             and self.stable_ahead[0] > self.state.seq
@@ -1708,6 +1714,31 @@ class ConsensusNode:
             self.retransmit_deadline = self.now + params.relay_timeout_ticks
             self._retransmit()
             self._maybe_fetch_committed()
+
+    def _push_stalled(self, pending: PendingRequest) -> None:
+        """Perhaps the primary, or the replicas whose old votes make up this replica's quorum,
+        restarted since and lost the request (requests waiting for order live in memory only):
+        no relay would reach them, as they voted. Hand every peer the request, so each votes
+        again, and the primary the vote batches this replica holds for it, before accusing."""
+        if pending.request is not None:
+            for peer in self.config.replica_ids:
+                if peer != self.id:
+                    self._send(peer, RequestMessage(self.id, pending.request))
+        primary = self.primary
+        if primary == self.id:
+            return
+        for voter, versions in sorted(pending.votes.items()):
+            for batch_no in sorted(set(versions.values())):
+                stored = self.vote_batches.get((voter, batch_no))
+                if stored is not None:
+                    self._send(primary, stored.batch)
+
+    def _peers_rotated(self) -> list[int]:
+        """The other members, starting at one that moves with the clock, so successive fetches
+        do not all ask the same (perhaps faulty) peer first."""
+        peers = [r for r in self.config.replica_ids if r != self.id]
+        start = self.now % len(peers) if peers else 0
+        return peers[start:] + peers[:start]
 
     def _retransmit(self) -> None:
         """Messages can be lost: resend what an old, unfinished piece of work depends on.
@@ -1906,6 +1937,9 @@ class ConsensusNode:
         self.view = view
         self.view_active = True
         self.view_change_deadline = None
+        # each view gives a stalled request one fetch before its primary is accused: what this
+        # replica asked in the previous view says nothing about what it lacks now
+        self.asked_before_accusing = None
         self._persist(ViewRecord(view))
         self._ready.events.append(Event("new-view", f"view {view} with primary {self.config.primary(view)}"))
         for v in [v for v in self.view_changes if v <= view]:

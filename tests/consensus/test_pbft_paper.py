@@ -694,6 +694,63 @@ def test_state_reply_with_forged_proof_is_rejected(tamper: str) -> None:
     assert node.state.state_digest() == cluster.nodes[0].state.state_digest()
 
 
+def test_replica_alone_in_a_later_view_after_missing_the_last_commits_catches_up_by_fetching() -> None:
+    """4.4 / state transfer: a replica that lost the COMMITs of the group's last batch, and whose
+    fetch before accusing went unanswered, asks for a view change nobody joins: the group has
+    no work left, so no checkpoint or retransmission will ever show it the batch. Each time its
+    view change times out short of a quorum it asks a peer for committed batches again, so it
+    executes the batch and its client gets the certified answer. It stays in the view it signed
+    a VIEW-CHANGE for (leaving it would break the promise that VIEW-CHANGE made), and nobody else
+    is dragged into a view change."""
+    cluster = Cluster()
+    timeout = cluster.params.view_change_timeout_ticks
+    lost_commits = cluster.drop(matching(Commit, to=3))
+    lost_fetches = cluster.drop(matching(FetchState, via=3))
+    request = cluster.new_request()
+    cluster.submit(request)
+    cluster.settle()
+    node = cluster.nodes[3]
+    cluster.tick_until(lambda: node.view == 1, 3 * timeout)
+    cluster.tick(3 * cluster.params.relay_timeout_ticks)  # its fetch has asked every peer in vain
+    assert all(request.key in cluster.nodes[r].state.executed for r in (0, 1, 2))
+    assert request.key not in node.state.executed and not node.view_active
+    cluster.drop_rules.remove(lost_commits)
+    cluster.drop_rules.remove(lost_fetches)
+    cluster.tick_until(lambda: request.key in node.state.executed, 2 * timeout)
+    assert node.state.state_digest() == cluster.nodes[0].state.state_digest()
+    assert any(request.key in [(e.leaf.client_id, e.leaf.request_id) for e in b.proposal.entries] for b in cluster.committed[3])
+    assert node.view == 1
+    assert all((cluster.nodes[r].view, cluster.nodes[r].view_active) == (0, True) for r in (0, 1, 2))
+
+
+def test_a_stalled_request_gets_a_fetch_before_accusing_the_primary_in_every_view() -> None:
+    """4.4 / state transfer: the fetch a backup makes before accusing the primary is made again
+    in each new view. Replicas 2 and 3 miss the COMMITs of a batch and cannot fetch, so they ask
+    for view 1 and the group moves there; replica 3 keeps missing COMMITs. When its request
+    stalls again in view 1 it asks a peer (who answers now) and executes the batch, instead of
+    accusing the new, correct primary on the strength of the fetch it made in view 0 and moving
+    to view 2 alone."""
+    cluster = Cluster()
+    timeout = cluster.params.view_change_timeout_ticks
+    cluster.drop(matching(Commit, to=3))
+    lost_commits_2 = cluster.drop(matching(Commit, to=2))
+    lost_fetches = cluster.drop(lambda e: isinstance(e.message, FetchState) and e.via in (2, 3))
+    request = cluster.new_request()
+    cluster.submit(request)
+    cluster.settle()
+    cluster.tick_until(lambda: all(cluster.nodes[r].view == 1 for r in (2, 3)), 3 * timeout)
+    cluster.drop_rules.remove(lost_commits_2)
+    cluster.tick_until(lambda: all((cluster.nodes[r].view, cluster.nodes[r].view_active) == (1, True) for r in range(4)), 3 * timeout)
+    cluster.tick(3 * cluster.params.relay_timeout_ticks)  # the fetches made in view 0 have run out
+    node = cluster.nodes[3]
+    assert request.key not in node.state.executed
+    cluster.drop_rules.remove(lost_fetches)
+    cluster.tick_until(lambda: request.key in node.state.executed, 3 * timeout)
+    assert node.state.state_digest() == cluster.nodes[0].state.state_digest()
+    assert (node.view, node.view_active) == (1, True)
+    assert not [e for e in cluster.events[3] if e.kind == "view-change" and "view 2" in e.detail]
+
+
 # =====================================================================================
 # restart (4.2 / 4.4: messages are logged before they are sent, so a recovered replica
 # never contradicts what it signed)

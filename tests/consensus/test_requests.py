@@ -255,6 +255,32 @@ def test_a_request_without_a_quorum_of_votes_is_relayed_not_blamed_on_the_primar
     assert all(cluster.nodes[r].view == 0 for r in range(4))
 
 
+def test_a_request_whose_voters_restarted_and_forgot_it_is_handed_to_them_again_and_commits() -> None:
+    """Requests waiting for order live in memory only. Replicas 0 (the primary), 1 and 3 vote
+    for a request, then restart before it is proposed; replica 2 still holds it with their old
+    votes, so no relay would go to them (they voted). When it stalls, replica 2 hands every peer
+    the request and the primary the vote batches it holds, before accusing anyone: the request
+    commits in view 0 and nobody is accused. Before this, replica 2 asked for a view change
+    nobody joined and its client waited forever."""
+    cluster = Cluster()
+    to_primary = cluster.hold(lambda e: isinstance(e.message, VoteBatch) and e.to == 0)
+    request = cluster.new_request()
+    cluster.submit(request, to=[2], disseminate=True)
+    cluster.settle()
+    assert all(len(cluster.nodes[r].pending[cluster.nodes[2].by_request_key[request.key]].votes) == 4 for r in (1, 2, 3))
+    assert not cluster.sent_of(0, PrePrepare)
+    for r in (0, 1, 3):
+        cluster.crash(r)
+    cluster.release(to_primary)
+    cluster.settle()
+    for r in (0, 1, 3):
+        cluster.restart(r)
+    cluster.tick_until(lambda: all(request.key in cluster.nodes[r].state.executed for r in range(4)), 3 * cluster.params.view_change_timeout_ticks)
+    assert all((cluster.nodes[r].view, cluster.nodes[r].view_active) == (0, True) for r in range(4))
+    assert not any(e.kind == "view-change" for r in range(4) for e in cluster.events[r])
+    assert [b.header.view for b in cluster.committed[2]] == [0]
+
+
 def test_a_request_is_relayed_only_to_the_replicas_missing_its_vote_and_ever_less_often() -> None:
     """Under load a request can wait seconds for votes without anything being lost: relaying
     it to every peer at every relay timeout multiplied the group's work exactly then."""
