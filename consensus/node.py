@@ -1480,6 +1480,10 @@ class ConsensusNode:
                 link, start_seq = carried[0]
                 self.configs[link.config.epoch] = link.config
                 self.epoch_starts[link.config.epoch] = start_seq
+                # keep its signatures too: they are what _known_links hands on, and a replica
+                # that serves this snapshot must carry the config it names (the simulator
+                # found a correct replica blamed for leaving it out: seed 1860)
+                self.config_signatures.setdefault(link.config.epoch, {}).update({s.replica_id: s.signature for s in link.signatures})
                 record = ConfigLinkRecord(link, start_seq)
                 self._persist(record)
                 self._ready.config_links.append(record)

@@ -22,16 +22,19 @@ from consensus.errors import ByzantineMessageError
 from consensus.messages import (
     Checkpoint,
     Commit,
+    ConfigSignature,
     FetchState,
     NewView,
     PrePrepare,
     Prepare,
     Proposal,
     StateReply,
+    LeaveOp,
     ViewChange,
     VoteBatch,
 )
 from certs.evidence import Equivocation
+from certs.membership import LeaveRequest
 from consensus.ready import CommittedBatch, PreparedRecord, SignedRecord, StableCheckpointRecord
 from tests.consensus.cluster import (
     Cluster,
@@ -45,7 +48,7 @@ from tests.consensus.cluster import (
     unit_params,
     view_change,
 )
-from tests.sim.world import make_config
+from tests.sim.world import _OWNER_KEYS, make_config
 
 
 def _first_proposal(cluster: Cluster) -> PrePrepare:
@@ -692,6 +695,41 @@ def test_state_reply_with_forged_proof_is_rejected(tamper: str) -> None:
     cluster.step(3, reply, via=0)
     assert node.executed_seq == k + 1
     assert node.state.state_digest() == cluster.nodes[0].state.state_digest()
+
+
+def test_a_snapshot_learned_across_a_membership_change_is_handed_on_with_the_new_config() -> None:
+    """State transfer across an epoch change: a snapshot taken after a membership change names
+    the new config, which a replica that missed the change learns from the config link carried
+    in the same reply. A replica that learned it that way must carry the link when it serves
+    the snapshot in turn; otherwise the next replica behind rejects it and blames a correct
+    peer (n = 7: replica 4 leaves while replicas 5 and 6 are cut off, so the snapshot is the
+    one that closes epoch 0)."""
+    cluster = Cluster(n=7)
+    for r in (5, 6):
+        cluster.isolate(r)
+    # the members' signatures on the new config are still on their way: the link a snapshot
+    # carries has fewer than a quorum, and the snapshot's checkpoint proof vouches for it
+    cluster.drop(lambda e: isinstance(e.message, ConfigSignature))
+    leave = LeaveRequest(cluster.config.group_id, 0, 4).signed(_OWNER_KEYS[4])
+    for r in range(5):
+        cluster.nodes[r].submit_control(LeaveOp(leave))
+        cluster.drain(r)
+    cluster.settle()
+    change = cluster.nodes[0].state.epoch_change
+    assert change is not None
+    while cluster.nodes[0].low < change.seq:  # the checkpoint that closes epoch 0
+        cluster.serve_one(to=range(4))
+    assert cluster.nodes[0].config.epoch == 1
+    first, second = cluster.nodes[5], cluster.nodes[6]
+    cluster.step(0, FetchState(5, first.executed_seq), via=5)
+    cluster.step(5, cluster.sent_of(0, StateReply)[-1], via=0)
+    assert first.config.epoch == 1 and first.low == cluster.nodes[0].low
+    cluster.step(5, FetchState(6, second.executed_seq), via=6)
+    reply = cluster.sent_of(5, StateReply)[-1]
+    assert reply.snapshot is not None and [link.config.epoch for link, _ in reply.config_links] == [1]
+    cluster.step(6, reply, via=5)
+    assert second.config.epoch == 1 and not second.config.is_member(4)
+    assert second.state.state_digest() == first.state.state_digest()
 
 
 def test_replica_alone_in_a_later_view_after_missing_the_last_commits_catches_up_by_fetching() -> None:
