@@ -23,6 +23,7 @@ from typing import TypeVar
 from certs.batch import BatchHeader, VoteEntry, ops_digest
 from certs.config import GroupConfig, ProtocolParams
 from certs.keys import Ed25519Verifier
+from certs.membership import LeaveRequest
 from certs.merkle import root_of_hashes
 from certs.outputs import ModelOutput, quantise
 from certs.policy import AgreementPolicy
@@ -33,6 +34,7 @@ from consensus.errors import ByzantineMessageError
 from consensus.messages import (
     Checkpoint,
     Commit,
+    LeaveOp,
     ModelUpdate,
     NewView,
     PeerMessage,
@@ -52,7 +54,7 @@ from consensus.ready import (
     InferenceBatch,
     PersistRecord,
 )
-from consensus.state import ZERO_DIGEST
+from consensus.state import ZERO_DIGEST, EpochChange
 from tests.sim.world import _KEYS, _OWNER_KEYS, FEATURES, honest_output, load_like_store, make_config
 
 M = TypeVar("M")
@@ -302,6 +304,18 @@ class Cluster:
         self.nodes[target].submit_control(op)
         self.drain(target)
         return op
+
+    def submit_leave(self, replica_id: int, to: Iterable[int]) -> EpochChange:
+        """Replica `replica_id`'s owner asks to leave (signed), through each replica in `to`;
+        returns the epoch change once it is ordered (the group settles meanwhile)."""
+        leave = LeaveRequest(self.config.group_id, self.config.epoch, replica_id).signed(_OWNER_KEYS[replica_id])
+        for r in to:
+            self.nodes[r].submit_control(LeaveOp(leave))
+            self.drain(r)
+        self.settle()
+        change = min((node.state.epoch_change for node in self.nodes.values() if node.state.epoch_change is not None), key=lambda c: c.seq, default=None)
+        assert change is not None, "the leave was not ordered"
+        return change
 
     def crash(self, r: int) -> None:
         """The replica stops; what it had not persisted is lost, messages to it are dropped."""

@@ -29,12 +29,10 @@ from consensus.messages import (
     Prepare,
     Proposal,
     StateReply,
-    LeaveOp,
     ViewChange,
     VoteBatch,
 )
 from certs.evidence import Equivocation
-from certs.membership import LeaveRequest
 from consensus.ready import CommittedBatch, PreparedRecord, SignedRecord, StableCheckpointRecord
 from tests.consensus.cluster import (
     Cluster,
@@ -48,7 +46,7 @@ from tests.consensus.cluster import (
     unit_params,
     view_change,
 )
-from tests.sim.world import _OWNER_KEYS, make_config
+from tests.sim.world import make_config
 
 
 def _first_proposal(cluster: Cluster) -> PrePrepare:
@@ -710,13 +708,7 @@ def test_a_snapshot_learned_across_a_membership_change_is_handed_on_with_the_new
     # the members' signatures on the new config are still on their way: the link a snapshot
     # carries has fewer than a quorum, and the snapshot's checkpoint proof vouches for it
     cluster.drop(lambda e: isinstance(e.message, ConfigSignature))
-    leave = LeaveRequest(cluster.config.group_id, 0, 4).signed(_OWNER_KEYS[4])
-    for r in range(5):
-        cluster.nodes[r].submit_control(LeaveOp(leave))
-        cluster.drain(r)
-    cluster.settle()
-    change = cluster.nodes[0].state.epoch_change
-    assert change is not None
+    change = cluster.submit_leave(4, to=range(5))
     while cluster.nodes[0].low < change.seq:  # the checkpoint that closes epoch 0
         cluster.serve_one(to=range(4))
     assert cluster.nodes[0].config.epoch == 1

@@ -13,12 +13,11 @@ from certs.policy import NO_AGREEMENT, AgreementPolicy, Decision, PolicyKind
 from certs.request import InferenceRequest, TensorData
 
 from consensus.errors import ByzantineMessageError, LocalProtocolError, RequestRejectedError
-from certs.membership import LeaveRequest
-from consensus.messages import Commit, ControlMessage, LeaveOp, ModelUpdate, PrePrepare, Prepare, RequestMessage, VoteBatch
+from consensus.messages import Commit, ControlMessage, ModelUpdate, PrePrepare, Prepare, RequestMessage, VoteBatch
 from consensus.node import SubmitOutcome
 from consensus.ready import Activation
 from tests.consensus.cluster import Cluster, Envelope, Model, honest_model, make_request
-from tests.sim.world import _OWNER_KEYS, LABELS
+from tests.sim.world import LABELS
 
 # =====================================================================================
 # exactly-once
@@ -554,13 +553,7 @@ def test_a_model_update_still_pending_when_its_replica_leaves_is_dropped_and_bla
     primary must not propose it (every correct backup would reject the batch and blame the
     primary), every replica drops it, and a copy relayed from the old epoch is late, not faulty."""
     cluster = Cluster(n=5)
-    leave = LeaveRequest(cluster.config.group_id, 0, 4).signed(_OWNER_KEYS[4])
-    for r in range(5):
-        cluster.nodes[r].submit_control(LeaveOp(leave))
-        cluster.drain(r)
-    cluster.settle()
-    change = cluster.nodes[0].state.epoch_change
-    assert change is not None
+    change = cluster.submit_leave(4, to=range(5))
     while cluster.nodes[0].executed_seq < change.seq - 1:
         cluster.serve_one()
     held_commits = cluster.hold(lambda e: isinstance(e.message, Commit))
