@@ -402,9 +402,7 @@ class ConsensusNode:
         if self.restored:
             # after a restart the group may have moved on: ask a peer straight away
             self.restored = False
-            peers = [r for r in self.config.replica_ids if r != self.id]
-            start = self.id % len(peers)
-            self._start_state_transfer(peers[start:] + peers[:start])
+            self._start_state_transfer(self._peers_rotated(self.id))
         self.now += elapsed_ticks
         self._maybe_batch_inference()
         self._try_propose()
@@ -1688,7 +1686,7 @@ class ConsensusNode:
                         # before accusing the primary (one relay timeout)
                         self.asked_before_accusing = oldest
                         self.accuse_deadline = self.now + params.relay_timeout_ticks
-                        self._start_state_transfer(self._peers_rotated())
+                        self._start_state_transfer(self._peers_rotated(self.now))
                         self._push_stalled(pending)
                     elif self.now >= self.accuse_deadline:
                         self._start_view_change(self.view + 1, "a request with a quorum of votes was not committed in time")
@@ -1707,7 +1705,7 @@ class ConsensusNode:
                 # with no traffic after them nothing else would bring them (no checkpoint, no
                 # retransmission of an executed slot), and its clients would wait forever.
                 # Ask a peer, as before accusing (the simulator found this: seed 976)
-                self._start_state_transfer(self._peers_rotated())
+                self._start_state_transfer(self._peers_rotated(self.now))
         if (
             self.stable_ahead is not None
             and self.stable_ahead[0] > self.state.seq
@@ -1737,11 +1735,11 @@ class ConsensusNode:
                 if stored is not None:
                     self._send(primary, stored.batch)
 
-    def _peers_rotated(self) -> list[int]:
-        """The other members, starting at one that moves with the clock, so successive fetches
-        do not all ask the same (perhaps faulty) peer first."""
+    def _peers_rotated(self, offset: int) -> list[int]:
+        """The other members, starting at the one `offset` selects: with the clock as offset,
+        successive fetches do not all ask the same (perhaps faulty) peer first."""
         peers = [r for r in self.config.replica_ids if r != self.id]
-        start = self.now % len(peers) if peers else 0
+        start = offset % len(peers) if peers else 0
         return peers[start:] + peers[:start]
 
     def _retransmit(self) -> None:

@@ -290,6 +290,12 @@ class ReplicaNode:
                 self.core.tick()
             self._drain()
 
+    def _wake_core(self) -> None:
+        """Before handing anything to the core: if the tick loop left it unticked (quiet), bring
+        its clock up to date first, so what it stamps on arrival is fresh."""
+        if self._core_sleeping:
+            self._catch_up_clock()
+
     def _catch_up_clock(self) -> None:
         """Advance a core that was left unticked by the whole ticks since `_clock_s` (the wall
         time its clock stands for; what is left of a tick carries over, so wakes closer together
@@ -316,8 +322,7 @@ class ReplicaNode:
             self._ready_queue.put_nowait(self.core.ready())
 
     def _on_peer_messages(self, sender: int, messages: list[PeerMessage]) -> None:
-        if self._core_sleeping:
-            self._catch_up_clock()
+        self._wake_core()
         traced = trace.enabled()
         for message in messages:
             if traced and isinstance(message, PrePrepare):
@@ -345,8 +350,7 @@ class ReplicaNode:
         traced = trace.request_key(request.client_id, request.request_id)
         if traced is not None:
             trace.event("received", traced)
-        if self._core_sleeping:
-            self._catch_up_clock()
+        self._wake_core()
         outcome = self.core.submit(request, disseminate=not fanout)
         self.metrics.labels(self.metrics.requests, outcome=outcome.status).inc()
         if outcome.status == "executed":
@@ -474,8 +478,7 @@ class ReplicaNode:
         return _certified(client_id, request_id, fetched.certificate, fetched.encoded)
 
     def submit_control(self, op: ModelUpdate) -> None:
-        if self._core_sleeping:
-            self._catch_up_clock()
+        self._wake_core()
         self.core.submit_control(op)
         self._drain()
 

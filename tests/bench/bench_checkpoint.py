@@ -22,7 +22,6 @@ to results/bench_checkpoint.json; it measures, it never fails.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from dataclasses import replace
@@ -35,6 +34,7 @@ from certs.policy import NO_AGREEMENT, AgreementPolicy, Decision
 from consensus.messages import Proposal, ProposalEntry
 from consensus.state import ReplicatedState
 from certs.config import ProtocolParams
+from tests.bench.common import write_figures
 from tests.consensus.cluster import header_for
 from tests.sim.world import make_config
 
@@ -108,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             "snapshot_ms": walk, "full_scan_ms": scan, "snapshot_over_full_scan": walk / scan,
         })
         print(f"| {len(state.executed)} | {len(listed)} | {walk:.3f} | {scan:.2f} | {walk / scan:.4f} |", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
-    print(f"figures in {args.out}")
+    write_figures(args.out, {"rows": rows})
     return 0
 
 

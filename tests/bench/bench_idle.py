@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from tests.bench.common import CpuMeter, GatewayCaller, closed_loop, null_package, running_group, step
+from tests.bench.common import CpuMeter, GatewayCaller, closed_loop, null_package, running_group, step, write_figures
 
 BURST_CONCURRENCY = 8
 
@@ -87,9 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| replica / Triton | {figures['replica_over_triton']:.2f} |")
     print(f"| replica context switches per second | {figures['replica_context_switches_per_s']:.0f} |")
     print(f"| gateway (whole) | {figures['gateway_cores']:.4f} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figures, indent=2) + "\n")
-    print(f"figures in {args.out}")
+    write_figures(args.out, figures)
     return 0
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import tempfile
 import time
@@ -26,6 +25,7 @@ from marketplace.local import free_ports
 from marketplace.models import CLASS_LABELS, _FirstPixels
 from replica.model_spec import ModelSpec, save_model_package
 from replica.triton_backend import TENSOR_TRANSPORTS, TritonBackend
+from tests.bench.common import write_figures
 
 # request features -> batch sizes timed
 CASES = {64: (1, 16, 64, 256), 3 * 224 * 224: (1, 8)}
@@ -92,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 for backend in backends.values():
                     backend.stop()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
-    print(f"figures in {args.out}")
+    write_figures(args.out, {"rows": rows})
     return 0
 
 

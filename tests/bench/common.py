@@ -912,6 +912,13 @@ def write_json(result: BenchResult, options: Options) -> Path:
     return path
 
 
+def write_figures(path: Path, payload: Any) -> None:
+    """A standalone benchmark's figures as JSON (the `make bench` suite writes its own, above)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"figures in {path}")
+
+
 def pyplot() -> Any:
     """matplotlib with the Agg backend (no display here)."""
     import matplotlib
