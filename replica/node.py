@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +163,12 @@ class ReplicaNode:
         self._io = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"replica-{self.replica_id}-io")
         self._certificates = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"replica-{self.replica_id}-certs")
         self._ready_queue: asyncio.Queue[Ready] = asyncio.Queue()
+        # Readies put on the queue and handled so far, and look-ups waiting for the handling to
+        # reach a count (ascending): see _readies_settled
+        self._readies_queued = 0
+        self._readies_handled = 0
+        self._settle_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._consuming = False  # _consume_ready is running
         self._waiters: dict[tuple[str, str], _Waiters] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._peer_certificates = PeerCertificates(self.replica_id, lambda: _peer_addresses(self.core.configs), lambda epoch: self.core.configs.get(epoch))
@@ -320,6 +327,7 @@ class ReplicaNode:
         self._core_touched.set()
         if self.core.has_ready():
             self._ready_queue.put_nowait(self.core.ready())
+            self._readies_queued += 1
 
     def _on_peer_messages(self, sender: int, messages: list[PeerMessage]) -> None:
         self._wake_core()
@@ -354,7 +362,7 @@ class ReplicaNode:
         outcome = self.core.submit(request, disseminate=not fanout)
         self.metrics.labels(self.metrics.requests, outcome=outcome.status).inc()
         if outcome.status == "executed":
-            self._resolve_executed(request.client_id, request.request_id, [future])
+            self._resolve_executed(request.client_id, request.request_id, [future], settle=True)
         else:
             waiters = self._waiters.setdefault(request.key, _Waiters(received_s=time.monotonic()))
             waiters.futures.append(future)
@@ -362,15 +370,21 @@ class ReplicaNode:
         self._drain()
         return outcome, future
 
-    def _resolve_executed(self, client_id: str, request_id: str, futures: Sequence[asyncio.Future[Certified]]) -> None:
+    def _resolve_executed(
+        self, client_id: str, request_id: str, futures: Sequence[asyncio.Future[Certified]], *, settle: bool
+    ) -> None:
         """Answer clients asking about a request this replica knows executed: the certificate
         it stored, or else one fetched from a peer, or else word to ask another replica. None is
-        stored when the batch was executed within a state-transfer snapshot, and, briefly, when
-        a retry arrives between the batch's execution and its certificate's build; a peer's copy
-        certifies the same decision (perhaps under another commit quorum)."""
+        stored when the batch was executed within a state-transfer snapshot (a peer's copy
+        certifies the same decision, perhaps under another commit quorum). A request that
+        arrives after its batch executed here but before the certificates were built (a slow
+        client link: the group ordered it on the others' votes) finds it stored, since the
+        look-up waits for the build (`settle`: `_readies_settled`), and costs no peer a fetch."""
 
         async def resolve() -> None:
-            certified = await self.get_certificate(client_id, request_id)
+            if settle:
+                await self._readies_settled()
+            certified = await self._stored_certificate(client_id, request_id)
             if certified is None:
                 certified = await self._certificate_from_peers(client_id, request_id)
             for future in futures:
@@ -389,7 +403,8 @@ class ReplicaNode:
         for key in keys:
             waiters = self._waiters.pop(key, None)
             if waiters is not None:
-                self._resolve_executed(key[0], key[1], waiters.futures)
+                # handled in order already: nothing this replica built can be on its way
+                self._resolve_executed(key[0], key[1], waiters.futures, settle=False)
 
     async def _repair_archive(self) -> None:
         """For the replica's life: fill its archive's gaps with certificates from peers.
@@ -501,7 +516,24 @@ class ReplicaNode:
         return await asyncio.get_running_loop().run_in_executor(self._certificates, self.store.activations)
 
     async def get_certificate(self, client_id: str, request_id: str) -> Certified | None:
+        """The stored certificate, counting every batch the core executed before the call: the
+        look-up runs on the certificates thread after their builds."""
+        await self._readies_settled()
+        return await self._stored_certificate(client_id, request_id)
+
+    async def _stored_certificate(self, client_id: str, request_id: str) -> Certified | None:
         return await asyncio.get_running_loop().run_in_executor(self._certificates, self._load_certified, client_id, request_id)
+
+    async def _readies_settled(self) -> None:
+        """Return once `_consume_ready` has handled every Ready queued before the call. By then
+        each batch the core had executed has its certificates' build queued on the
+        certificates thread (`_certify`), ahead of anything submitted there afterwards."""
+        target = self._readies_queued
+        if self._readies_handled >= target or not self._consuming:
+            return  # nothing on its way, or nothing to wait for (not started, or stopping)
+        settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._settle_waiters.append((target, settled))
+        await settled
 
     async def list_certificates(self, after_seq: int, through_seq: int, limit: int) -> tuple[list[tuple[int, bytes]], int, bool]:
         return await asyncio.get_running_loop().run_in_executor(
@@ -517,6 +549,17 @@ class ReplicaNode:
     # =====================================================================================
 
     async def _consume_ready(self) -> None:
+        self._consuming = True
+        try:
+            await self._consume_readies()
+        finally:
+            self._consuming = False
+            while self._settle_waiters:  # look-ups go ahead with what is stored
+                settled = self._settle_waiters.popleft()[1]
+                if not settled.done():
+                    settled.set_result(None)
+
+    async def _consume_readies(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             readies = [await self._ready_queue.get()]
@@ -544,7 +587,13 @@ class ReplicaNode:
                     for batch in committed:
                         trace.event("committed", batch.header.seq)
                 # certificates are built beside the ordering, never in its way
-                self._spawn(self._certify(committed))
+                self._certify(committed)
+            self._readies_handled += len(readies)
+            waiters = self._settle_waiters
+            while waiters and waiters[0][0] <= self._readies_handled:
+                settled = waiters.popleft()[1]
+                if not settled.done():  # its look-up may have been cancelled
+                    settled.set_result(None)
 
     def _persist_quietly(self, records: list[PersistRecord]) -> None:
         try:
@@ -696,7 +745,9 @@ class ReplicaNode:
     # certificates
     # =====================================================================================
 
-    async def _certify(self, batches: Sequence[CommittedBatch]) -> None:
+    def _certify(self, batches: Sequence[CommittedBatch]) -> None:
+        """Queue the build of these batches' certificates on the certificates thread, now: a
+        look-up queued there afterwards runs after it (see `_readies_settled`)."""
         loop = asyncio.get_running_loop()
 
         def on_built(certified: list[Certified]) -> None:
@@ -706,7 +757,11 @@ class ReplicaNode:
             except RuntimeError:  # the loop closed: the replica is stopping
                 pass
 
-        await loop.run_in_executor(self._certificates, self._build_and_store, list(batches), on_built)
+        built = loop.run_in_executor(self._certificates, self._build_and_store, list(batches), on_built)
+        self._spawn(self._log_certified(built, batches))
+
+    async def _log_certified(self, built: asyncio.Future[None], batches: Sequence[CommittedBatch]) -> None:
+        await built
         for batch in batches:
             self.metrics.labels(self.metrics.batches).inc()
             log.info(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from certs.keys import load_private_key
 from certs.outputs import quantise
 from certs.policy import Vote, decide
 from certs.verify import verify
-from consensus.ready import Ready
+from consensus.messages import Commit, Proposal, ProposalEntry, VoteRef
+from consensus.ready import CommittedBatch, Ready, ViewRecord
 from marketplace.local import LocalGroup
 from marketplace.models import held_out_digits
 from replica.config import load_replica_config
@@ -28,7 +30,7 @@ from protos import replica_api_pb2 as api
 from replica import node as node_module
 from replica.node import Certified, ReplicaError, ReplicaNode
 from replica.storage import CertificateRow
-from tests.certs.helpers import Group, certify
+from tests.certs.helpers import Group, certify, header_for, sign_commit
 from tests.replica.load import digits_request
 
 
@@ -112,6 +114,62 @@ def test_a_client_waiting_on_a_request_a_snapshot_executed_gets_its_certificate_
     assert decode_certificate(certified.certificate) == genuine
     verify(decode_certificate(certified.certificate), config, request)
     assert stored is not None and stored.certificate == certified.certificate
+
+
+def test_a_request_arriving_after_its_batch_executed_here_gets_this_replicas_certificate_not_a_peers(
+    tmp_path: Path, digits_packages: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The group can order a request on the other replicas' votes before the client's copy
+    reaches this replica. Arriving between the batch's execution in the core and the build of
+    its certificates, it is answered with the certificate this replica builds (and stores), not
+    one fetched from a peer: no peer runs here, so a fetch would fail the client instead."""
+    group = LocalGroup(tmp_path / "group", model_packages=digits_packages)
+    config = group.prepare()
+    X, _ = held_out_digits(0)
+    request = digits_request(config, "client", "late", X[3])
+    keys = {i: load_private_key(group.data_dir / "keys" / f"replica-{i}.key") for i in range(config.n)}
+    top_k = min(config.task.top_k, len(config.task.class_labels))
+    votes = tuple(Vote(r, 1, quantise(np.eye(len(config.task.class_labels))[6] * 0.9 + 0.01, top_k)) for r in (0, 1, 2))
+    leaf = Leaf(request.digest, request.client_id, request.request_id, (), config.policy.describe(config.f), votes,
+                decide(config.policy, config.f, config.quorum_size, votes, top_k))
+    seq = 7
+    header = header_for(Group(config, keys), [leaf], seq=seq)
+    commits = tuple(
+        Commit(q.replica_id, config.epoch, 0, seq, header.batch_digest, q.signature)
+        for q in (sign_commit(Group(config, keys), header, r) for r in (0, 1, 2))
+    )
+    entry = ProposalEntry(leaf, tuple(VoteRef(v.replica_id, 1) for v in votes))
+    batch = CommittedBatch(header, Proposal((entry,)), commits, (), ())
+
+    async def scenario() -> tuple[Certified, Certified | None, str]:
+        node = ReplicaNode(load_replica_config(group.data_dir / "replica-3.toml"))
+        consumer = asyncio.get_running_loop().create_task(node._consume_ready())
+        try:
+            # the runtime is waiting on a durable write (a slow disk) when the core executes the
+            # batch: its Ready is queued behind, and its certificates are built only after that
+            node._io.submit(time.sleep, 0.3)
+            pending = [Ready(committed=[batch]), Ready(persist=[ViewRecord(0)])]
+            node.core.has_ready = lambda: bool(pending)  # type: ignore[method-assign]
+            node.core.ready = pending.pop  # type: ignore[method-assign]
+            node._drain()
+            await asyncio.sleep(0.05)  # the write is under way
+            node.core.state.executed[request.key] = (seq, request.digest)
+            node._drain()
+            outcome, answer = node.submit(request, fanout=True)
+            certified = await asyncio.wait_for(answer, 20)
+            return certified, await node.get_certificate(request.client_id, request.request_id), outcome.status
+        finally:
+            consumer.cancel()
+            await asyncio.gather(consumer, return_exceptions=True)
+            await node.stop()
+
+    with caplog.at_level(logging.INFO, logger="quorumserve.replica"):
+        certified, stored, status = asyncio.run(scenario())
+    assert status == "executed"
+    assert certified.seq == seq
+    verify(decode_certificate(certified.certificate), config, request)
+    assert stored is not None and stored.certificate == certified.certificate
+    assert not any("fetched from replica" in r.getMessage() or "no peer gave" in r.getMessage() for r in caplog.records)
 
 
 def test_a_replica_fills_the_gaps_in_its_archive_from_peers_and_asks_again_for_what_none_had(
