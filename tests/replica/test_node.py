@@ -17,9 +17,11 @@ import pytest
 
 from certs.batch import Leaf
 from certs.certificate import QuorumSignature, decode_certificate, encode_certificate
+from certs.config import GroupConfig
 from certs.keys import load_private_key
 from certs.outputs import quantise
 from certs.policy import Vote, decide
+from certs.request import InferenceRequest
 from certs.verify import verify
 from consensus.messages import Commit, Proposal, ProposalEntry, VoteRef
 from consensus.ready import CommittedBatch, Ready, ViewRecord
@@ -77,10 +79,7 @@ def test_a_client_waiting_on_a_request_a_snapshot_executed_gets_its_certificate_
     X, _ = held_out_digits(0)
     request = digits_request(config, "client", "in-snapshot", X[2])
     keys = {i: load_private_key(group.data_dir / "keys" / f"replica-{i}.key") for i in range(config.n)}
-    top_k = min(config.task.top_k, len(config.task.class_labels))
-    votes = tuple(Vote(r, 1, quantise(np.eye(len(config.task.class_labels))[4] * 0.9 + 0.01, top_k)) for r in (0, 1, 2))
-    leaf = Leaf(request.digest, request.client_id, request.request_id, (), config.policy.describe(config.f), votes,
-                decide(config.policy, config.f, config.quorum_size, votes, top_k))
+    leaf = _agreed_leaf(config, request, label=4)
     (genuine,) = certify(Group(config, keys), [leaf], seq=40)
     first = genuine.quorum[0]
     forged = dataclasses.replace(genuine, quorum=(QuorumSignature(first.replica_id, bytes(64)),) + genuine.quorum[1:])
@@ -128,10 +127,8 @@ def test_a_request_arriving_after_its_batch_executed_here_gets_this_replicas_cer
     X, _ = held_out_digits(0)
     request = digits_request(config, "client", "late", X[3])
     keys = {i: load_private_key(group.data_dir / "keys" / f"replica-{i}.key") for i in range(config.n)}
-    top_k = min(config.task.top_k, len(config.task.class_labels))
-    votes = tuple(Vote(r, 1, quantise(np.eye(len(config.task.class_labels))[6] * 0.9 + 0.01, top_k)) for r in (0, 1, 2))
-    leaf = Leaf(request.digest, request.client_id, request.request_id, (), config.policy.describe(config.f), votes,
-                decide(config.policy, config.f, config.quorum_size, votes, top_k))
+    leaf = _agreed_leaf(config, request, label=6)
+    votes = leaf.votes
     seq = 7
     header = header_for(Group(config, keys), [leaf], seq=seq)
     commits = tuple(
@@ -317,6 +314,14 @@ def test_the_tick_loop_sleeps_while_the_core_is_quiet_and_ticks_every_interval_w
             await node.stop()
 
     asyncio.run(scenario())
+
+
+def _agreed_leaf(config: GroupConfig, request: InferenceRequest, *, label: int) -> Leaf:
+    """The leaf of `request` on which replicas 0, 1 and 2 all voted `label`."""
+    top_k = min(config.task.top_k, len(config.task.class_labels))
+    votes = tuple(Vote(r, 1, quantise(np.eye(len(config.task.class_labels))[label] * 0.9 + 0.01, top_k)) for r in (0, 1, 2))
+    return Leaf(request.digest, request.client_id, request.request_id, (), config.policy.describe(config.f), votes,
+                decide(config.policy, config.f, config.quorum_size, votes, top_k))
 
 
 async def _until(condition: Callable[[], bool]) -> None:
