@@ -428,7 +428,9 @@ class ConsensusNode:
             and self.fetching_state_since is None
             and (self.stable_ahead is None or self.stable_ahead[0] <= self.state.seq)
             and max(self.log, default=0) <= self.state.seq
-            and self._last_checkpoint_seq() <= self.low
+            # a replica that left is no longer in the quorum that would make its last
+            # checkpoint stable: resending it can never help
+            and (self.retired or self._last_checkpoint_seq() <= self.low)
         )
 
     # =====================================================================================
@@ -725,8 +727,8 @@ class ConsensusNode:
         if isinstance(op, ModelUpdate) and not self.config.is_member(op.replica_id) and any(c.is_member(op.replica_id) for c in self.configs.values()):
             # relayed by a replica still in the epoch that removed op's replica: late, not faulty
             raise ByzantineMessageError(message.sender, "stale", f"model update for replica {op.replica_id}, which has left the group")
-        op_epoch = op.join.epoch if isinstance(op, JoinOp) else op.leave.epoch if isinstance(op, LeaveOp) else getattr(op, "epoch", self.config.epoch)
-        if op_epoch < self.config.epoch or (not isinstance(op, ModelUpdate) and self.state.epoch_change is not None):
+        op_epoch = _membership_epoch(op)
+        if (op_epoch is not None and op_epoch < self.config.epoch) or (not isinstance(op, ModelUpdate) and self.state.epoch_change is not None):
             raise ByzantineMessageError(message.sender, "stale", "membership change for an epoch already closing or closed")
         try:
             self._check_control(message.op)
@@ -873,6 +875,15 @@ class ConsensusNode:
                 ops.append(op)
                 membership = True  # one membership change at a time
         return tuple(ops)
+
+    def _drop_overtaken_updates(self) -> None:
+        """A pending update to a version at or below one already ordered for its replica (a
+        later update went first) can never be ordered: the primary drops it when it would
+        propose it, and every other replica drops it here, as soon as it learns the version it
+        lost to. Kept, it would hold this node out of quiet() for good."""
+        for key, op in list(self.pending_ops.items()):
+            if isinstance(op, ModelUpdate) and op.new_version <= self.state.latest_version(op.replica_id):
+                del self.pending_ops[key]
 
     def _ops_in_flight(self) -> list[ControlOp]:
         return [
@@ -1239,6 +1250,8 @@ class ConsensusNode:
             )
         for op in proposal.ops:
             self.pending_ops.pop(_op_key(op), None)
+        if any(isinstance(op, ModelUpdate) for op in proposal.ops):
+            self._drop_overtaken_updates()
         for rid, version, wd, from_seq in activations:
             self._ready.activations.append(Activation(rid, version, wd, from_seq))
             self._ready.events.append(Event("model-activated", f"replica {rid} version {version} from seq {from_seq}"))
@@ -1560,6 +1573,7 @@ class ConsensusNode:
             if before.get(rid, (0, b""))[0] != version:
                 self._ready.activations.append(Activation(rid, version, wd, snapshot.seq + 1))
                 self._ready.events.append(Event("model-activated", f"replica {rid} version {version} (learned by state transfer)"))
+        self._drop_overtaken_updates()
         self.summaries[snapshot.seq] = self.state.summary()
         self.low, self.stable_digest, self.stable_proof = snapshot.seq, state_digest, tuple(proof)
         self._persist(StableCheckpointRecord(snapshot, 0, tuple(proof)))
@@ -2092,10 +2106,20 @@ class ConsensusNode:
             pending.quorum_tick = None
             pending.voted_versions.clear()
             self._queue_for_inference(key)
-        # model updates for replicas this epoch removed can never be ordered now
+        # model updates for replicas this epoch removed can never be ordered now, nor can
+        # membership changes asked of an earlier epoch (one at a time: a second one asked of
+        # the same epoch as the change just made lost the race); kept, either would hold every
+        # replica out of quiet() for good. An owner whose change was dropped must ask again.
         for key, op in list(self.pending_ops.items()):
             if isinstance(op, ModelUpdate) and not config.is_member(op.replica_id):
                 del self.pending_ops[key]
+                continue
+            op_epoch = _membership_epoch(op)
+            if op_epoch is not None and op_epoch < config.epoch:
+                del self.pending_ops[key]
+                self._ready.events.append(Event(
+                    "control-dropped", f"{_describe_membership(op)}, asked of epoch {op_epoch}, was not ordered; ask again of epoch {config.epoch}"
+                ))
         self._ready.events.append(Event(
             "epoch-change",
             f"epoch {config.epoch} from seq {start_seq + 1}: replicas {list(config.replica_ids)} (f={config.f})"
@@ -2249,6 +2273,27 @@ class ConsensusNode:
             if message.epoch == self.config.epoch:
                 self.signed[(StatementKind.NEW_VIEW, (message.view,))] = message
                 self.new_views[message.view] = message
+
+
+def _membership_epoch(op: ControlOp) -> int | None:
+    """The epoch a membership change was asked of; None for a model update (of no epoch)."""
+    if isinstance(op, JoinOp):
+        return op.join.epoch
+    if isinstance(op, LeaveOp):
+        return op.leave.epoch
+    if isinstance(op, EvictOp):
+        return op.epoch
+    return None
+
+
+def _describe_membership(op: ControlOp) -> str:
+    if isinstance(op, JoinOp):
+        return f"the join of owner {op.join.owner_id!r} at {op.join.address}"
+    if isinstance(op, LeaveOp):
+        return f"the leave of replica {op.leave.replica_id}"
+    if isinstance(op, EvictOp):
+        return f"the eviction of replica {op.replica_id}"
+    return type(op).__name__
 
 
 def _op_key(op: ControlOp) -> tuple[object, ...]:

@@ -614,7 +614,7 @@ class ReplicaNode:
         if ready.config_links:
             self._on_config_links(ready.config_links)
         for event in ready.events:
-            level = logging.WARNING if event.kind in ("view-change", "state-divergence", "rejected") else logging.INFO
+            level = logging.WARNING if event.kind in ("view-change", "state-divergence", "rejected", "control-dropped") else logging.INFO
             log.log(level, "replica %d %s: %s", self.replica_id, event.kind, event.detail)
             if event.kind == "view-change":
                 self.metrics.labels(self.metrics.view_changes).inc()

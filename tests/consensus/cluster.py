@@ -298,8 +298,8 @@ class Cluster:
             self.drain(r)
         return outcomes
 
-    def submit_update(self, replica_id: int, version: int, *, to: int | None = None) -> ModelUpdate:
-        op = model_update(self.config, replica_id, version)
+    def submit_update(self, replica_id: int, version: int, *, to: int | None = None, export: int = 0) -> ModelUpdate:
+        op = model_update(self.config, replica_id, version, export=export)
         target = replica_id if to is None else to
         self.nodes[target].submit_control(op)
         self.drain(target)
@@ -308,14 +308,20 @@ class Cluster:
     def submit_leave(self, replica_id: int, to: Iterable[int]) -> EpochChange:
         """Replica `replica_id`'s owner asks to leave (signed), through each replica in `to`;
         returns the epoch change once it is ordered (the group settles meanwhile)."""
-        leave = LeaveRequest(self.config.group_id, self.config.epoch, replica_id).signed(_OWNER_KEYS[replica_id])
-        for r in to:
-            self.nodes[r].submit_control(LeaveOp(leave))
-            self.drain(r)
+        self.ask_leave(replica_id, to)
         self.settle()
         change = min((node.state.epoch_change for node in self.nodes.values() if node.state.epoch_change is not None), key=lambda c: c.seq, default=None)
         assert change is not None, "the leave was not ordered"
         return change
+
+    def ask_leave(self, replica_id: int, to: Iterable[int]) -> LeaveOp:
+        """Replica `replica_id`'s owner asks to leave, of the genesis epoch, through each replica
+        in `to` (nothing is delivered yet)."""
+        leave = LeaveOp(LeaveRequest(self.config.group_id, self.config.epoch, replica_id).signed(_OWNER_KEYS[replica_id]))
+        for r in to:
+            self.nodes[r].submit_control(leave)
+            self.drain(r)
+        return leave
 
     def crash(self, r: int) -> None:
         """The replica stops; what it had not persisted is lost, messages to it are dropped."""
@@ -372,10 +378,14 @@ def sign(replica_id: int, statement: Statement) -> bytes:
     return _KEYS[replica_id].signer().sign(statement.message())
 
 
-def model_update(config: GroupConfig, replica_id: int, version: int, *, signed_by: int | None = None, replica_key: bool = False) -> ModelUpdate:
+def model_update(
+    config: GroupConfig, replica_id: int, version: int, *, signed_by: int | None = None, replica_key: bool = False,
+    export: int = 0,
+) -> ModelUpdate:
     """An owner's model update; `signed_by` another owner, or `replica_key` the replica's own key
-    instead of its owner's, to forge one."""
-    weights = hashlib.sha256(b"weights-%d-%d" % (replica_id, version)).digest()
+    instead of its owner's, to forge one; another `export` gives other weights (the same model
+    exported again)."""
+    weights = hashlib.sha256(b"weights-%d-%d-%d" % (replica_id, version, export)).digest()
     op = ModelUpdate(config.group_id, replica_id, version, weights, b"")
     owner = replica_id if signed_by is None else signed_by
     key = _KEYS[owner] if replica_key else _OWNER_KEYS[owner]

@@ -579,6 +579,72 @@ def test_a_model_update_still_pending_when_its_replica_leaves_is_dropped_and_bla
     assert all(node.view == 0 for node in cluster.nodes.values())
 
 
+@pytest.mark.parametrize("version", [2, 3], ids=["same-version-exported-twice", "later-version"])
+def test_an_update_overtaken_by_another_is_dropped_by_the_replica_holding_it(version: int) -> None:
+    """An owner sends update 2 through replica 3, whose relay is held up, and then another
+    update through the primary: version 2 again with other weights (the model exported twice),
+    or version 3. The other is ordered first. Replica 3's update 2 can never be ordered now, so
+    replica 3 drops it as soon as it executes the other, instead of holding it pending for good:
+    a pending operation keeps a node from going quiet (ticked every few milliseconds)."""
+    cluster = Cluster()
+    relays = cluster.hold(lambda e: isinstance(e.message, ControlMessage) and e.message.sender == 3)
+    overtaken = cluster.submit_update(UPDATED, 2, to=3, export=1)
+    ordered = cluster.submit_update(UPDATED, version, to=0)
+    assert overtaken != ordered
+    cluster.settle()
+    assert all(cluster.nodes[r].state.latest_version(UPDATED) == version for r in range(4))
+    assert [b.proposal.ops for b in cluster.committed[0] if b.proposal.ops] == [(ordered,)]
+    cluster.release(relays)
+    cluster.settle()
+    assert {r: node.pending_ops for r, node in cluster.nodes.items()} == {r: {} for r in range(4)}
+    cluster.tick_until(lambda: all(node.quiet() for node in cluster.nodes.values()), 100)
+    assert {kind for _, _, kind in cluster.rejected_kinds()} <= {"stale"}
+
+
+def test_an_update_overtaken_while_its_replica_was_cut_off_is_dropped_when_a_snapshot_shows_it() -> None:
+    """Replica 3 takes update 2 from the owner while cut off; the group orders update 3 through
+    the primary and moves on past a stable checkpoint. Replica 3 catches up by state transfer,
+    never executing the batch that ordered update 3, and still drops its update 2."""
+    cluster = Cluster()
+    cut = cluster.isolate(3)
+    cluster.submit_update(UPDATED, 2, to=3)
+    cluster.submit_update(UPDATED, 3, to=0)
+    cluster.settle()
+    for _ in range(2 * cluster.params.checkpoint_interval_batches):
+        cluster.serve_one(to=[0, 1, 2])
+    assert cluster.nodes[3].pending_ops and cluster.nodes[0].low > 0
+    cluster.drop_rules.remove(cut)
+    cluster.submit(cluster.new_request())
+    cluster.settle()
+    node = cluster.nodes[3]
+    cluster.tick_until(lambda: node.executed_seq == cluster.nodes[0].executed_seq, 500)
+    assert any(e.kind == "state-installed" for e in cluster.events[3])
+    assert node.state.latest_version(UPDATED) == 3
+    assert node.pending_ops == {}
+
+
+def test_a_second_leave_asked_of_the_same_epoch_is_dropped_with_word_and_the_group_goes_quiet() -> None:
+    """Two owners ask to leave in epoch 0; membership changes go one at a time, so one is
+    ordered and closes the epoch. The other was asked of epoch 0 and can never be ordered in
+    epoch 1: every replica drops it and says so (its owner must ask again), and every replica,
+    the one that left too, goes quiet instead of ticking for good."""
+    cluster = Cluster(n=7)
+    for leaving in (5, 6):
+        cluster.ask_leave(leaving, to=range(cluster.n))
+    cluster.settle()
+    while cluster.nodes[0].config.epoch == 0:
+        cluster.serve_one(to=range(5))
+    (left,) = [r for r in (5, 6) if not cluster.nodes[0].config.is_member(r)]
+    (stayed,) = {5, 6} - {left}
+    assert all(node.config.epoch == 1 for node in cluster.nodes.values())
+    assert {r: node.pending_ops for r, node in cluster.nodes.items()} == {r: {} for r in range(cluster.n)}
+    for r in range(cluster.n):
+        dropped = [e.detail for e in cluster.events[r] if e.kind == "control-dropped"]
+        assert dropped == [f"the leave of replica {stayed}, asked of epoch 0, was not ordered; ask again of epoch 1"]
+    cluster.tick_until(lambda: all(node.quiet() for node in cluster.nodes.values()), 500)
+    assert cluster.nodes[left].retired
+
+
 def test_requests_a_snapshot_shows_executed_are_reported_so_their_clients_need_not_wait() -> None:
     """A replica cut off while holding a client's request catches up by a snapshot that
     includes that request's batch: it never sees the batch, so it cannot certify the request.
