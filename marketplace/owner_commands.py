@@ -315,7 +315,7 @@ def _submit_join(args: argparse.Namespace) -> int:
     if not args.wait:
         print(f"the new replica should get id {expected_replica_id(config)}; `--wait` waits for the new epoch")
         return EXIT_OK
-    new = _wait_for(args, chain, lambda c: any(m.public_key == join.replica_public_key for m in c.members), "the join")
+    new = _wait_for(args, chain, lambda c: any(m.public_key == join.replica_public_key for m in c.members), "the join", config.epoch)
     member = next(m for m in new.members if m.public_key == join.replica_public_key)
     print(f"epoch {new.epoch}: {join.owner_id!r} is replica {member.replica_id}; start it now (it catches up by state transfer)")
     return EXIT_OK
@@ -335,7 +335,7 @@ def _leave(args: argparse.Namespace) -> int:
     receipt = submit_control(config, op, timeout_s=args.timeout)
     print(f"replica {args.replica}'s leave submitted to group {config.group_id!r} (epoch {receipt.epoch})")
     if args.wait:
-        new = _wait_for(args, chain, lambda c: not c.is_member(args.replica), "the leave")
+        new = _wait_for(args, chain, lambda c: not c.is_member(args.replica), "the leave", config.epoch)
         print(f"epoch {new.epoch}: replica {args.replica} is no longer a member; it can be stopped")
     return EXIT_OK
 
@@ -360,12 +360,15 @@ def _evict(args: argparse.Namespace) -> int:
     receipt = submit_control(config, op, timeout_s=args.timeout)
     print(f"eviction of replica {args.replica} submitted to group {config.group_id!r} (epoch {receipt.epoch}) with verified evidence")
     if args.wait:
-        new = _wait_for(args, chain, lambda c: not c.is_member(args.replica), "the eviction")
+        new = _wait_for(args, chain, lambda c: not c.is_member(args.replica), "the eviction", config.epoch)
         print(f"epoch {new.epoch}: replica {args.replica} is no longer a member")
     return EXIT_OK
 
 
-def _wait_for(args: argparse.Namespace, chain: Any, done: Any, what: str) -> Any:
+def _wait_for(args: argparse.Namespace, chain: Any, done: Any, what: str, asked_epoch: int) -> Any:
+    """The first config in which `done` holds. Membership changes go one at a time, each
+    closing its epoch: an epoch after `asked_epoch` that does not show the change means another
+    change went first, and the group dropped this one (it was asked of a closed epoch)."""
     from marketplace.membership import follow_chain
 
     deadline = time.monotonic() + args.wait_timeout
@@ -373,6 +376,12 @@ def _wait_for(args: argparse.Namespace, chain: Any, done: Any, what: str) -> Any
         for config in chain.configs:
             if done(config):
                 return config
+            if config.epoch > asked_epoch:
+                raise _Failure(
+                    EXIT_REFUSED,
+                    f"epoch {config.epoch} began with another membership change, so {what}, asked of epoch {asked_epoch}, "
+                    "was dropped (changes go one at a time); run the command again",
+                )
         if time.monotonic() > deadline:
             raise _Failure(EXIT_UNAVAILABLE, f"{what} did not take effect within {args.wait_timeout:.0f} s (the group may be idle: epochs change at checkpoints)")
         time.sleep(WAIT_POLL_INTERVAL_S)

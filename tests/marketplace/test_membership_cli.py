@@ -22,7 +22,7 @@ from certs.cli import chain_to_json
 from certs.config import save_group_config
 from certs.evidence import encode_evidence, evidence_to_json, find_equivocation
 from certs.keys import KeyPair, save_private_key
-from certs.membership import Approval, JoinRequest
+from certs.membership import Approval, JoinRequest, next_config
 from certs.statements import Statement, StatementKind
 from consensus.messages import EvictOp, JoinOp, LeaveOp
 from marketplace.cli import main
@@ -224,6 +224,32 @@ def test_an_owner_leaves_a_group_of_five(setup: Setup, capsys: pytest.CaptureFix
     # another owner's key cannot take replica 3 out
     assert main(["owner", "leave", "--config", str(setup.config), "--replica", "3", "--key", str(setup.owner_key_file(2))]) == 1
     assert "bad signature" in capsys.readouterr().err
+
+
+def test_waiting_on_a_leave_that_another_change_overtook_fails_at_once_with_the_reason(
+    setup: Setup, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replica 2's owner asks to leave epoch 1 and waits; another owner's leave is ordered first
+    and opens epoch 2 with replica 2 still in it. The group drops the late leave (asked of a
+    closed epoch), so the wait ends as soon as epoch 2 shows, saying why, not at its timeout."""
+    five = _five(setup)
+    two = next_config(five.config, [], [4])
+    links = [*next(iter(setup.fakes.members.values())).links, (sign_link(five.config, two, five.keys), 16)]
+    import marketplace.membership as membership
+
+    real_follow = membership.follow_chain
+
+    def follow_after_the_other_leave(chain, **kwargs):  # type: ignore[no-untyped-def]
+        if setup.fakes.received():  # once the leave is in, the group moves on
+            setup.fakes.serve_links(links)
+        return real_follow(chain, **kwargs)
+
+    monkeypatch.setattr(membership, "follow_chain", follow_after_the_other_leave)
+    # a wait that missed the reason would run out its timeout and say "did not take effect"
+    code = main(["owner", "leave", "--config", str(setup.config), "--replica", "2", "--key", str(setup.owner_key_file(2)),
+                 "--wait", "--wait-timeout", "5"])
+    assert code == 1
+    assert "epoch 2 began with another membership change, so the leave, asked of epoch 1, was dropped" in capsys.readouterr().err
 
 
 def _equivocation(group: Group, accused: int, tmp_path: Path, as_json: bool = False) -> Path:
