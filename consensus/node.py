@@ -178,6 +178,8 @@ class ConsensusNode:
         self.vote_batch_ceiling = 0  # numbers up to here are reserved on disk
         self.waiting: dict[tuple[int, int], tuple[PrePrepare, int]] = {}  # (view, seq) -> (pp, deadline)
         self.pending_ops: dict[tuple[object, ...], ControlOp] = {}
+        # pending op key -> (tick of its last relay to the primary, relays so far): see _retransmit
+        self.op_relays: dict[tuple[object, ...], tuple[int, int]] = {}
 
         self.signed: dict[tuple[StatementKind, tuple[int, ...]], PeerMessage] = {}
         self.view_changes: dict[int, dict[int, ViewChange]] = {}
@@ -1749,6 +1751,26 @@ class ConsensusNode:
                 if stored is not None:
                     self._send(primary, stored.batch)
 
+    def _relay_pending_ops(self) -> None:
+        """Control operations wait for order in memory only: a primary that restarted since
+        they reached it has lost them, and nothing else would hand them to it again (the
+        replicas holding them relayed them once, on arrival), so an owner's update or a
+        membership change would never be ordered. Hand the primary each one it has not
+        proposed, a relay timeout after it arrived here and then at doubling intervals (the
+        simulator found this: seed 77)."""
+        for key in [k for k in self.op_relays if k not in self.pending_ops]:
+            del self.op_relays[key]
+        primary = self.primary
+        timeout = self.params.relay_timeout_ticks
+        in_flight = self._ops_in_flight() if self.pending_ops else []
+        for key, op in self.pending_ops.items():
+            last_tick, relays = self.op_relays.setdefault(key, (self.now, 0))
+            if op in in_flight or self.now - last_tick < timeout << min(relays, RELAY_DOUBLINGS_MAX):
+                continue
+            self.op_relays[key] = (self.now, relays + 1)
+            if primary != self.id:
+                self._send(primary, ControlMessage(self.id, op))
+
     def _peers_rotated(self, offset: int) -> list[int]:
         """The other members, starting at the one `offset` selects: with the clock as offset,
         successive fetches do not all ask the same (perhaps faulty) peer first."""
@@ -1791,6 +1813,7 @@ class ConsensusNode:
                 if batch_no not in resent_batches and (self.id, batch_no) in self.vote_batches:
                     resent_batches.add(batch_no)
                     self._send(None, self.vote_batches[(self.id, batch_no)].batch)
+        self._relay_pending_ops()
         for seq, slot in sorted(self.log.items()):
             if slot.executed or slot.progress_tick > threshold:
                 continue

@@ -645,6 +645,24 @@ def test_a_second_leave_asked_of_the_same_epoch_is_dropped_with_word_and_the_gro
     assert cluster.nodes[left].retired
 
 
+def test_an_update_the_primary_lost_in_a_restart_is_handed_to_it_again_and_ordered() -> None:
+    """The owner's update reaches the backups while the primary is down; the primary comes back
+    (in time to stay primary) without it, as pending operations live in memory only. The
+    backups hand it to the primary again after a relay timeout, so it is ordered, with no view
+    change (the simulator found an update that was never ordered this way: seed 77)."""
+    cluster = Cluster()
+    cluster.crash(0)
+    op = cluster.submit_update(UPDATED, 2, to=1)
+    cluster.settle()
+    cluster.restart(0)
+    cluster.settle()
+    assert not cluster.nodes[0].pending_ops and all(cluster.nodes[r].pending_ops for r in (1, 2, 3))
+    cluster.tick_until(lambda: all(node.state.latest_version(UPDATED) == 2 for node in cluster.nodes.values()), 400)
+    assert [b.proposal.ops for b in cluster.committed[1] if b.proposal.ops] == [(op,)]
+    assert all(node.view == 0 for node in cluster.nodes.values())
+    cluster.tick_until(lambda: all(node.quiet() for node in cluster.nodes.values()), 100)
+
+
 def test_requests_a_snapshot_shows_executed_are_reported_so_their_clients_need_not_wait() -> None:
     """A replica cut off while holding a client's request catches up by a snapshot that
     includes that request's batch: it never sees the batch, so it cannot certify the request.
