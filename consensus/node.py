@@ -419,21 +419,35 @@ class ConsensusNode:
         periodic work (retransmission, garbage collection) now and then, so the runtime may tick
         it rarely, waking at once for anything that reaches it; any other state needs ticks at
         the protocol's resolution (batching delays and vote timeouts are a few ticks)."""
-        return (
-            not self.pending
-            and not self.inference_queue
-            and not self.inference_inflight
-            and not self.waiting
-            and not self.pending_ops
-            and not self.restored
-            and self.view_active
-            and self.fetching_state_since is None
-            and (self.stable_ahead is None or self.stable_ahead[0] <= self.state.seq)
-            and max(self.log, default=0) <= self.state.seq
-            # a replica that left is no longer in the quorum that would make its last
-            # checkpoint stable: resending it can never help
-            and (self.retired or self._last_checkpoint_seq() <= self.low)
-        )
+        return not self.busy_reasons()
+
+    def busy_reasons(self) -> tuple[str, ...]:
+        """What keeps this node from being quiet, one phrase each (empty when quiet)."""
+        reasons: list[str] = []
+        if self.pending:
+            reasons.append(f"{len(self.pending)} requests pending")
+        if self.inference_queue or self.inference_inflight:
+            reasons.append("inference queued or in flight")
+        if self.waiting:
+            reasons.append(f"{len(self.waiting)} proposals waiting for votes")
+        if self.pending_ops:
+            reasons.append(f"{len(self.pending_ops)} control operations pending")
+        if self.restored:
+            reasons.append("restored log not yet settled")
+        if not self.view_active:
+            reasons.append(f"view change to view {self.view} in progress")
+        if self.fetching_state_since is not None:
+            reasons.append("state transfer in progress")
+        if self.stable_ahead is not None and self.stable_ahead[0] > self.state.seq:
+            reasons.append(f"behind a stable checkpoint at seq {self.stable_ahead[0]}")
+        top = max(self.log, default=0)
+        if top > self.state.seq:
+            reasons.append(f"log holds seq {top} above executed seq {self.state.seq}")
+        # a replica that left is no longer in the quorum that would make its last checkpoint
+        # stable: resending it can never help
+        if not self.retired and self._last_checkpoint_seq() > self.low:
+            reasons.append(f"checkpoint at seq {self._last_checkpoint_seq()} not stable (stable: {self.low})")
+        return tuple(reasons)
 
     # =====================================================================================
     # requests, inference and votes
@@ -620,7 +634,7 @@ class ConsensusNode:
         """Forget vote batches nobody can still use: all their requests executed, or (when a voter
         floods us) its oldest batches."""
         executed = self.state.executed
-        retention_ticks = 20 * self.params.view_change_timeout_ticks
+        retention_ticks = self._vote_retention_ticks()
         referenced = {
             (ref.voter, ref.batch_no)
             for pp, _ in self.waiting.values()
@@ -661,6 +675,9 @@ class ConsensusNode:
                     del pending.votes[voter]
             if not pending.votes or self.now - pending.first_tick > retention_ticks:
                 self._forget_pending(key)
+
+    def _vote_retention_ticks(self) -> int:
+        return 20 * self.params.view_change_timeout_ticks
 
     def _forget_pending(self, key: VoteKey) -> None:
         pending = self.pending.pop(key, None)
@@ -1727,11 +1744,18 @@ class ConsensusNode:
             and self.stable_ahead[0] > self.state.seq
             and self.now - self.last_execute_tick > params.relay_timeout_ticks
         ):
-            self._start_state_transfer(self.stable_ahead[1])
+            # rotated: a voucher that answers, but too slowly or uselessly, must not be the
+            # first asked every time (the simulator found this: seed 106, a slow replica)
+            self._start_state_transfer(self._peers_rotated(self.now, self.stable_ahead[1]))
         if self.now >= self.retransmit_deadline:
             self.retransmit_deadline = self.now + params.relay_timeout_ticks
             self._retransmit()
             self._maybe_fetch_committed()
+            # votes for requests nobody sent (a faulty voter's) are otherwise collected only at
+            # a stable checkpoint: in a group gone idle they would keep this node busy for good
+            retention_ticks = self._vote_retention_ticks()
+            if any(p.request is None and self.now - p.first_tick > retention_ticks for p in self.pending.values()):
+                self._gc_votes()
 
     def _push_stalled(self, pending: PendingRequest) -> None:
         """Perhaps the primary, or the replicas whose old votes make up this replica's quorum,
@@ -1771,12 +1795,12 @@ class ConsensusNode:
             if primary != self.id:
                 self._send(primary, ControlMessage(self.id, op))
 
-    def _peers_rotated(self, offset: int) -> list[int]:
-        """The other members, starting at the one `offset` selects: with the clock as offset,
-        successive fetches do not all ask the same (perhaps faulty) peer first."""
-        peers = [r for r in self.config.replica_ids if r != self.id]
-        start = offset % len(peers) if peers else 0
-        return peers[start:] + peers[:start]
+    def _peers_rotated(self, offset: int, peers: Sequence[int] | None = None) -> list[int]:
+        """The other members (or `peers`), starting at the one `offset` selects: with the clock
+        as offset, successive fetches do not all ask the same (perhaps faulty) peer first."""
+        others = [r for r in (self.config.replica_ids if peers is None else peers) if r != self.id]
+        start = offset % len(others) if others else 0
+        return others[start:] + others[:start]
 
     def _retransmit(self) -> None:
         """Messages can be lost: resend what an old, unfinished piece of work depends on.

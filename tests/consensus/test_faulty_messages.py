@@ -806,6 +806,18 @@ def test_vote_batch_flood_keeps_a_bounded_number_of_phantom_requests(monkeypatch
     assert kept <= 16 * cluster.params.inference_batch_max, f"{kept} phantom requests kept"
 
 
+def test_phantom_votes_are_forgotten_in_a_group_gone_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Phantom votes were collected only at a stable checkpoint: in a group with no more
+    traffic, the requests they name stayed pending for good and kept the node from going quiet
+    (ticked every 5 ms forever). They are forgotten once past the vote retention."""
+    cluster = Cluster()
+    node = _flood(cluster, monkeypatch, 3)
+    assert node.pending and not node.quiet()
+    cluster.tick_until(lambda: not node.pending, 25 * cluster.params.view_change_timeout_ticks)
+    assert node.quiet()
+    _carries_on(cluster)
+
+
 def test_checkpoint_flood_keeps_a_bounded_number_of_future_checkpoints() -> None:
     cluster = Cluster()
     k = cluster.params.checkpoint_interval_batches

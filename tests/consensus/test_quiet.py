@@ -60,6 +60,7 @@ def test_a_view_change_in_progress_keeps_a_node_busy() -> None:
     backup._start_view_change(1, "test")
     cluster.drain(1)
     assert not backup.quiet()
+    assert backup.busy_reasons() == ("view change to view 1 in progress",)  # and says why
 
 
 def test_one_tick_of_k_fires_the_timers_k_single_ticks_would() -> None:

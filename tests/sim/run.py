@@ -14,13 +14,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=200, help="how many seeds to run")
     parser.add_argument("--first", type=int, default=0, help="first seed")
     parser.add_argument("--seed", type=int, help="replay exactly this seed")
+    parser.add_argument(
+        "--report-busy", action="store_true",
+        help="after each seed, idle the healed group and list the correct replicas still not quiet, and why (reported, not failed)",
+    )
     args = parser.parse_args(argv)
     seeds = [args.seed] if args.seed is not None else list(range(args.first, args.first + args.seeds))
     failures = 0
+    busy_seeds = 0
     started = time.monotonic()
     for seed in seeds:
         try:
-            result = run_seed(seed)
+            result = run_seed(seed, report_busy=args.report_busy)
         except SimulationFailure as exc:
             failures += 1
             print(f"FAIL {exc}", flush=True)
@@ -30,7 +35,13 @@ def main(argv: list[str] | None = None) -> int:
             f"view_changes={result.view_changes} evidence={result.evidence}",
             flush=True,
         )
+        if result.busy_when_idle:
+            busy_seeds += 1
+            for replica, reasons in sorted(result.busy_when_idle.items()):
+                print(f"busy seed={seed} replica {replica}: {'; '.join(reasons)}", flush=True)
     print(f"{len(seeds) - failures}/{len(seeds)} seeds passed in {time.monotonic() - started:.0f} s")
+    if args.report_busy:
+        print(f"{busy_seeds}/{len(seeds) - failures} seeds left a correct replica busy once idle")
     return 1 if failures else 0
 
 
