@@ -178,7 +178,7 @@ class ConsensusNode:
         self.vote_batch_ceiling = 0  # numbers up to here are reserved on disk
         self.waiting: dict[tuple[int, int], tuple[PrePrepare, int]] = {}  # (view, seq) -> (pp, deadline)
         self.pending_ops: dict[tuple[object, ...], ControlOp] = {}
-        # pending op key -> (tick of its last relay to the primary, relays so far): see _retransmit
+        # pending op key -> (tick of its last relay to the primary, relays so far): _relay_pending_ops
         self.op_relays: dict[tuple[object, ...], tuple[int, int]] = {}
 
         self.signed: dict[tuple[StatementKind, tuple[int, ...]], PeerMessage] = {}
