@@ -362,7 +362,7 @@ class ReplicaNode:
         outcome = self.core.submit(request, disseminate=not fanout)
         self.metrics.labels(self.metrics.requests, outcome=outcome.status).inc()
         if outcome.status == "executed":
-            self._resolve_executed(request.client_id, request.request_id, [future], settle=True)
+            self._resolve_executed(request.client_id, request.request_id, [future])
         else:
             waiters = self._waiters.setdefault(request.key, _Waiters(received_s=time.monotonic()))
             waiters.futures.append(future)
@@ -370,21 +370,17 @@ class ReplicaNode:
         self._drain()
         return outcome, future
 
-    def _resolve_executed(
-        self, client_id: str, request_id: str, futures: Sequence[asyncio.Future[Certified]], *, settle: bool
-    ) -> None:
+    def _resolve_executed(self, client_id: str, request_id: str, futures: Sequence[asyncio.Future[Certified]]) -> None:
         """Answer clients asking about a request this replica knows executed: the certificate
         it stored, or else one fetched from a peer, or else word to ask another replica. None is
         stored when the batch was executed within a state-transfer snapshot (a peer's copy
         certifies the same decision, perhaps under another commit quorum). A request that
         arrives after its batch executed here but before the certificates were built (a slow
         client link: the group ordered it on the others' votes) finds it stored, since the
-        look-up waits for the build (`settle`: `_readies_settled`), and costs no peer a fetch."""
+        look-up waits for the build (`get_certificate`), and costs no peer a fetch."""
 
         async def resolve() -> None:
-            if settle:
-                await self._readies_settled()
-            certified = await self._stored_certificate(client_id, request_id)
+            certified = await self.get_certificate(client_id, request_id)
             if certified is None:
                 certified = await self._certificate_from_peers(client_id, request_id)
             for future in futures:
@@ -403,8 +399,7 @@ class ReplicaNode:
         for key in keys:
             waiters = self._waiters.pop(key, None)
             if waiters is not None:
-                # handled in order already: nothing this replica built can be on its way
-                self._resolve_executed(key[0], key[1], waiters.futures, settle=False)
+                self._resolve_executed(key[0], key[1], waiters.futures)
 
     async def _repair_archive(self) -> None:
         """For the replica's life: fill its archive's gaps with certificates from peers.
@@ -519,9 +514,6 @@ class ReplicaNode:
         """The stored certificate, counting every batch the core executed before the call: the
         look-up runs on the certificates thread after their builds."""
         await self._readies_settled()
-        return await self._stored_certificate(client_id, request_id)
-
-    async def _stored_certificate(self, client_id: str, request_id: str) -> Certified | None:
         return await asyncio.get_running_loop().run_in_executor(self._certificates, self._load_certified, client_id, request_id)
 
     async def _readies_settled(self) -> None:
@@ -554,10 +546,7 @@ class ReplicaNode:
             await self._consume_readies()
         finally:
             self._consuming = False
-            while self._settle_waiters:  # look-ups go ahead with what is stored
-                settled = self._settle_waiters.popleft()[1]
-                if not settled.done():
-                    settled.set_result(None)
+            self._release_settle_waiters(None)  # look-ups go ahead with what is stored
 
     async def _consume_readies(self) -> None:
         loop = asyncio.get_running_loop()
@@ -589,11 +578,15 @@ class ReplicaNode:
                 # certificates are built beside the ordering, never in its way
                 self._certify(committed)
             self._readies_handled += len(readies)
-            waiters = self._settle_waiters
-            while waiters and waiters[0][0] <= self._readies_handled:
-                settled = waiters.popleft()[1]
-                if not settled.done():  # its look-up may have been cancelled
-                    settled.set_result(None)
+            self._release_settle_waiters(self._readies_handled)
+
+    def _release_settle_waiters(self, handled: int | None) -> None:
+        """Let go the look-ups waiting for at most `handled` Readies (all of them when None)."""
+        waiters = self._settle_waiters
+        while waiters and (handled is None or waiters[0][0] <= handled):
+            settled = waiters.popleft()[1]
+            if not settled.done():  # its look-up may have been cancelled
+                settled.set_result(None)
 
     def _persist_quietly(self, records: list[PersistRecord]) -> None:
         try:

@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import collections
 import functools
-import os
 import shutil
 import subprocess
 import sys
@@ -36,7 +35,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.bench.common import BenchGroup, GatewayCaller, Measurement, cpu_line, measure, pyplot, running_group, step, warm_up
+from tests.bench.common import (
+    BenchGroup, GatewayCaller, Measurement, cpu_line, measure, proc_stat, pyplot, running_group, step, warm_up,
+)
 
 SAMPLE_RATE_HZ = 200
 THREAD_FRAME_PREFIX = "thread ("  # py-spy --threads puts "thread (<tid>): <name>" first in each stack
@@ -93,20 +94,15 @@ def fold_stats(lines: Iterable[str]) -> FoldedStats:
 
 def thread_cpu_s(pid: int) -> dict[int, tuple[str, float]]:
     """CPU seconds (user + system) each thread of `pid` has used, with its OS name."""
-    ticks_per_s = os.sysconf("SC_CLK_TCK")
-    threads: dict[int, tuple[str, float]] = {}
     try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        tids = [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
     except OSError:
-        return threads
-    for task in tasks:
-        try:
-            stat = (task / "stat").read_text()
-        except OSError:
-            continue  # a thread that ended meanwhile
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields_after_name = stat[stat.rindex(")") + 2 :].split()
-        threads[int(task.name)] = (name, (int(fields_after_name[11]) + int(fields_after_name[12])) / ticks_per_s)
+        return {}
+    threads: dict[int, tuple[str, float]] = {}
+    for tid in tids:
+        stat = proc_stat(pid, tid)
+        if stat is not None:  # else a thread that ended meanwhile
+            threads[tid] = (stat[0], stat[2])
     return threads
 
 

@@ -143,10 +143,11 @@ def machine_info() -> dict[str, Any]:
 _CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
-def _proc_stat(pid: int) -> tuple[str, int, float] | None:
-    """(command name, process group, CPU seconds used) of a live process, None if gone."""
+def proc_stat(pid: int, tid: int | None = None) -> tuple[str, int, float] | None:
+    """(command name, process group, CPU seconds used) of a live process, or of its thread
+    `tid`; None if gone."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
+        text = Path(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat").read_text()
     except OSError:
         return None
     # the command name is in parentheses and may contain spaces: split after the last ')'
@@ -188,7 +189,7 @@ class CpuMeter:
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit():
                 continue
-            stat = _proc_stat(int(entry.name))
+            stat = proc_stat(int(entry.name))
             if stat is None:
                 continue
             _, pgid, cpu_s = stat

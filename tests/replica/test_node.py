@@ -74,13 +74,9 @@ def test_a_client_waiting_on_a_request_a_snapshot_executed_gets_its_certificate_
 ) -> None:
     """The peer certificate path: a forged certificate from one peer is passed over, the
     genuine one from the next is handed to the waiting client and kept for later look-ups."""
-    group = LocalGroup(tmp_path / "group", model_packages=digits_packages)
-    config = group.prepare()
-    X, _ = held_out_digits(0)
-    request = digits_request(config, "client", "in-snapshot", X[2])
-    keys = {i: load_private_key(group.data_dir / "keys" / f"replica-{i}.key") for i in range(config.n)}
-    leaf = _agreed_leaf(config, request, label=4)
-    (genuine,) = certify(Group(config, keys), [leaf], seq=40)
+    group, signing, request, leaf = _group_and_leaf(tmp_path, digits_packages, "in-snapshot", row=2, label=4)
+    config = signing.config
+    (genuine,) = certify(signing, [leaf], seq=40)
     first = genuine.quorum[0]
     forged = dataclasses.replace(genuine, quorum=(QuorumSignature(first.replica_id, bytes(64)),) + genuine.quorum[1:])
     answers = {0: encode_certificate(forged), 1: encode_certificate(genuine)}
@@ -122,20 +118,15 @@ def test_a_request_arriving_after_its_batch_executed_here_gets_this_replicas_cer
     reaches this replica. Arriving between the batch's execution in the core and the build of
     its certificates, it is answered with the certificate this replica builds (and stores), not
     one fetched from a peer: no peer runs here, so a fetch would fail the client instead."""
-    group = LocalGroup(tmp_path / "group", model_packages=digits_packages)
-    config = group.prepare()
-    X, _ = held_out_digits(0)
-    request = digits_request(config, "client", "late", X[3])
-    keys = {i: load_private_key(group.data_dir / "keys" / f"replica-{i}.key") for i in range(config.n)}
-    leaf = _agreed_leaf(config, request, label=6)
-    votes = leaf.votes
+    group, signing, request, leaf = _group_and_leaf(tmp_path, digits_packages, "late", row=3, label=6)
+    config = signing.config
     seq = 7
-    header = header_for(Group(config, keys), [leaf], seq=seq)
+    header = header_for(signing, [leaf], seq=seq)
     commits = tuple(
         Commit(q.replica_id, config.epoch, 0, seq, header.batch_digest, q.signature)
-        for q in (sign_commit(Group(config, keys), header, r) for r in (0, 1, 2))
+        for q in (sign_commit(signing, header, r) for r in (0, 1, 2))
     )
-    entry = ProposalEntry(leaf, tuple(VoteRef(v.replica_id, 1) for v in votes))
+    entry = ProposalEntry(leaf, tuple(VoteRef(v.replica_id, 1) for v in leaf.votes))
     batch = CommittedBatch(header, Proposal((entry,)), commits, (), ())
 
     async def scenario() -> tuple[Certified, Certified | None, str]:
@@ -314,6 +305,20 @@ def test_the_tick_loop_sleeps_while_the_core_is_quiet_and_ticks_every_interval_w
             await node.stop()
 
     asyncio.run(scenario())
+
+
+def _group_and_leaf(
+    tmp_path: Path, packages: list[Path], request_id: str, *, row: int, label: int
+) -> tuple[LocalGroup, Group, InferenceRequest, Leaf]:
+    """A prepared local group, its config with every replica's key (to sign as the group
+    would), a client's digits request (held-out row `row`) and its leaf, on which replicas 0, 1
+    and 2 all voted `label`."""
+    group = LocalGroup(tmp_path / "group", model_packages=packages)
+    config = group.prepare()
+    X, _ = held_out_digits(0)
+    request = digits_request(config, "client", request_id, X[row])
+    keys = {i: load_private_key(group.data_dir / "keys" / f"replica-{i}.key") for i in range(config.n)}
+    return group, Group(config, keys), request, _agreed_leaf(config, request, label=label)
 
 
 def _agreed_leaf(config: GroupConfig, request: InferenceRequest, *, label: int) -> Leaf:

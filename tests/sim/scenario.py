@@ -83,8 +83,9 @@ def _busy_after_idling(world: World) -> dict[int, tuple[str, ...]]:
     busy = {}
     for r in world.correct:
         node = world.nodes[r]
-        if node is not None and not node.retired and node.busy_reasons():
-            busy[r] = node.busy_reasons()
+        reasons = node.busy_reasons() if node is not None and not node.retired else ()
+        if reasons:
+            busy[r] = reasons
     return busy
 
 
