@@ -1,10 +1,11 @@
 """Where the CPU goes under load: py-spy profiles of a serving group
-(`python -m tests.bench.bench_profile [--load unary|stream] [--concurrency 64] [--seconds 15]
+(`python -m tests.bench.bench_profile [--load unary|stream] [--concurrency 64] [--rows 1] [--seconds 15]
 [--model digits|null] [--all-samples] [--out-dir results/profile]`).
 
 Starts a group of four replicas (each with its own Triton) and a gateway, warms it up, and drives
-a closed loop through the gateway: stock-tritonclient ModelInfer calls, one row each
-(`--load unary`, `--concurrency` calls in flight; 1 shows what a lone call costs), or the SDK's
+a closed loop through the gateway: stock-tritonclient ModelInfer calls, `--rows` rows each
+(`--load unary`, `--concurrency` calls in flight; 1 shows what a lone call costs, and many rows
+per call leave mostly the cost each request has whatever the batching), or the SDK's
 stream (`--load stream`, that many rows in flight). While the loop runs, py-spy samples the
 primary, one backup and the gateway for `--seconds` (200 Hz, every thread), keeping only the
 samples whose thread holds the GIL: Python work, where a replica spends most of its CPU. Waits
@@ -172,7 +173,8 @@ async def _profile_under_load(bench: BenchGroup, args: argparse.Namespace, out_d
         options = argparse.Namespace(progress=not args.no_progress)
         load = asyncio.ensure_future(measure_stream(bench, inputs, args.concurrency, WARMUP_S, window_s, options))  # type: ignore[arg-type]
     else:
-        make = functools.partial(GatewayCaller, bench.gateway.address, bench.config.group_id, inputs, run_id=f"profile-{time.time_ns()}")
+        make = functools.partial(GatewayCaller, bench.gateway.address, bench.config.group_id, inputs, rows=args.rows,
+                                 run_id=f"profile-{time.time_ns()}")
         load = asyncio.ensure_future(measure(make, args.concurrency, WARMUP_S, window_s, label=args.load,
                                              progress=not args.no_progress, bench=bench))
     await asyncio.sleep(WARMUP_S + 0.5)  # past the warm-up (and wait_idle's moment) into the window
@@ -200,7 +202,7 @@ def report(measurement: Measurement, targets: Sequence[Profiled], args: argparse
     lines = [
         "# Where the CPU goes",
         "",
-        f"Load: {args.load}, {args.concurrency} in flight, {args.model} models, four replicas; profiles over {args.seconds:g} s "
+        f"Load: {args.load}, {args.concurrency} in flight{f', {args.rows} rows per call' if args.load == 'unary' and args.rows > 1 else ''}, {args.model} models, four replicas; profiles over {args.seconds:g} s "
         f"at {SAMPLE_RATE_HZ} Hz, {'every sample (waits too)' if args.all_samples else 'samples of threads holding the GIL (Python work)'}.",
         "",
         f"- certified: {s.throughput_per_s:.1f} requests/s, {s.errors} errors",
@@ -254,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--load", choices=("unary", "stream"), default="unary")
     parser.add_argument("--concurrency", type=int, default=64, help="calls (unary) or rows (stream) in flight")
+    parser.add_argument("--rows", type=int, default=1, help="rows (certified requests) per unary call")
     parser.add_argument("--seconds", type=float, default=15.0, help="how long py-spy samples")
     parser.add_argument("--model", choices=("digits", "null"), default="digits",
                         help="four trained digits models, or the null model on every replica (ordering cost alone)")
@@ -261,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=Path("results/profile"))
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.rows < 1 or (args.rows > 1 and args.load != "unary"):
+        parser.error("--rows takes a positive count, with --load unary")
     _py_spy()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     from tests.bench.common import digits_packages, null_package

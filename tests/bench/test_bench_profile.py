@@ -11,7 +11,9 @@ import threading
 import time
 from pathlib import Path
 
-from tests.bench.bench_profile import _record, cpu_by_thread, fold_stats, thread_cpu_s
+import pytest
+
+from tests.bench.bench_profile import _record, cpu_by_thread, fold_stats, main, thread_cpu_s
 
 
 def test_folded_stacks_count_own_and_inclusive_samples_with_recursion_once_and_threads_apart() -> None:
@@ -97,3 +99,12 @@ def test_py_spy_attaches_to_a_running_python_process_and_names_its_hot_function(
     hot = [n for frame, n in stats.own.items() if frame.startswith("hot_loop_for_the_profiler")]
     assert stats.share(sum(hot)) > 0.9
     assert list(stats.threads) == [f"thread ({child.pid})"]  # -c never imported threading: no name
+
+
+@pytest.mark.parametrize("argv", [["--rows", "0"], ["--load", "stream", "--rows", "8"]])
+def test_rows_per_call_is_refused_unless_positive_and_for_unary_calls(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    # refused before any group starts: a stream has no calls to put rows in
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert "--rows takes a positive count, with --load unary" in capsys.readouterr().err
