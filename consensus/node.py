@@ -204,6 +204,9 @@ class ConsensusNode:
         # waiting proposal -> how many rounds of fetching found its votes still disagreeing
         self.mismatch_rounds: dict[tuple[int, int], int] = {}
         self.helped: dict[int, int] = {}  # peer -> tick we last sent it our stable checkpoint
+        # (low, peers whose CHECKPOINT at low arrived after it was stable here): a second one
+        # from the same peer is a retransmission, so that peer has not seen it become stable
+        self.late_checkpoints: tuple[int, set[int]] = (0, set())
         self.answered_view_change: dict[int, tuple[int, int]] = {}  # peer -> (view, tick) of our last answer to its old VIEW-CHANGE
         self.later_views: dict[int, set[int]] = {}  # view above ours -> replicas seen working in it
         self.asked_before_accusing: VoteKey | None = None  # the stalled request we fetched state for
@@ -1289,7 +1292,14 @@ class ConsensusNode:
         summary = self.state.summary()
         self.summaries[summary.seq] = summary
         if not self.config.is_member(self.id):
-            return  # replaying an epoch this replica was not part of: it has nothing to sign
+            # replaying an epoch this replica was not part of: it has nothing to sign, but the
+            # members' checkpoints may all be here already, held until this summary existed
+            for bucket in list(self.checkpoints.get(summary.seq, {}).values()):
+                if self.low >= summary.seq:
+                    break
+                if bucket:
+                    self._add_checkpoint(next(iter(bucket.values())))
+            return
         state_digest = summary.state_digest()
         statement = Statement(StatementKind.CHECKPOINT, self.config.group_id, self.config.epoch, self.id, (summary.seq,), state_digest)
         previous = self.signed.get((StatementKind.CHECKPOINT, (summary.seq,)))
@@ -1312,7 +1322,7 @@ class ConsensusNode:
         if checkpoint.seq % self.params.checkpoint_interval_batches or checkpoint.seq <= 0:
             raise ByzantineMessageError(sender, "bad-checkpoint", f"checkpoint at seq {checkpoint.seq} is off the interval")
         if checkpoint.seq <= self.low:
-            if checkpoint.seq < self.low:
+            if checkpoint.seq < self.low or self._resends_stable_checkpoint(sender):
                 self._help_behind(sender)
             return  # already stable here
         statement = checkpoint.statement(self.config.group_id)
@@ -1406,14 +1416,51 @@ class ConsensusNode:
         self._send(candidates[0], FetchState(self.id, self.state.seq))
         self._ready.events.append(Event("state-transfer", f"fetching from replica {candidates[0]} after seq {self.state.seq}"))
 
+    def _resends_stable_checkpoint(self, peer: int) -> bool:
+        """`peer` sent its CHECKPOINT at our stable seq: is it sending it again? A replica
+        resends its checkpoint only while it is not stable there, and it would wait for the next
+        checkpoint (new traffic) to get past it if the replicas that have it stable stayed
+        silent; a first, merely late copy (the slowest replicas' at every checkpoint) asks for
+        nothing."""
+        low, seen = self.late_checkpoints
+        if low != self.low:
+            seen = set()
+            self.late_checkpoints = (self.low, seen)
+        if peer in seen or any(c.sender == peer for c in self.stable_proof):
+            return True
+        seen.add(peer)
+        return False
+
     def _help_behind(self, peer: int) -> None:
-        """`peer` still works below our stable checkpoint: show it the checkpoint (once in a
-        while), so it fetches the state instead of waiting for messages that will not come."""
+        """`peer` still works below our stable checkpoint, or has not seen it become stable:
+        show it the checkpoint (once in a while), so it fetches the state, or makes its own
+        checkpoint stable, instead of waiting for messages that will not come."""
         if not self.stable_proof or self.now - self.helped.get(peer, -(10**9)) < self.params.relay_timeout_ticks:
             return
         self.helped[peer] = self.now
         for checkpoint in self.stable_proof:
             self._send(peer, checkpoint)
+        # and ours, when the proof lacks it: a faulty member in the proof may have shown the
+        # peer another digest, and then the peer needs a checkpoint from one more correct replica
+        if all(c.sender != self.id for c in self.stable_proof):
+            own = self._own_stable_checkpoint()
+            if own is not None:
+                self._send(peer, own)
+
+    def _own_stable_checkpoint(self) -> Checkpoint | None:
+        """This replica's CHECKPOINT at its stable seq, signed now if it got there by state
+        transfer: the state it installed has the digest a quorum signed, so it can say so."""
+        own = self.signed.get((StatementKind.CHECKPOINT, (self.low,)))
+        if own is not None:
+            return own if isinstance(own, Checkpoint) and own.state_digest == self.stable_digest else None
+        epoch = self.stable_proof[0].epoch
+        config = self.configs.get(epoch)
+        if self.retired or config is None or not config.is_member(self.id):
+            return None
+        statement = Statement(StatementKind.CHECKPOINT, self.config.group_id, epoch, self.id, (self.low,), self.stable_digest)
+        own = Checkpoint(self.id, epoch, self.low, self.stable_digest, self._sign(statement))
+        self._record_signed(StatementKind.CHECKPOINT, (self.low,), own)
+        return own
 
     def _maybe_fetch_committed(self) -> None:
         """Batches above ours are committed by a quorum but ours is stuck: fetch them."""

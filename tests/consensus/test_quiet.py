@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 
 from consensus.messages import Checkpoint, Commit, PrePrepare, VoteBatch
+from consensus.ready import SignedRecord
+from certs.statements import StatementKind
 from tests.consensus.cluster import Cluster
 
 
@@ -50,6 +52,68 @@ def test_a_checkpoint_not_yet_stable_keeps_a_node_busy() -> None:
     cluster.settle()
     assert all(node.low == interval for node in cluster.nodes.values())
     assert all(_quiet(cluster))
+
+
+def test_a_replica_that_missed_the_checkpoints_gets_its_own_stable_by_resending_it() -> None:
+    """The others made the checkpoint stable without it and then had nothing more to say: the
+    replica resends its CHECKPOINT, and a second copy from it tells each of them to show it
+    their proof. Before, it stayed busy (resending every round) until new traffic reached the
+    next checkpoint."""
+    cluster = Cluster()
+    interval = cluster.params.checkpoint_interval_batches
+    cluster.drop(lambda e: isinstance(e.message, Checkpoint) and e.to == 3)
+    for _ in range(interval):
+        cluster.serve_one()
+    assert [node.low for node in cluster.nodes.values()] == [interval, interval, interval, 0]
+    cluster.heal()
+    cluster.tick_until(lambda: all(_quiet(cluster)))
+    assert cluster.nodes[3].low == interval
+    assert {c.sender for c in cluster.nodes[3].stable_proof} <= {0, 1, 2, 3}
+
+
+def test_a_first_late_checkpoint_at_the_stable_seq_is_not_answered_a_resent_one_is() -> None:
+    cluster = Cluster()
+    interval = cluster.params.checkpoint_interval_batches
+    late = cluster.hold(lambda e: isinstance(e.message, Checkpoint) and e.via == 3)
+    for _ in range(interval):
+        cluster.serve_one()
+    assert cluster.nodes[0].low == interval and 3 not in {c.sender for c in cluster.nodes[0].stable_proof}
+    copy = next(c for c in cluster.sent_of(3, Checkpoint) if c.seq == interval)
+    before = len(cluster.sent_of(0, Checkpoint))
+    cluster.step(0, copy)  # the slowest replica's checkpoint, late: it asks for nothing
+    assert len(cluster.sent_of(0, Checkpoint)) == before
+    cluster.step(0, copy)  # the same again: replica 3 is resending, so it lacks the quorum
+    shown = cluster.sent_of(0, Checkpoint)[before:]
+    assert {c.sender for c in shown} == {c.sender for c in cluster.nodes[0].stable_proof}
+    cluster.release(late)
+
+
+def test_a_replica_stable_by_state_transfer_signs_its_checkpoint_when_it_shows_a_peer_its_proof() -> None:
+    """Its proof is the others' checkpoints; if a faulty one among them showed the peer another
+    digest, the peer needs one more correct replica's checkpoint: this replica's, signed over
+    the state it installed (whose digest a quorum signed)."""
+    cluster = Cluster()
+    interval = cluster.params.checkpoint_interval_batches
+    cluster.isolate(2)
+    for _ in range(interval + 1):
+        cluster.serve_one(to=[0, 1, 3])
+    cluster.heal()
+    node = cluster.nodes[2]
+    cluster.serve_one()  # new traffic shows replica 2 it is behind: it fetches the state
+    cluster.tick_until(lambda: node.low == interval)
+    assert (StatementKind.CHECKPOINT, (interval,)) not in node.signed  # installed, never executed
+    assert 2 not in {c.sender for c in node.stable_proof}
+    proof_senders = {c.sender for c in node.stable_proof}
+    resent = next(c for c in cluster.sent_of(3, Checkpoint) if c.seq == interval)
+    before = len(cluster.sent_of(2, Checkpoint))
+    cluster.step(2, resent)  # replica 3 is in the proof: a copy from it is a resend
+    shown = cluster.sent_of(2, Checkpoint)[before:]
+    own = [c for c in shown if c.sender == 2]
+    assert {c.sender for c in shown} == proof_senders | {2} and len(own) == 1
+    assert (own[0].seq, own[0].state_digest) == (interval, node.stable_digest)
+    # a real signature, kept like every signed statement (a restart signs nothing different)
+    cluster.nodes[3].step(own[0])
+    assert any(isinstance(r, SignedRecord) and r.message == own[0] for r in cluster.disks[2])
 
 
 def test_a_view_change_in_progress_keeps_a_node_busy() -> None:
