@@ -443,14 +443,26 @@ class ConsensusNode:
             reasons.append("state transfer in progress")
         if self.stable_ahead is not None and self.stable_ahead[0] > self.state.seq:
             reasons.append(f"behind a stable checkpoint at seq {self.stable_ahead[0]}")
-        top = max(self.log, default=0)
-        if top > self.state.seq:
+        top = max((seq for seq, slot in self.log.items() if seq > self.state.seq and self._slot_in_play(slot)), default=0)
+        if top:
             reasons.append(f"log holds seq {top} above executed seq {self.state.seq}")
-        # a replica that left is no longer in the quorum that would make its last checkpoint
-        # stable: resending it can never help
-        if not self.retired and self._last_checkpoint_seq() > self.low:
-            reasons.append(f"checkpoint at seq {self._last_checkpoint_seq()} not stable (stable: {self.low})")
+        # ticking resends this replica's own checkpoint until it is stable. A replica that left
+        # is no longer in the quorum that would make it stable, and one that replayed the
+        # batch as a non-member (it joined later) signed none: resending can never help
+        last = self._last_checkpoint_seq()
+        if not self.retired and last > self.low and (StatementKind.CHECKPOINT, (last,)) in self.signed:
+            reasons.append(f"checkpoint at seq {last} not stable (stable: {self.low})")
         return tuple(reasons)
+
+    def _slot_in_play(self, slot: Slot) -> bool:
+        """Can timers move this unexecuted slot along? Yes if it was accepted in this view,
+        committed, or voted on in this view (commits of any view certify). Not if all it holds
+        is an earlier view's proposal and prepares that the new view did not propose again:
+        such a slot waits for the next proposal at its seq, which only new traffic brings (its
+        prepared proof, if any, still goes into this replica's next VIEW-CHANGE)."""
+        return slot.pre_prepare is not None or slot.committed is not None or bool(slot.commits) or any(
+            view >= self.view for view, _ in slot.prepares
+        )
 
     # =====================================================================================
     # requests, inference and votes

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from consensus.messages import Checkpoint, Commit, PrePrepare, VoteBatch
+from consensus.messages import Checkpoint, Commit, PrePrepare, Prepare, VoteBatch
 from consensus.ready import SignedRecord
 from certs.statements import StatementKind
 from tests.consensus.cluster import Cluster
@@ -114,6 +114,30 @@ def test_a_replica_stable_by_state_transfer_signs_its_checkpoint_when_it_shows_a
     # a real signature, kept like every signed statement (a restart signs nothing different)
     cluster.nodes[3].step(own[0])
     assert any(isinstance(r, SignedRecord) and r.message == own[0] for r in cluster.disks[2])
+
+
+def test_a_slot_left_with_an_earlier_views_proposal_the_new_view_did_not_reuse_keeps_nobody_busy() -> None:
+    """The old primary proposed two requests at seqs 2 and 3; neither prepared before it
+    crashed. The new primary orders both in one batch at seq 2, so seq 3 keeps only view 0's
+    proposal until new traffic reuses it: no timer can help it, and ticking every few
+    milliseconds for it did nothing but cost CPU."""
+    cluster = Cluster()
+    cluster.serve_one()
+    cluster.drop(lambda e: isinstance(e.message, Prepare) and e.message.view == 0)
+    requests = []
+    for _ in range(2):
+        requests.append(cluster.new_request())
+        cluster.submit(requests[-1])
+        cluster.settle()
+        cluster.tick(2)  # the primary lets a batch wait a tick for company while one is in flight
+    assert [(pp.seq, len(pp.proposal.entries)) for pp in cluster.sent_of(0, PrePrepare)] == [(1, 1), (2, 1), (3, 1)]
+    cluster.crash(0)
+    backups = [cluster.nodes[r] for r in (1, 2, 3)]
+    cluster.tick_until(lambda: all(n.view == 1 and all(r.key in n.state.executed for r in requests) for n in backups), 5000)
+    for node in backups:
+        assert node.state.seq == 2 and node.log[3].pre_prepare is None and node.log[3].contents
+    cluster.tick_until(lambda: all(n.quiet() for n in backups))
+    assert all(3 in n.log for n in backups)  # kept: its proposal is this replica's to report in a view change
 
 
 def test_a_view_change_in_progress_keeps_a_node_busy() -> None:

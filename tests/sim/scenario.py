@@ -45,9 +45,10 @@ def run_seed(
     seed: int, *, faults: bool = True, byzantine: bool = True, requests: int | None = None, report_busy: bool = False
 ) -> SimResult:
     """One seed, checked. `report_busy` then lets the healed world idle past every retention
-    period and reports the correct members not quiet: each such state costs a replica a tick
-    every few milliseconds for good, and it may hide work that never finishes (a lost update
-    was found this way). It reports, it does not fail: some states are known and accepted."""
+    period and reports the correct members not quiet (each such state costs a replica a tick
+    every few milliseconds for good, and may hide work that never finishes: a lost update was
+    found this way), or holding a checkpoint quorum they did not make stable. It reports, it
+    does not fail: tests/sim/test_sim.py says which states are accepted."""
     world = World(seed, faults=faults, byzantine=byzantine)
     busy: dict[int, tuple[str, ...]] = {}
     try:
@@ -83,9 +84,17 @@ def _busy_after_idling(world: World) -> dict[int, tuple[str, ...]]:
     busy = {}
     for r in world.correct:
         node = world.nodes[r]
-        reasons = node.busy_reasons() if node is not None and not node.retired else ()
+        if node is None or node.retired:
+            continue
+        reasons = list(node.busy_reasons())
+        # not busy, but stuck all the same: a quorum's checkpoints for a batch it executed,
+        # never made stable (its log is not truncated until new traffic makes the next one)
+        for seq, by_digest in sorted(node.checkpoints.items()):
+            quorum = node._config_at(seq).quorum_size
+            if node.low < seq <= node.state.seq and any(len(bucket) >= quorum for bucket in by_digest.values()):
+                reasons.append(f"holds a quorum of checkpoints at seq {seq} but its stable checkpoint is {node.low}")
         if reasons:
-            busy[r] = reasons
+            busy[r] = tuple(reasons)
     return busy
 
 
