@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from certs.statements import StatementKind
 from consensus.messages import Checkpoint, Commit, PrePrepare, Prepare, VoteBatch
 from consensus.ready import SignedRecord
-from certs.statements import StatementKind
 from tests.consensus.cluster import Cluster
 
 
@@ -68,13 +68,12 @@ def test_a_replica_that_missed_the_checkpoints_gets_its_own_stable_by_resending_
     cluster.heal()
     cluster.tick_until(lambda: all(_quiet(cluster)))
     assert cluster.nodes[3].low == interval
-    assert {c.sender for c in cluster.nodes[3].stable_proof} <= {0, 1, 2, 3}
 
 
 def test_a_first_late_checkpoint_at_the_stable_seq_is_not_answered_a_resent_one_is() -> None:
     cluster = Cluster()
     interval = cluster.params.checkpoint_interval_batches
-    late = cluster.hold(lambda e: isinstance(e.message, Checkpoint) and e.via == 3)
+    cluster.hold(lambda e: isinstance(e.message, Checkpoint) and e.via == 3)  # replica 3's come late
     for _ in range(interval):
         cluster.serve_one()
     assert cluster.nodes[0].low == interval and 3 not in {c.sender for c in cluster.nodes[0].stable_proof}
@@ -85,7 +84,6 @@ def test_a_first_late_checkpoint_at_the_stable_seq_is_not_answered_a_resent_one_
     cluster.step(0, copy)  # the same again: replica 3 is resending, so it lacks the quorum
     shown = cluster.sent_of(0, Checkpoint)[before:]
     assert {c.sender for c in shown} == {c.sender for c in cluster.nodes[0].stable_proof}
-    cluster.release(late)
 
 
 def test_a_replica_stable_by_state_transfer_signs_its_checkpoint_when_it_shows_a_peer_its_proof() -> None:
@@ -112,7 +110,8 @@ def test_a_replica_stable_by_state_transfer_signs_its_checkpoint_when_it_shows_a
     assert {c.sender for c in shown} == proof_senders | {2} and len(own) == 1
     assert (own[0].seq, own[0].state_digest) == (interval, node.stable_digest)
     # a real signature, kept like every signed statement (a restart signs nothing different)
-    cluster.nodes[3].step(own[0])
+    key = cluster.config.public_key(2)
+    assert key is not None and cluster.verifier.verify(key, own[0].statement(cluster.config.group_id).message(), own[0].signature)
     assert any(isinstance(r, SignedRecord) and r.message == own[0] for r in cluster.disks[2])
 
 
