@@ -1306,22 +1306,23 @@ class ConsensusNode:
         if not self.config.is_member(self.id):
             # replaying an epoch this replica was not part of: it has nothing to sign, but the
             # members' checkpoints may all be here already, held until this summary existed
-            for bucket in list(self.checkpoints.get(summary.seq, {}).values()):
-                if self.low >= summary.seq:
-                    break
-                if bucket:
-                    self._add_checkpoint(next(iter(bucket.values())))
+            for state_digest in list(self.checkpoints.get(summary.seq, {})):
+                self._check_checkpoint_quorum(summary.seq, state_digest)
             return
-        state_digest = summary.state_digest()
-        statement = Statement(StatementKind.CHECKPOINT, self.config.group_id, self.config.epoch, self.id, (summary.seq,), state_digest)
-        previous = self.signed.get((StatementKind.CHECKPOINT, (summary.seq,)))
-        if isinstance(previous, Checkpoint):
-            checkpoint = previous
-        else:
-            checkpoint = Checkpoint(self.id, self.config.epoch, summary.seq, state_digest, self._sign(statement))
-            self._record_signed(StatementKind.CHECKPOINT, (summary.seq,), checkpoint)
+        checkpoint = self._signed_checkpoint(summary.seq, self.config.epoch, summary.state_digest())
         self._send(None, checkpoint)
         self._add_checkpoint(checkpoint)
+
+    def _signed_checkpoint(self, seq: int, epoch: int, state_digest: bytes) -> Checkpoint:
+        """This replica's CHECKPOINT at `seq`: the one it signed before (it never signs two),
+        else a new one, recorded like every signed statement."""
+        previous = self.signed.get((StatementKind.CHECKPOINT, (seq,)))
+        if isinstance(previous, Checkpoint):
+            return previous
+        statement = Statement(StatementKind.CHECKPOINT, self.config.group_id, epoch, self.id, (seq,), state_digest)
+        checkpoint = Checkpoint(self.id, epoch, seq, state_digest, self._sign(statement))
+        self._record_signed(StatementKind.CHECKPOINT, (seq,), checkpoint)
+        return checkpoint
 
     def _on_checkpoint(self, checkpoint: Checkpoint) -> None:
         sender = checkpoint.sender
@@ -1366,24 +1367,29 @@ class ConsensusNode:
             ):
                 return  # we already hold a newer one from this sender
         by_digest = self.checkpoints.setdefault(checkpoint.seq, {})
-        bucket = by_digest.setdefault(checkpoint.state_digest, {})
-        bucket.setdefault(checkpoint.sender, checkpoint)
-        quorum = self._config_at(checkpoint.seq).quorum_size
+        by_digest.setdefault(checkpoint.state_digest, {}).setdefault(checkpoint.sender, checkpoint)
+        self._check_checkpoint_quorum(checkpoint.seq, checkpoint.state_digest)
+
+    def _check_checkpoint_quorum(self, seq: int, state_digest: bytes) -> None:
+        """Act on a quorum of checkpoints at `seq` with `state_digest`, if one is here: make it
+        stable when this replica's own summary agrees, or note that the group is ahead."""
+        bucket = self.checkpoints.get(seq, {}).get(state_digest, {})
+        quorum = self._config_at(seq).quorum_size
         if len(bucket) < quorum:
             return
-        summary = self.summaries.get(checkpoint.seq)
+        summary = self.summaries.get(seq)
         proof = tuple(c for _, c in sorted(bucket.items())[:quorum])
         if summary is not None:
-            if summary.state_digest() != checkpoint.state_digest:
-                self._ready.events.append(Event("state-divergence", f"checkpoint {checkpoint.seq} differs from a quorum"))
+            if summary.state_digest() != state_digest:
+                self._ready.events.append(Event("state-divergence", f"checkpoint {seq} differs from a quorum"))
                 return
-            self._make_stable(checkpoint.seq, checkpoint.state_digest, proof)
-        elif checkpoint.seq > self.state.seq:
+            self._make_stable(seq, state_digest, proof)
+        elif seq > self.state.seq:
             # a quorum is ahead of this replica. Usually the commits are on their way; if this
             # replica stops making progress, it fetches the state it missed (section 4.3)
-            if self.stable_ahead is None or checkpoint.seq > self.stable_ahead[0]:
-                self.stable_ahead = (checkpoint.seq, sorted(bucket))
-            if checkpoint.seq > self.state.seq + self.params.pipeline_depth:
+            if self.stable_ahead is None or seq > self.stable_ahead[0]:
+                self.stable_ahead = (seq, sorted(bucket))
+            if seq > self.state.seq + self.params.pipeline_depth:
                 self._start_state_transfer(sorted(bucket))
 
     def _make_stable(self, seq: int, state_digest: bytes, proof: tuple[Checkpoint, ...]) -> None:
@@ -1462,17 +1468,13 @@ class ConsensusNode:
     def _own_stable_checkpoint(self) -> Checkpoint | None:
         """This replica's CHECKPOINT at its stable seq, signed now if it got there by state
         transfer: the state it installed has the digest a quorum signed, so it can say so."""
-        own = self.signed.get((StatementKind.CHECKPOINT, (self.low,)))
-        if own is not None:
-            return own if isinstance(own, Checkpoint) and own.state_digest == self.stable_digest else None
         epoch = self.stable_proof[0].epoch
         config = self.configs.get(epoch)
-        if self.retired or config is None or not config.is_member(self.id):
+        unsigned = (StatementKind.CHECKPOINT, (self.low,)) not in self.signed
+        if unsigned and (self.retired or config is None or not config.is_member(self.id)):
             return None
-        statement = Statement(StatementKind.CHECKPOINT, self.config.group_id, epoch, self.id, (self.low,), self.stable_digest)
-        own = Checkpoint(self.id, epoch, self.low, self.stable_digest, self._sign(statement))
-        self._record_signed(StatementKind.CHECKPOINT, (self.low,), own)
-        return own
+        own = self._signed_checkpoint(self.low, epoch, self.stable_digest)
+        return own if own.state_digest == self.stable_digest else None
 
     def _maybe_fetch_committed(self) -> None:
         """Batches above ours are committed by a quorum but ours is stuck: fetch them."""
