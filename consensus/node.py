@@ -198,15 +198,25 @@ class ConsensusNode:
         self.configs: dict[int, GroupConfig] = {config.epoch: config}
         self.epoch_starts: dict[int, int] = {config.epoch: 0}
         self.config_signatures: dict[int, dict[int, bytes]] = {}  # epoch -> signer -> signature
+        # the next epoch's config as peers showed it with too few signatures each: the valid
+        # ones are pooled until a quorum vouches for it ((epoch, config digest) -> config and
+        # signatures; each signer counts for the first config it was seen signing, so at most
+        # one entry per signer). Where the epoch starts is taken from the peer whose link
+        # completes the quorum, as from one that shows a whole link
+        self.pooled_links: dict[tuple[int, bytes], tuple[GroupConfig, dict[int, bytes]]] = {}
         self.retired = False  # left the group (or was evicted): serves what it has, orders nothing
         self._ready = Ready()
         self.restored = False
         # waiting proposal -> how many rounds of fetching found its votes still disagreeing
         self.mismatch_rounds: dict[tuple[int, int], int] = {}
         self.helped: dict[int, int] = {}  # peer -> tick we last sent it our stable checkpoint
-        # (low, peers whose CHECKPOINT at low arrived after it was stable here): a second one
-        # from the same peer is a retransmission, so that peer has not seen it become stable
-        self.late_checkpoints: tuple[int, set[int]] = (0, set())
+        # (low, messages that arrived after their seq was stable here): the slowest replicas'
+        # CHECKPOINT at low, and their PREPAREs and COMMITs for the batches just below it, come
+        # late in the normal case; a second copy of one is a retransmission, so its sender is
+        # stuck there (keys: ("checkpoint", peer) and (kind, seq, peer))
+        self.late_copies: tuple[int, set[tuple[object, ...]]] = (0, set())
+        self._via: int | None = None  # the peer that handed over the message being stepped, if known
+        self.shown_config_signatures: dict[int, int] = {}  # peer -> tick we last sent it our config signatures
         self.answered_view_change: dict[int, tuple[int, int]] = {}  # peer -> (view, tick) of our last answer to its old VIEW-CHANGE
         self.later_views: dict[int, set[int]] = {}  # view above ours -> replicas seen working in it
         self.asked_before_accusing: VoteKey | None = None  # the stalled request we fetched state for
@@ -365,12 +375,15 @@ class ConsensusNode:
         `via` is the peer that transmitted the message when the runtime knows it. Signed
         messages are relayed (vote batches on request, proofs inside other messages), so an
         invalid signature is blamed on whoever handed it over, not on the replica it names."""
+        self._via = via
         try:
             self._step(message)
         except ByzantineMessageError as exc:
             if via is not None and via != exc.sender and exc.kind == "bad-signature":
                 raise ByzantineMessageError(via, exc.kind, f"relayed {exc.reason}") from exc
             raise
+        finally:
+            self._via = None
 
     def _step(self, message: PeerMessage) -> None:
         handler = self._handlers.get(type(message))
@@ -1165,6 +1178,12 @@ class ConsensusNode:
         if message.view > self.view + FUTURE_VIEWS_MAX:
             raise ByzantineMessageError(sender, "outside-window", f"{name} for far future view {message.view}")
         if message.seq <= self.low:
+            if message.seq > self.low - self.params.checkpoint_interval_batches and not self._late_copy_repeated((kind, message.seq, sender)):
+                # the slowest replica's votes for the last batches before a checkpoint arrive
+                # after the others made it stable: normal, so no warning and no reply (showing
+                # it the checkpoint cost every replica 3-4 signed messages per checkpoint). If
+                # it is stuck there, it retransmits, and the second copy gets the checkpoint
+                return None
             self._help_behind(sender)
             raise ByzantineMessageError(sender, "stale", f"{name} for seq {message.seq} below the watermark")
         if message.seq > self.low + self.params.log_window_batches:
@@ -1335,7 +1354,13 @@ class ConsensusNode:
         if checkpoint.seq % self.params.checkpoint_interval_batches or checkpoint.seq <= 0:
             raise ByzantineMessageError(sender, "bad-checkpoint", f"checkpoint at seq {checkpoint.seq} is off the interval")
         if checkpoint.seq <= self.low:
-            if checkpoint.seq < self.low or self._resends_stable_checkpoint(sender):
+            relayed = self._via is not None and self._via != sender
+            if relayed:
+                # a peer showing us a proof: if it is an old one, that peer is the one behind
+                # (its signers are not, and a copy passed on is no resend by its signer)
+                if checkpoint.seq < self.low:
+                    self._help_behind(self._via)  # type: ignore[arg-type]
+            elif checkpoint.seq < self.low or self._resends_stable_checkpoint(sender):
                 self._help_behind(sender)
             return  # already stable here
         statement = checkpoint.statement(self.config.group_id)
@@ -1440,13 +1465,20 @@ class ConsensusNode:
         checkpoint (new traffic) to get past it if the replicas that have it stable stayed
         silent; a first, merely late copy (the slowest replicas' at every checkpoint) asks for
         nothing."""
-        low, seen = self.late_checkpoints
+        if any(c.sender == peer for c in self.stable_proof):
+            return True
+        return self._late_copy_repeated(("checkpoint", peer))
+
+    def _late_copy_repeated(self, key: tuple[object, ...]) -> bool:
+        """Has a message with this key already arrived late (after its seq was stable here)?
+        Records it if not. Forgotten once the next checkpoint is stable."""
+        low, seen = self.late_copies
         if low != self.low:
             seen = set()
-            self.late_checkpoints = (self.low, seen)
-        if peer in seen or any(c.sender == peer for c in self.stable_proof):
+            self.late_copies = (self.low, seen)
+        if key in seen:
             return True
-        seen.add(peer)
+        seen.add(key)
         return False
 
     def _help_behind(self, peer: int) -> None:
@@ -1536,17 +1568,45 @@ class ConsensusNode:
             if config.epoch in self.configs or previous is None:
                 continue
             if len(link.signatures) < previous.quorum_size:
-                continue  # not yet vouched for by a quorum (may still come in a snapshot, see below)
+                # not yet vouched for by a quorum at that peer: each replica broadcasts its
+                # signature once, so a peer may hold too few of them, yet several peers
+                # together enough (a replica that crashed just before an epoch change, and
+                # whose peers' snapshots are all of the new epoch, had no other way in)
+                link = self._pool_link_signatures(sender, previous, link)
+                if link is None:
+                    continue
             try:
                 verify_link(previous, link, self._verifier)
             except CertificateError as exc:
                 raise ByzantineMessageError(sender, "bad-state", f"config link for epoch {config.epoch}: {exc}") from exc
+            self.pooled_links = {key: value for key, value in self.pooled_links.items() if key[0] > config.epoch}
             self.configs[config.epoch] = config
             self.epoch_starts[config.epoch] = start_seq
             self.config_signatures[config.epoch] = {s.replica_id: s.signature for s in link.signatures}
             record = ConfigLinkRecord(link, start_seq)
             self._persist(record)
             self._ready.config_links.append(record)
+
+    def _pool_link_signatures(self, sender: int, previous: GroupConfig, link: ConfigLink) -> ConfigLink | None:
+        """Add a short link's valid signatures to the pool; the pooled link once a quorum of
+        `previous` signed it, else None."""
+        config = link.config
+        if config.group_id != previous.group_id or config.previous_digest != previous.digest:
+            raise ByzantineMessageError(sender, "bad-state", f"config link for epoch {config.epoch} does not follow epoch {previous.epoch}")
+        key = (config.epoch, config.digest)
+        counted = {signer for (epoch, _), (_, pooled) in self.pooled_links.items() if epoch == config.epoch for signer in pooled}
+        for signature in link.signatures:
+            public_key = previous.public_key(signature.replica_id)
+            if signature.replica_id in counted or public_key is None:
+                continue
+            if not self._verifier.verify(public_key, link_message(config, signature.replica_id), signature.signature):
+                raise ByzantineMessageError(sender, "bad-state", f"config link for epoch {config.epoch}: bad signature from replica {signature.replica_id}")
+            self.pooled_links.setdefault(key, (config, {}))[1][signature.replica_id] = signature.signature
+            counted.add(signature.replica_id)
+        pooled = self.pooled_links.get(key)
+        if pooled is None or len(pooled[1]) < previous.quorum_size:
+            return None
+        return ConfigLink(config, tuple(QuorumSigned(r, s) for r, s in sorted(pooled[1].items())))
 
     def _on_state_reply(self, reply: StateReply) -> None:
         sender = reply.sender
@@ -1811,6 +1871,7 @@ class ConsensusNode:
         if self.now >= self.retransmit_deadline:
             self.retransmit_deadline = self.now + params.relay_timeout_ticks
             self._retransmit()
+            self._gossip_config_signatures()
             self._maybe_fetch_committed()
             # votes for requests nobody sent (a faulty voter's) are otherwise collected only at
             # a stable checkpoint: in a group gone idle they would keep this node busy for good
@@ -2245,11 +2306,41 @@ class ConsensusNode:
             self._send(None, message)
             self._add_config_signature(message)
 
+    def _gossip_config_signatures(self) -> None:
+        """Each replica broadcasts its signature on a new config once. One that was lost, or
+        that arrived before its receiver reached the epoch, left replicas short of a quorum for
+        good: they could not vouch for the config to clients, nor to a replica catching up by
+        state transfer, which then could not check a snapshot of the new epoch (the simulator
+        found one stuck for good that way: a replica that crashed just before an epoch change).
+        Short of a quorum, a replica shows its peers the signatures it has; one that has them
+        already answers with all of its own (see _on_config_signature)."""
+        epoch = self.config.epoch
+        previous = self.configs.get(epoch - 1)
+        signatures = self.config_signatures.get(epoch, {})
+        if previous is None or len(signatures) >= previous.quorum_size:
+            return
+        for signer, signature in sorted(signatures.items()):
+            self._send(None, ConfigSignature(signer, epoch, self.config.digest, signature))
+
+    def _show_config_signatures(self, peer: int, epoch: int) -> None:
+        if self.now - self.shown_config_signatures.get(peer, -(10**9)) < self.params.relay_timeout_ticks:
+            return
+        self.shown_config_signatures[peer] = self.now
+        digest_of_config = self.configs[epoch].digest
+        for signer, signature in sorted(self.config_signatures.get(epoch, {}).items()):
+            self._send(peer, ConfigSignature(signer, epoch, digest_of_config, signature))
+
     def _on_config_signature(self, message: ConfigSignature) -> None:
         config = self.configs.get(message.epoch)
         previous = self.configs.get(message.epoch - 1)
         if config is None or previous is None:
             return  # an epoch this replica has not reached: it will sign that config itself
+        known = self.config_signatures.get(message.epoch, {})
+        if known.get(message.sender) == message.signature:
+            # a copy: its sender (or the peer passing it on) is short of a quorum of signatures
+            if len(known) >= previous.quorum_size:
+                self._show_config_signatures(self._via if self._via is not None else message.sender, message.epoch)
+            return
         public_key = previous.public_key(message.sender)
         if public_key is None:
             raise ByzantineMessageError(message.sender, "non-member", f"signs the epoch {message.epoch} config without being in epoch {previous.epoch}")

@@ -287,7 +287,9 @@ def test_checkpoint_every_k_batches_becomes_stable_at_a_quorum_and_truncates_the
 
 def test_messages_below_the_low_watermark_are_rejected_as_stale() -> None:
     """4.3: once h moved to a stable checkpoint, messages for sequence numbers <= h are
-    discarded (here: rejected as stale replays, with the node unchanged)."""
+    discarded, with the node unchanged. A replay is rejected as stale; the first copy of a vote
+    from the interval just below h is dropped silently (the slowest replica's votes arrive that
+    late in the normal case)."""
     cluster = Cluster()
     k = cluster.params.checkpoint_interval_batches
     for _ in range(k + 1):
@@ -302,6 +304,8 @@ def test_messages_below_the_low_watermark_are_rejected_as_stale() -> None:
         next(pp for pp in cluster.sent_of(0, PrePrepare) if pp.seq == 2),
     ]
     before = fingerprint(node)
+    for message in replays[:2]:
+        cluster.step(1, message, via=message.sender)
     for message in replays:
         with pytest.raises(ByzantineMessageError) as info:
             cluster.step(1, message, via=message.sender)
@@ -722,6 +726,67 @@ def test_a_snapshot_learned_across_a_membership_change_is_handed_on_with_the_new
     cluster.step(6, reply, via=5)
     assert second.config.epoch == 1 and not second.config.is_member(4)
     assert second.state.state_digest() == first.state.state_digest()
+
+
+def test_signatures_on_a_new_config_lost_on_the_way_are_gossiped_until_every_member_holds_a_quorum() -> None:
+    """Each replica broadcasts its signature on the next config once. Lost (or arriving before
+    its receiver reached the epoch), each replica was left short of a quorum for good, and could
+    not vouch for the new config to clients or to a replica catching up."""
+    cluster = Cluster(n=7)
+    lost = cluster.drop(lambda e: isinstance(e.message, ConfigSignature))
+    cluster.submit_leave(4, to=range(7))
+    cluster.tick_until(lambda: all(node.config.epoch == 1 for node in cluster.nodes.values()))
+    cluster.tick(2 * cluster.params.relay_timeout_ticks)  # gossip rounds, lost as well
+    assert all(len(node.config_signatures[1]) == 1 for node in cluster.nodes.values())  # its own
+    cluster.drop_rules.remove(lost)
+    quorum = cluster.config.quorum_size  # of epoch 0, whose members vouch for epoch 1
+    cluster.tick(2 * cluster.params.relay_timeout_ticks)
+    assert all(len(cluster.nodes[r].config_signatures[1]) >= quorum for r in (0, 1, 2, 3, 5, 6))
+
+
+def _epoch_change_without_replica_5_or_config_signatures() -> Cluster:
+    """n = 7: replica 4 leaves while replica 5 is cut off and every signature on the new config
+    is lost; the others go on until their stable checkpoint is one of epoch 1."""
+    cluster = Cluster(n=7)
+    cluster.isolate(5)
+    cluster.drop(lambda e: isinstance(e.message, ConfigSignature))
+    cluster.submit_leave(4, to=(0, 1, 2, 3, 6))
+    while not (cluster.nodes[0].stable_proof and cluster.nodes[0].stable_proof[0].epoch == 1):
+        cluster.serve_one(to=(0, 1, 2, 3, 6))
+    return cluster
+
+
+def test_a_replica_behind_an_epoch_change_pools_the_config_signatures_its_peers_hold() -> None:
+    """A replica that missed a membership change catches up from snapshots of the new epoch,
+    which it can check only once it knows the new config. Its peers each held too few of the
+    signatures on it to vouch for it alone (here: one each); together they hold a quorum."""
+    cluster = _epoch_change_without_replica_5_or_config_signatures()
+    behind = cluster.nodes[5]
+    assert behind.config.epoch == 0
+    peers = (0, 1, 2, 3, 6)  # each serves a snapshot of epoch 1 and its own signature only
+    for i, peer in enumerate(peers):
+        assert len(cluster.nodes[peer].config_signatures[1]) == 1
+        cluster.step(peer, FetchState(5, behind.executed_seq), via=5)
+        cluster.step(5, cluster.sent_of(peer, StateReply)[-1], via=peer)
+        # a quorum of epoch 0 is 5 signatures: the fifth reply brings the last one
+        assert behind.config.epoch == (1 if i == len(peers) - 1 else 0)
+    assert behind.low == cluster.nodes[0].low
+    assert behind.state.state_digest() == cluster.nodes[0].state.state_digest()
+
+
+def test_a_forged_signature_in_a_short_config_link_is_blamed_on_the_peer_and_pooled_nowhere() -> None:
+    cluster = _epoch_change_without_replica_5_or_config_signatures()
+    behind = cluster.nodes[5]
+    cluster.step(0, FetchState(5, behind.executed_seq), via=5)
+    reply = cluster.sent_of(0, StateReply)[-1]
+    (link, start_seq), = reply.config_links
+    (own,) = link.signatures
+    forged_link = replace(link, signatures=(replace(own, replica_id=2),))  # 0's signature, claimed as 2's
+    forged = replace(reply, sender=6, config_links=((forged_link, start_seq),))
+    with pytest.raises(ByzantineMessageError) as info:
+        cluster.step(5, forged, via=6)
+    assert (info.value.sender, info.value.kind) == (6, "bad-state")
+    assert behind.pooled_links == {}
 
 
 def test_replica_alone_in_a_later_view_after_missing_the_last_commits_catches_up_by_fetching() -> None:

@@ -86,6 +86,61 @@ def test_a_first_late_checkpoint_at_the_stable_seq_is_not_answered_a_resent_one_
     assert {c.sender for c in shown} == {c.sender for c in cluster.nodes[0].stable_proof}
 
 
+def test_the_slowest_replicas_late_votes_at_a_checkpoint_cost_nothing() -> None:
+    """The slowest replica's PREPARE, COMMIT and CHECKPOINT for the batch that completes a
+    checkpoint reach the others after they made it stable: the normal case at every checkpoint
+    under light load. Nobody rejects them as stale (an operator saw a warning per checkpoint)
+    and nobody shows it the checkpoint (3-4 signed messages each, per checkpoint)."""
+    cluster = Cluster()
+    interval = cluster.params.checkpoint_interval_batches
+    for _ in range(interval - 1):
+        cluster.serve_one()
+    late = cluster.hold(lambda e: e.via == 3 and isinstance(e.message, (Prepare, Commit, Checkpoint)))
+    cluster.serve_one()
+    assert [node.low for node in cluster.nodes.values()] == [interval] * 4  # 3 heard the others
+    assert any(isinstance(e.message, Prepare) for e in cluster.held) and any(isinstance(e.message, Commit) for e in cluster.held)
+    sent_before = {r: len(cluster.sent_of(r, Checkpoint)) for r in range(3)}
+    rejections_before = len(cluster.rejections)
+    cluster.release(late)
+    cluster.settle()
+    assert cluster.rejections[rejections_before:] == []
+    assert {r: len(cluster.sent_of(r, Checkpoint)) for r in range(3)} == sent_before
+
+
+def test_a_proof_relayed_at_the_stable_seq_is_not_taken_for_its_signers_resending() -> None:
+    """A peer showing this replica a checkpoint proof passes on other replicas' CHECKPOINTs. A
+    copy passed on is no resend by its signer, who is not behind: answering it sent this
+    replica's proof to replicas that had it, and they answered in turn."""
+    cluster = Cluster()
+    interval = cluster.params.checkpoint_interval_batches
+    for _ in range(interval):
+        cluster.serve_one()
+    node = cluster.nodes[0]
+    assert node.low == interval
+    signed_by_2 = next(c for c in cluster.sent_of(2, Checkpoint) if c.seq == interval)
+    assert 2 in {c.sender for c in node.stable_proof}  # straight from 2, this copy is a resend
+    before = len(cluster.sent[0])
+    cluster.step(0, signed_by_2, via=3)
+    assert cluster.sent[0][before:] == []
+
+
+def test_an_old_proof_relayed_shows_the_checkpoint_to_the_peer_that_passed_it_on() -> None:
+    """A relayed checkpoint below the stable one says the relaying peer works from an old
+    proof: it is the one behind, not the checkpoint's signer."""
+    cluster = Cluster()
+    interval = cluster.params.checkpoint_interval_batches
+    for _ in range(2 * interval):
+        cluster.serve_one()
+    cluster.settle()
+    assert cluster.nodes[0].low == 2 * interval
+    old_by_2 = next(c for c in cluster.sent_of(2, Checkpoint) if c.seq == interval)
+    queued_before = len(cluster.queue)
+    cluster.step(0, old_by_2, via=3)
+    shown = list(cluster.queue)[queued_before:]
+    assert shown and {e.to for e in shown} == {3}
+    assert all(isinstance(e.message, Checkpoint) and e.message.seq == 2 * interval for e in shown)
+
+
 def test_a_replica_stable_by_state_transfer_signs_its_checkpoint_when_it_shows_a_peer_its_proof() -> None:
     """Its proof is the others' checkpoints; if a faulty one among them showed the peer another
     digest, the peer needs one more correct replica's checkpoint: this replica's, signed over
