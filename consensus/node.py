@@ -1485,9 +1485,8 @@ class ConsensusNode:
         """`peer` still works below our stable checkpoint, or has not seen it become stable:
         show it the checkpoint (once in a while), so it fetches the state, or makes its own
         checkpoint stable, instead of waiting for messages that will not come."""
-        if not self.stable_proof or self.now - self.helped.get(peer, -(10**9)) < self.params.relay_timeout_ticks:
+        if not self.stable_proof or not self._once_per_relay_timeout(self.helped, peer):
             return
-        self.helped[peer] = self.now
         for checkpoint in self.stable_proof:
             self._send(peer, checkpoint)
         # and ours, when the proof lacks it: a faulty member in the proof may have shown the
@@ -1496,6 +1495,14 @@ class ConsensusNode:
             own = self._own_stable_checkpoint()
             if own is not None:
                 self._send(peer, own)
+
+    def _once_per_relay_timeout(self, last_ticks: dict[int, int], peer: int) -> bool:
+        """May `peer` be answered now (a relay timeout since the last answer in `last_ticks`)?
+        Records the answer if so: answers to what a peer resends must not echo every copy."""
+        if self.now - last_ticks.get(peer, -(10**9)) < self.params.relay_timeout_ticks:
+            return False
+        last_ticks[peer] = self.now
+        return True
 
     def _own_stable_checkpoint(self) -> Checkpoint | None:
         """This replica's CHECKPOINT at its stable seq, signed now if it got there by state
@@ -2316,19 +2323,15 @@ class ConsensusNode:
         already answers with all of its own (see _on_config_signature)."""
         epoch = self.config.epoch
         previous = self.configs.get(epoch - 1)
-        signatures = self.config_signatures.get(epoch, {})
-        if previous is None or len(signatures) >= previous.quorum_size:
+        if previous is None or len(self.config_signatures.get(epoch, {})) >= previous.quorum_size:
             return
-        for signer, signature in sorted(signatures.items()):
-            self._send(None, ConfigSignature(signer, epoch, self.config.digest, signature))
+        for message in self._config_signature_messages(epoch):
+            self._send(None, message)
 
-    def _show_config_signatures(self, peer: int, epoch: int) -> None:
-        if self.now - self.shown_config_signatures.get(peer, -(10**9)) < self.params.relay_timeout_ticks:
-            return
-        self.shown_config_signatures[peer] = self.now
+    def _config_signature_messages(self, epoch: int) -> list[ConfigSignature]:
+        """The signatures on the epoch's config this replica holds, as their signers sent them."""
         digest_of_config = self.configs[epoch].digest
-        for signer, signature in sorted(self.config_signatures.get(epoch, {}).items()):
-            self._send(peer, ConfigSignature(signer, epoch, digest_of_config, signature))
+        return [ConfigSignature(signer, epoch, digest_of_config, signature) for signer, signature in sorted(self.config_signatures.get(epoch, {}).items())]
 
     def _on_config_signature(self, message: ConfigSignature) -> None:
         config = self.configs.get(message.epoch)
@@ -2338,8 +2341,10 @@ class ConsensusNode:
         known = self.config_signatures.get(message.epoch, {})
         if known.get(message.sender) == message.signature:
             # a copy: its sender (or the peer passing it on) is short of a quorum of signatures
-            if len(known) >= previous.quorum_size:
-                self._show_config_signatures(self._via if self._via is not None else message.sender, message.epoch)
+            peer = self._via if self._via is not None else message.sender
+            if len(known) >= previous.quorum_size and self._once_per_relay_timeout(self.shown_config_signatures, peer):
+                for signature in self._config_signature_messages(message.epoch):
+                    self._send(peer, signature)
             return
         public_key = previous.public_key(message.sender)
         if public_key is None:
