@@ -69,11 +69,13 @@ class ProtocolParams:
 
     tick_interval_ms: int = 5
     inference_batch_max: int = 64  # requests per Triton call
-    # How long queued requests wait for company before a second Triton call starts beside one
-    # in flight (an idle model starts at once, so a lone request never waits). 20 ms rather
-    # than 5: fewer, fuller Triton calls mean fewer vote batches and ordered batches, each of
-    # which costs every replica far more than a row does; measured +20 % certified req/s at 32
-    # and 64 calls in flight on 2 cores, no change at 8 (tests/bench, same-session A/B).
+    # How long queued requests wait for company before a Triton call starts while another is
+    # in flight or the last one's requests are still being ordered (otherwise, as at
+    # concurrency 1, a lone request starts at once: ConsensusNode._maybe_batch_inference).
+    # 20 ms rather than 5: fewer, fuller Triton calls mean fewer vote batches and ordered
+    # batches, each of which costs every replica far more than a row does; measured +20 %
+    # certified req/s at 32 and 64 calls in flight on 2 cores, no change at 8 (tests/bench,
+    # same-session A/B).
     inference_batch_delay_ticks: int = 4
     inference_inflight_max: int = 2  # Triton calls outstanding per replica
     proposal_size_max: int = 1024  # requests per ordered batch

@@ -170,6 +170,7 @@ class ConsensusNode:
         self.inference_queue_since: int | None = None
         self.inference_inflight: dict[int, tuple[int, list[VoteKey]]] = {}
         self._next_inference_id = 1
+        self.last_inference_keys: list[VoteKey] = []  # the requests of the latest Triton call started
         self.vote_batches: dict[tuple[int, int], StoredVoteBatch] = {}
         # other batches a voter signed under one number (equivocation), newest last, bounded
         self.vote_batch_variants: dict[tuple[int, int], list[StoredVoteBatch]] = {}
@@ -545,8 +546,15 @@ class ConsensusNode:
             since = self.inference_queue_since
             waited = self.now - (self.now if since is None else since)
             if len(self.inference_queue) < params.inference_batch_max and waited < params.inference_batch_delay_ticks:
-                # a lone request waits a moment for company, unless the model is idle
-                if self.inference_inflight:
+                # A lone request waits a moment for company while the model is busy, or while
+                # the requests of this replica's last Triton call are still being ordered (Nagle's
+                # rule, with "acknowledged" meaning executed). An idle model alone is no sign of an
+                # idle group: under load the model is often idle while the votes, the ordering and
+                # the certificates of earlier calls keep every core busy, and starting at once
+                # then makes a Triton call, a vote batch and an ordered batch of a few rows each,
+                # every one of which costs each replica far more than a row does. At concurrency
+                # 1 the last call was executed before the next request came, so it starts at once.
+                if self.inference_inflight or self._last_inference_unexecuted():
                     return
             version = self.model_version
             keys: list[VoteKey] = []
@@ -565,9 +573,20 @@ class ConsensusNode:
             batch_id = self._next_inference_id
             self._next_inference_id += 1
             self.inference_inflight[batch_id] = (version, keys)
+            self.last_inference_keys = keys
             self._ready.inference.append(
                 InferenceBatch(batch_id, version, tuple(requests), tuple(key[3] for key in keys))
             )
+
+    def _last_inference_unexecuted(self) -> bool:
+        """Whether a request of this replica's last Triton call has its vote and is not yet
+        executed (one queued again, after a failed call or a model update, does not count)."""
+        executed = self.state.executed
+        for key in self.last_inference_keys:
+            pending = self.pending.get(key)
+            if pending is not None and pending.queued_version is None and pending.request_key not in executed:
+                return True
+        return False
 
     def _on_request(self, message: RequestMessage) -> None:
         try:
@@ -1265,12 +1284,15 @@ class ConsensusNode:
     # =====================================================================================
 
     def _execute_ready(self, via_state_transfer: bool = False) -> None:
+        executed_from = self.state.seq
         while True:
             slot = self.log.get(self.state.seq + 1)
             if slot is None or slot.committed is None:
-                return
+                break
             pp, commits = slot.committed
             self._execute(slot, pp, commits, via_state_transfer)
+        if self.state.seq > executed_from and self.inference_queue:
+            self._maybe_batch_inference()  # a request waiting for these to be ordered goes now
 
     def _execute(self, slot: Slot, pp: PrePrepare, commits: tuple[Commit, ...], via_state_transfer: bool) -> None:
         header, proposal = pp.header, pp.proposal

@@ -220,6 +220,9 @@ def test_batches_execute_in_sequence_order_even_if_a_later_one_commits_first() -
     second = cluster.new_request()
     cluster.submit(second)
     cluster.settle()
+    # replica 3 has not executed its last call's request: a lone one waits the batch delay
+    cluster.tick(cluster.params.inference_batch_delay_ticks)
+    cluster.settle()
     node = cluster.nodes[3]
     assert node.log[2].committed is not None and node.log[1].committed is None
     assert cluster.committed[3] == [] and node.executed_seq == 0
@@ -388,8 +391,15 @@ def test_new_view_fills_gaps_with_null_batches() -> None:
         requests.append(request)
         cluster.submit(request)
         cluster.settle()
-        cluster.tick()  # the primary lets a lone request wait a tick while batches are in flight
-    proposals = cluster.sent_of(0, PrePrepare)
+        # nothing executes (no commits): from the second request on, each replica lets a lone
+        # request wait the batch delay for company, and the primary lets it wait a tick
+        cluster.tick(cluster.params.inference_batch_delay_ticks)
+        cluster.settle()
+        cluster.tick()
+    first_at_seq: dict[int, PrePrepare] = {}
+    for sent in cluster.sent_of(0, PrePrepare):
+        first_at_seq.setdefault(sent.seq, sent)  # a resend repeats one
+    proposals = list(first_at_seq.values())
     assert [p.seq for p in proposals] == [1, 2, 3]
     cluster.crash(0)
     cluster.tick_until(lambda: all(cluster.nodes[r].view == 1 and cluster.nodes[r].view_active for r in (1, 2, 3)), 300)

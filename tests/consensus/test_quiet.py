@@ -183,8 +183,13 @@ def test_a_slot_left_with_an_earlier_views_proposal_the_new_view_did_not_reuse_k
         requests.append(cluster.new_request())
         cluster.submit(requests[-1])
         cluster.settle()
-        cluster.tick(2)  # the primary lets a batch wait a tick for company while one is in flight
-    assert [(pp.seq, len(pp.proposal.entries)) for pp in cluster.sent_of(0, PrePrepare)] == [(1, 1), (2, 1), (3, 1)]
+        # nothing executes: each replica lets a lone request wait the batch delay for company,
+        # and the primary lets a batch wait a tick while one is in flight
+        cluster.tick(cluster.params.inference_batch_delay_ticks)
+        cluster.settle()
+        cluster.tick(2)
+    proposals = {pp.seq: pp for pp in cluster.sent_of(0, PrePrepare)}  # a resend repeats one
+    assert [(seq, len(pp.proposal.entries)) for seq, pp in proposals.items()] == [(1, 1), (2, 1), (3, 1)]
     cluster.crash(0)
     backups = [cluster.nodes[r] for r in (1, 2, 3)]
     cluster.tick_until(lambda: all(n.view == 1 and all(r.key in n.state.executed for r in requests) for n in backups), 5000)

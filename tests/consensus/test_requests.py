@@ -16,7 +16,7 @@ from consensus.errors import ByzantineMessageError, LocalProtocolError, RequestR
 from consensus.messages import Commit, ControlMessage, ModelUpdate, PrePrepare, Prepare, RequestMessage, VoteBatch
 from consensus.node import SubmitOutcome
 from consensus.ready import Activation
-from tests.consensus.cluster import Cluster, Envelope, Model, honest_model, make_request
+from tests.consensus.cluster import Cluster, Envelope, Model, honest_model, make_request, matching
 from tests.sim.world import LABELS
 
 # =====================================================================================
@@ -151,6 +151,65 @@ def test_lone_request_queued_at_tick_zero_goes_after_the_batch_delay() -> None:
     _lone_request_waits(start_tick=0)
 
 
+def _voted_not_executed(cluster: Cluster) -> InferenceRequest:
+    """Replica 1 runs a request through its model and votes; the group does not order it yet
+    (every message is held). Returns the request."""
+    cluster.hold(lambda e: True)
+    first = cluster.new_request()
+    cluster.submit(first, to=[1])
+    cluster.run_one_inference(1)
+    assert cluster.nodes[1].inference_inflight == {} and first.key not in cluster.nodes[1].state.executed
+    return first
+
+
+def test_a_lone_request_waits_for_company_while_the_last_calls_requests_are_being_ordered() -> None:
+    """Nagle's rule on the whole pipeline: an idle model is no sign of an idle group. Under
+    load the model is often idle while the ordering of its last call keeps the replicas busy;
+    a Triton call of one row then costs a vote batch and an ordered batch of one row too."""
+    cluster = Cluster(auto_inference=False)
+    delay = cluster.params.inference_batch_delay_ticks
+    _voted_not_executed(cluster)
+    second, third = cluster.new_request(), cluster.new_request()
+    cluster.submit(second, to=[1])
+    assert cluster.inference[1] == [], "a lone request went to the model while its predecessor was being ordered"
+    cluster.tick(delay - 1)
+    cluster.submit(third, to=[1])
+    assert cluster.inference[1] == []
+    cluster.tick()
+    assert [b.requests for b in cluster.inference[1]] == [(second, third)], "the two did not share one Triton call"
+
+
+def test_a_waiting_request_goes_as_soon_as_the_last_calls_requests_execute() -> None:
+    cluster = Cluster()
+    cluster.serve_one()
+    cluster.auto_inference = False
+    held = cluster.hold(matching(Commit, to=1))
+    second = cluster.new_request()
+    cluster.submit(second)
+    cluster.run_inference()
+    cluster.settle()
+    node = cluster.nodes[1]
+    assert second.key in cluster.nodes[2].state.executed and second.key not in node.state.executed
+    third = cluster.new_request()
+    cluster.submit(third, to=[1])
+    assert cluster.inference[1] == [], "third went to the model while second was being ordered"
+    cluster.release(held)
+    cluster.settle()  # no tick: the commits for second arrive and it executes
+    assert second.key in node.state.executed
+    assert [b.requests for b in cluster.inference[1]] == [(third,)], "third still waits after second executed"
+
+
+def test_a_lone_request_goes_at_once_when_the_last_calls_requests_were_executed() -> None:
+    """Concurrency 1: the previous request was certified before the next came, so nothing
+    waits and the latency of a lone call is unchanged."""
+    cluster = Cluster()
+    cluster.serve_one()
+    cluster.auto_inference = False
+    lone = cluster.new_request()
+    cluster.submit(lone)
+    assert all([b.requests for b in cluster.inference[r]] == [(lone,)] for r in range(cluster.n))
+
+
 def test_at_most_inference_inflight_max_batches_in_flight() -> None:
     cluster = Cluster(auto_inference=False)
     params = cluster.params
@@ -164,7 +223,12 @@ def test_at_most_inference_inflight_max_batches_in_flight() -> None:
     while cluster.inference[1]:
         assert len(cluster.nodes[1].inference_inflight) <= params.inference_inflight_max
         cluster.run_one_inference(1)
-    voted = [e.request_id for vb in cluster.sent_of(1, VoteBatch) for e in vb.entries]
+        if not cluster.inference[1]:
+            # the rest is less than a full batch and the last call's requests are not
+            # executed: it waits the batch delay for company
+            cluster.tick(params.inference_batch_delay_ticks)
+    vote_batches = {vb.batch_no: vb for vb in cluster.sent_of(1, VoteBatch)}  # a resend repeats one
+    voted = [e.request_id for vb in vote_batches.values() for e in vb.entries]
     assert voted == [r.request_id for r in requests]
 
 
