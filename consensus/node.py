@@ -160,6 +160,7 @@ class ConsensusNode:
         self.summaries: dict[int, CheckpointSummary] = {0: self.state.summary()}
         self.log: dict[int, Slot] = {}
         self.next_seq = 1  # the next sequence number this replica proposes as primary
+        self.last_proposal_tick = 0
         self.checkpoints: dict[int, dict[bytes, dict[int, Checkpoint]]] = {}
 
         self.pending: dict[VoteKey, PendingRequest] = {}
@@ -884,9 +885,15 @@ class ConsensusNode:
                     break
             ops = self._ops_to_propose()
             # keep ordering (empty) batches while an activation or epoch change is due and
-            # nothing else is: they take effect at a sequence number, not at a time
+            # nothing else is: they take effect at a sequence number, not at a time. While
+            # requests are about, their batches carry it there; an empty one goes only after a
+            # vote timeout without a proposal (requests waiting at the replicas for company must
+            # not leave the pipeline to a run of empty batches, each a full round for nothing)
             due = bool(self.state.scheduled) or self.state.epoch_change is not None
-            idle_with_activation = not ready and not ops and not waiting_for_more and due and seq == self.state.seq + 1
+            idle_with_activation = (
+                not ready and not ops and not waiting_for_more and due and seq == self.state.seq + 1
+                and (not self.pending or self.now - self.last_proposal_tick >= params.vote_timeout_ticks)
+            )
             if not ready and not ops and not idle_with_activation:
                 return
             inflight = seq - 1 - self.state.seq
@@ -967,6 +974,8 @@ class ConsensusNode:
 
     def _propose(self, seq: int, proposal: Proposal, table: dict[int, tuple[int, bytes]]) -> None:
         from certs.batch import model_versions_digest
+
+        self.last_proposal_tick = self.now
 
         mv_digest = (
             model_versions_digest([(rid, v, wd) for rid, (v, wd) in table.items()]) if proposal.entries else ZERO_DIGEST

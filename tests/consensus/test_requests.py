@@ -545,8 +545,9 @@ def test_model_update_takes_effect_log_window_batches_after_it_is_ordered() -> N
         assert cluster.activations[r] == [Activation(UPDATED, 2, op.weights_digest, t + window)]
         assert cluster.nodes[r].state.versions[UPDATED] == (2, op.weights_digest)
     assert cluster.nodes[UPDATED].model_version == 2
-    revotes = [b for b in cluster.sent_of(UPDATED, VoteBatch) if b.entries[0].request_id == pending.request_id]
-    assert [b.model_version for b in revotes] == [1, 2]
+    # (a vote batch resent while the activation comes repeats its number)
+    revotes = {b.batch_no: b for b in cluster.sent_of(UPDATED, VoteBatch) if b.entries[0].request_id == pending.request_id}
+    assert [b.model_version for b in revotes.values()] == [1, 2]
     cluster.heal()
     late = cluster.serve_one()
     cluster.tick_until(lambda: all(pending.key in cluster.nodes[r].state.executed for r in range(4)), 200)
@@ -602,6 +603,51 @@ def test_updated_replica_catching_up_by_state_transfer_votes_with_its_new_versio
     batch, index = cluster.leaf_of(0, after)
     vote = next(v for v in batch.proposal.entries[index].leaf.votes if v.replica_id == UPDATED)
     assert (vote.model_version, vote.output.label) == (2, NEW_LABEL)
+
+
+def _ordered_update(cluster: Cluster) -> int:
+    """Order a model update of UPDATED's; returns the seq of the batch that carries it."""
+    op = cluster.submit_update(UPDATED, 2)
+    cluster.settle()
+    (t,) = [b.header.seq for b in cluster.committed[0] if b.proposal.ops == (op,)]
+    return t
+
+
+def _ticks_to_activation(cluster: Cluster) -> int:
+    def in_effect() -> bool:
+        cluster.settle()
+        return cluster.nodes[0].state.versions[UPDATED][0] == 2
+
+    return cluster.tick_until(in_effect, 1000)
+
+
+def test_an_idle_group_orders_an_empty_batch_every_tick_to_reach_an_activation() -> None:
+    cluster = Cluster()
+    t = _ordered_update(cluster)
+    window = cluster.params.log_window_batches
+    assert _ticks_to_activation(cluster) == window - 1
+    assert [b.header.seq for b in cluster.committed[0]] == list(range(1, t + window))
+    assert all(not b.proposal.entries and not b.proposal.ops for b in cluster.committed[0][t:])
+
+
+def test_while_requests_are_about_an_activation_gets_an_empty_batch_only_after_a_vote_timeout() -> None:
+    """Requests waiting at the replicas (for company, or for votes) will carry the activation
+    forward; a run of empty batches meanwhile is a full round each for nothing, and under load
+    it cost the group a tenth of its throughput for as long as an update took."""
+    cluster = Cluster(auto_inference=False)  # the request stays pending: nobody votes yet
+    timeout = cluster.params.vote_timeout_ticks
+    cluster.submit(cluster.new_request())
+    t = _ordered_update(cluster)
+    assert cluster.nodes[0].executed_seq == t, "empty batches went while a request was pending"
+    cluster.tick(timeout - 1)
+    cluster.settle()
+    assert cluster.nodes[0].executed_seq == t
+    cluster.tick()
+    cluster.settle()
+    assert cluster.nodes[0].executed_seq == t + 1
+    assert not cluster.committed[0][t].proposal.entries, "the batch after the update is not empty"
+    # and so on, one a vote timeout, until the activation (the request never gets its votes)
+    assert _ticks_to_activation(cluster) == (cluster.params.log_window_batches - 2) * timeout
 
 
 def test_updated_replica_catching_up_by_state_transfer_reports_the_activation() -> None:
