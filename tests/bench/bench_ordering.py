@@ -16,7 +16,11 @@ verification. For each group:
 
 Reported: certified requests/s, the ratio to the plain-Triton baseline, and CPU milliseconds
 per certified request by component: on a machine with C cores the system cannot certify more
-than C / (CPU seconds per request) per second, which says what limits the figure.
+than C / (CPU seconds per request) per second, which says what limits the figure. The unary
+one-row calls are stage-traced like the latency benchmark's (`replica/trace.py`), so the report
+also says where a call's time goes under load: in the stages that batch (waiting for company
+before a Triton call, for votes before a proposal) or queued behind busy event loops, where
+nothing batches.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from tests.bench.common import (
     Measurement,
     Options,
     Probe,
+    TRACED_RUN_PREFIX,
     TritonCaller,
     cpu_line,
     data_dir,
@@ -49,6 +54,7 @@ from tests.bench.common import (
     running_group,
     warm_up,
 )
+from tests.bench.stages import breakdown, read_traces, table
 
 NAME = "ordering"
 TITLE = "2. Ordering capacity (null model)"
@@ -89,9 +95,12 @@ def run(options: Options, result: BenchResult, shared: BenchGroup | None = None)
                     record("plain Triton (baseline)", f"{c} calls in flight", asyncio.run(measure(
                         lambda: TritonCaller([target], inputs), c, warmup_s, duration_s,
                         label="plain Triton", progress=options.progress, bench=bench)))
+                    traced_id = f"{TRACED_RUN_PREFIX}{run_id}-u{c}"
                     record("unary, 1 row/call", f"{c} calls in flight", asyncio.run(measure(
-                        functools.partial(GatewayCaller, bench.gateway.address, bench.config.group_id, inputs, run_id=f"{run_id}-u{c}"),
+                        functools.partial(GatewayCaller, bench.gateway.address, bench.config.group_id, inputs, run_id=traced_id),
                         c, warmup_s, duration_s, label="unary", progress=options.progress, bench=bench)))
+                    if bench.trace_dir is not None and bench.trace_dir.is_dir():
+                        rows[n][-1]["stages"] = breakdown(read_traces(bench.trace_dir), key_marker=traced_id)
                 record(f"unary, {BATCHED_ROWS} rows/call", "8 calls in flight", asyncio.run(measure(
                     lambda: GatewayCaller(bench.gateway.address, bench.config.group_id, inputs, rows=BATCHED_ROWS, run_id=f"{run_id}-b"),
                     8, warmup_s, duration_s, label=f"unary x{BATCHED_ROWS}", progress=options.progress, bench=bench)))
@@ -214,6 +223,22 @@ def report(result: BenchResult, rows: dict[int, list[dict[str, Any]]], options: 
         for r in items:
             if r["replicas"] and not r["kind"].startswith("plain"):
                 lines.append(f"- n={n}, {r['kind']}, {r['setting']}: {replicas_line(r['replicas'])}")
+    for n, items in rows.items():
+        for r in items:
+            stages = r.get("stages")
+            if stages is None or not stages.requests:
+                continue
+            lines += [
+                "",
+                f"n={n}, {r['kind']}, {r['setting']}: a call's time stage by stage (median over {stages.requests} calls, "
+                "from the trace lines of the gateway and the replicas). Under load 'gateway to every replica' is time queued "
+                "behind busy event loops (a replica reads the gateway's stream between its other work), where nothing "
+                "batches; 'inference' holds the wait for company before a Triton call (up to the batch delay), the call "
+                "itself (its mean is in the line above) and the wait for the loop that takes its result.",
+                "",
+                *table(stages, client_p50_ms=r["stats"].p50_ms),
+            ]
+            r["stages"] = stages.summary()  # for the JSON
     result.details += lines
     result.data.update({"cores": cores, "window_s": duration_s, "rows": {str(n): items for n, items in rows.items()}})
     result.plots.append(plot(rows, options))
