@@ -547,14 +547,11 @@ class ConsensusNode:
             since = self.inference_queue_since
             waited = self.now - (self.now if since is None else since)
             if len(self.inference_queue) < params.inference_batch_max and waited < params.inference_batch_delay_ticks:
-                # A lone request waits a moment for company while the model is busy, or while
-                # the requests of this replica's last Triton call are still being ordered (Nagle's
-                # rule, with "acknowledged" meaning executed). An idle model alone is no sign of an
-                # idle group: under load the model is often idle while the votes, the ordering and
-                # the certificates of earlier calls keep every core busy, and starting at once
-                # then makes a Triton call, a vote batch and an ordered batch of a few rows each,
-                # every one of which costs each replica far more than a row does. At concurrency
-                # 1 the last call was executed before the next request came, so it starts at once.
+                # A lone request waits for company while the model is busy, or while the last
+                # Triton call's requests are still being ordered (Nagle's rule, "acknowledged"
+                # meaning executed): under load the model is often idle while ordering keeps the
+                # cores busy, and starting at once made every Triton call, vote batch and ordered
+                # batch a few rows. At concurrency 1 the last call has executed: no wait.
                 if self.inference_inflight or self._last_inference_unexecuted():
                     return
             version = self.model_version

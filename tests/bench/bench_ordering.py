@@ -223,11 +223,13 @@ def report(result: BenchResult, rows: dict[int, list[dict[str, Any]]], options: 
         for r in items:
             if r["replicas"] and not r["kind"].startswith("plain"):
                 lines.append(f"- n={n}, {r['kind']}, {r['setting']}: {replicas_line(r['replicas'])}")
+    stage_summaries: dict[str, Any] = {}
     for n, items in rows.items():
         for r in items:
             stages = r.get("stages")
             if stages is None or not stages.requests:
                 continue
+            stage_summaries[f"n={n}, {r['kind']}, {r['setting']}"] = stages.summary()
             lines += [
                 "",
                 f"n={n}, {r['kind']}, {r['setting']}: a call's time stage by stage (median over {stages.requests} calls, "
@@ -238,9 +240,13 @@ def report(result: BenchResult, rows: dict[int, list[dict[str, Any]]], options: 
                 "",
                 *table(stages, client_p50_ms=r["stats"].p50_ms),
             ]
-            r["stages"] = stages.summary()  # for the JSON
     result.details += lines
-    result.data.update({"cores": cores, "window_s": duration_s, "rows": {str(n): items for n, items in rows.items()}})
+    result.data.update({
+        "cores": cores, "window_s": duration_s,
+        # the stage summaries, not every traced duration
+        "rows": {str(n): [{k: v for k, v in r.items() if k != "stages"} for r in items] for n, items in rows.items()},
+        "stages": stage_summaries,
+    })
     result.plots.append(plot(rows, options))
 
 
