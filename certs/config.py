@@ -80,6 +80,11 @@ class ProtocolParams:
     inference_inflight_max: int = 2  # Triton calls outstanding per replica
     proposal_size_max: int = 1024  # requests per ordered batch
     vote_timeout_ticks: int = 6  # after 2f+1 votes, how long to wait for the rest (30 ms)
+    # ... and how long at most while a missing voter is still voting, only behind (150 ms:
+    # ConsensusNode._waiting_for_votes). Under load that keeps every honest owner's vote in the
+    # certificates (64 calls in flight: 100 % of certificates with all four votes instead of
+    # 45-57 %, certified req/s unchanged) at no cost when a voter has crashed.
+    vote_wait_max_ticks: int = 30
     pipeline_depth: int = 8  # proposals in flight (uncommitted) at once
     checkpoint_interval_batches: int = 32  # K
     log_window_batches: int = 64  # high watermark = low watermark + this; also the activation delay

@@ -7,7 +7,7 @@ clock, no randomness: time is `tick()`, signing and verification are injected.
 Request path (DESIGN.md): every replica runs its model on every request it knows (inference
 first) and broadcasts one signed VoteBatch per inference batch; the primary proposes requests
 that have votes from a quorum of distinct replicas (waiting up to `vote_timeout_ticks` for the
-rest) with the policy's decision for each; backups re-check every vote and recompute every
+rest, longer for a voter still voting: `_waiting_for_votes`) with the policy's decision for each; backups re-check every vote and recompute every
 decision; PRE-PREPARE / PREPARE / COMMIT then order the batch (Castro and Liskov, OSDI '99,
 section 4.2), checkpoints truncate the log (4.3), view changes replace a faulty primary (4.4).
 
@@ -193,6 +193,7 @@ class ConsensusNode:
         # whose votes have moved past a request without it most likely never got it, whereas
         # under load a peer that has not voted yet is usually just busy
         self.vote_progress: dict[int, int] = {}
+        self.vote_arrival_tick: dict[int, int] = {}  # voter -> when its latest vote batch came
         self.fetching_state_since: int | None = None
         self.fetch_targets: list[int] = []
 
@@ -674,6 +675,7 @@ class ConsensusNode:
                 pending.quorum_tick = self.now
                 self.eligible[key] = None
         self.vote_progress[batch.sender] = progress
+        self.vote_arrival_tick[batch.sender] = self.now
 
     def _gc_votes(self, force_voter: int | None = None) -> None:
         """Forget vote batches nobody can still use: all their requests executed, or (when a voter
@@ -842,6 +844,34 @@ class ConsensusNode:
         )
         return ProposalEntry(leaf, tuple(refs))
 
+    def _waiting_for_votes(self, pending: PendingRequest, chosen: list[tuple[int, int, int]]) -> bool:
+        """Whether the primary holds a request that has a quorum of votes for the rest: for
+        `vote_timeout_ticks` after the quorum, and then up to `vote_wait_max_ticks` while a
+        missing voter is still voting (a vote batch of its came within the last
+        `vote_wait_max_ticks`) and has not voted past this request (on one this replica learned
+        later). Under load an honest replica's vote often comes 50-150 ms after the quorum (the
+        request queued in its busy event loop, then its Triton call): without it, an owner lost
+        its fee and the certificate its vote, the evidence auditors judge owners by, on a third
+        of the requests at 64 calls in flight. A crashed voter stops counting once its last
+        batch is that old; a Byzantine one holds a request no longer than the cap."""
+        params = self.params
+        waited = self.now - (pending.quorum_tick or 0)
+        if waited < params.vote_timeout_ticks:
+            return True
+        if waited >= params.vote_wait_max_ticks:
+            return False
+        voted = {voter for voter, _, _ in chosen}
+        for voter in self.config.replica_ids:
+            if voter in voted:
+                continue
+            arrival = self.vote_arrival_tick.get(voter)
+            if (
+                arrival is not None and self.now - arrival < params.vote_wait_max_ticks
+                and self.vote_progress.get(voter, -1) <= pending.first_tick
+            ):
+                return True
+        return False
+
     def _try_propose(self) -> None:
         if not (self.view_active and self.is_primary):
             return
@@ -871,7 +901,7 @@ class ConsensusNode:
                 chosen = self._choose_votes(pending, table)
                 if len(chosen) < self.q:
                     continue
-                if len(chosen) < self.n and self.now - (pending.quorum_tick or 0) < params.vote_timeout_ticks:
+                if len(chosen) < self.n and self._waiting_for_votes(pending, chosen):
                     waiting_for_more = True
                     continue
                 ready.append((pending, chosen))

@@ -34,6 +34,11 @@ class ReplicaMetrics:
         self.disagreeing_votes = counter(
             "quorumserve_disagreeing_votes_total", "votes in certified decisions that named another label", ("voter",)
         )
+        # an owner's share of the certified votes is its share of the fees: a replica missing
+        # from many certificates is losing earnings (and auditors its evidence)
+        self.certified_votes = counter(
+            "quorumserve_certified_votes_total", "votes in the certificates this replica built, by voter", ("voter",)
+        )
         self.rejected = counter("quorumserve_rejected_messages_total", "peer messages rejected", ("reason",))
         # by message type; a request sent to peers is a relay of one a peer skipped (its votes
         # moved past it) or that is long overdue: a steady stream of them means lost messages

@@ -812,6 +812,7 @@ class ReplicaNode:
         duplicates = set(batch.duplicate_entries)
         rows: list[CertificateRow] = []
         certified: list[Certified] = []
+        votes_by_voter: dict[int, int] = {}
         for index, (leaf, certificate) in enumerate(zip(leaves, certificates)):
             if index in duplicates:
                 continue
@@ -819,9 +820,12 @@ class ReplicaNode:
             rows.append(CertificateRow(leaf.client_id, leaf.request_id, leaf.request_digest, full))
             certified.append(_certified(leaf.client_id, leaf.request_id, certificate, full))
             for vote in leaf.votes:
+                votes_by_voter[vote.replica_id] = votes_by_voter.get(vote.replica_id, 0) + 1
                 if leaf.decision.label != NO_AGREEMENT and vote.output.label != leaf.decision.label:
                     self.metrics.labels(self.metrics.disagreeing_votes, voter=str(vote.replica_id)).inc()
             log.debug("request %s/%s certified at seq %d: label %d", leaf.client_id, leaf.request_id, batch.header.seq, leaf.decision.label)
+        for voter, count in votes_by_voter.items():
+            self.metrics.labels(self.metrics.certified_votes, voter=str(voter)).inc(count)
         return rows, certified
 
     def _rebuild_quietly(self) -> None:

@@ -291,6 +291,108 @@ def test_primary_waits_up_to_the_vote_timeout_for_all_votes_then_proposes_with_a
     assert [v.replica_id for v in pp.proposal.entries[0].leaf.votes] == [0, 1, 2]
 
 
+def _proposed_with(cluster: Cluster, request: InferenceRequest) -> list[int] | None:
+    """The voters in the primary's (replica 0's) proposal of `request`, None if not proposed."""
+    for pp in cluster.sent_of(0, PrePrepare):
+        for entry in pp.proposal.entries:
+            if entry.leaf.request_id == request.request_id:
+                return [v.replica_id for v in entry.leaf.votes]
+    return None
+
+
+def test_the_primary_waits_past_the_vote_timeout_for_a_voter_still_voting_and_certifies_its_vote() -> None:
+    """Under load an honest replica's vote often comes well after the quorum's: while that
+    voter is still voting (a batch of its came lately) the primary holds the request for it,
+    so the owner gets its fee and the certificate its vote."""
+    cluster = Cluster()
+    cluster.serve_one()  # replica 3 has voted lately
+    late = cluster.hold(lambda e: isinstance(e.message, VoteBatch) and e.via == 3 and e.to == 0)
+    request = cluster.new_request()
+    cluster.submit(request)
+    cluster.settle()
+    cluster.tick(cluster.params.vote_timeout_ticks + 2)
+    assert _proposed_with(cluster, request) is None
+    cluster.release(late)
+    cluster.settle()
+    assert _proposed_with(cluster, request) == [0, 1, 2, 3]
+    cluster.tick_until(lambda: all(request.key in cluster.nodes[r].state.executed for r in range(4)))
+
+
+def test_a_voter_that_keeps_voting_but_not_on_a_request_holds_it_no_longer_than_vote_wait_max() -> None:
+    """A Byzantine voter that keeps sending vote batches on other requests, never this one,
+    delays it by vote_wait_max_ticks after its quorum, no more."""
+    cluster = Cluster(auto_inference=False)
+    wait_max = cluster.params.vote_wait_max_ticks
+    assert wait_max > cluster.params.vote_timeout_ticks + 2
+    requests = [cluster.new_request() for _ in range(10)]
+    target, others = requests[1], requests[:1] + requests[2:]
+    cluster.drop(
+        lambda e: isinstance(e.message, VoteBatch) and e.via == 3
+        and any(x.request_id == target.request_id for x in e.message.entries)
+    )
+    for request in requests:
+        cluster.submit(request)
+    node = cluster.nodes[0]
+    pending = node.pending[node.by_request_key[target.key]]
+    assert cluster.run_one_inference(3).requests == (requests[0],)  # a lone request goes at once
+    assert target in cluster.run_one_inference(3).requests  # that vote batch is lost
+    while pending.quorum_tick is None:
+        for r in (0, 1, 2):
+            cluster.run_inference(r)
+        cluster.tick()
+    quorum_tick = pending.quorum_tick
+    votes_from_3 = 0
+    while cluster.now < quorum_tick + wait_max - 1:
+        for r in (0, 1, 2):
+            cluster.run_inference(r)
+        if cluster.now % 8 == 0 and cluster.inference[3]:
+            cluster.run_one_inference(3)  # still voting, on requests older than the target
+            votes_from_3 += 1
+        cluster.tick()
+        assert _proposed_with(cluster, target) is None, f"proposed at tick {cluster.now}"
+    assert votes_from_3 >= 2
+    assert all(_proposed_with(cluster, r) == [0, 1, 2, 3] for r in others if _proposed_with(cluster, r) is not None)
+    cluster.tick()
+    assert _proposed_with(cluster, target) == [0, 1, 2]
+
+
+def test_a_voter_that_voted_past_a_request_is_not_waited_for() -> None:
+    """A replica that never got the request votes on a later one: the primary proposes at the
+    vote timeout as if that voter were absent."""
+    cluster = Cluster()
+    cluster.serve_one()
+    skipped = cluster.new_request()
+    cluster.submit(skipped, to=[0, 1, 2])
+    cluster.settle()
+    node = cluster.nodes[0]
+    quorum_tick = node.pending[node.by_request_key[skipped.key]].quorum_tick
+    assert quorum_tick is not None
+    cluster.tick()
+    later = cluster.new_request()
+    cluster.submit(later)
+    cluster.settle()
+    assert node.vote_progress[3] > node.pending[node.by_request_key[skipped.key]].first_tick
+    cluster.tick_until(lambda: _proposed_with(cluster, skipped) is not None)
+    assert cluster.now == quorum_tick + cluster.params.vote_timeout_ticks
+    assert _proposed_with(cluster, skipped) == [0, 1, 2]
+
+
+def test_a_crashed_voter_is_waited_for_only_the_vote_timeout() -> None:
+    """Once a voter's last vote batch is vote_wait_max_ticks old, a request waits for it no
+    longer than before: a crash costs each request the vote timeout, not the cap."""
+    cluster = Cluster()
+    cluster.serve_one()
+    cluster.crash(3)
+    cluster.tick(cluster.params.vote_wait_max_ticks)
+    request = cluster.new_request()
+    cluster.submit(request)
+    cluster.settle()
+    cluster.tick(cluster.params.vote_timeout_ticks - 1)
+    assert _proposed_with(cluster, request) is None
+    cluster.tick()
+    assert _proposed_with(cluster, request) == [0, 1, 2]
+
+
 def test_primary_proposes_at_once_when_every_vote_is_in() -> None:
     cluster = Cluster()
     request = cluster.new_request()

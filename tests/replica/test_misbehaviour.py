@@ -95,6 +95,16 @@ def test_a_lying_replica_is_outvoted_and_its_signed_votes_are_kept(lying_group: 
     # operators see it too: the disagreeing-votes metric names the liar
     metrics_port = lying_group.replicas[0].config.metrics_port
     assert metric_sum(scrape(metrics_port), "quorumserve_disagreeing_votes_total", voter=str(LIAR)) >= len(liar_votes) // 2
+    # and each owner its votes in the certificates (its share of the fees): at least those of
+    # the 30 requests here, once replica 0 has built their certificates
+    def counted(voter: int) -> float:
+        return metric_sum(scrape(metrics_port), "quorumserve_certified_votes_total", voter=str(voter))
+
+    for voter in config.replica_ids:
+        in_certificates = sum(v.replica_id == voter for c in certified for v in c.certificate.leaf.votes)
+        assert wait_until(lambda v=voter, want=in_certificates: counted(v) >= want, 30), (
+            f"replica 0 counts {counted(voter)} votes of replica {voter}, the certificates hold {in_certificates}"
+        )
 
 
 @pytest.fixture(scope="module")
