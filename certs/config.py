@@ -80,7 +80,7 @@ class ProtocolParams:
     inference_inflight_max: int = 2  # Triton calls outstanding per replica
     proposal_size_max: int = 1024  # requests per ordered batch
     vote_timeout_ticks: int = 6  # after 2f+1 votes, how long to wait for the rest (30 ms)
-    # ... and how long at most while a missing voter is still voting, only behind (150 ms:
+    # ... and how long at most while a missing voter is only a little behind (150 ms:
     # ConsensusNode._waiting_for_votes). Under load that keeps every honest owner's vote in the
     # certificates (64 calls in flight: 100 % of certificates with all four votes instead of
     # 45-57 %, certified req/s unchanged) at no cost when a voter has crashed.

@@ -193,7 +193,6 @@ class ConsensusNode:
         # whose votes have moved past a request without it most likely never got it, whereas
         # under load a peer that has not voted yet is usually just busy
         self.vote_progress: dict[int, int] = {}
-        self.vote_arrival_tick: dict[int, int] = {}  # voter -> when its latest vote batch came
         self.fetching_state_since: int | None = None
         self.fetch_targets: list[int] = []
 
@@ -675,7 +674,6 @@ class ConsensusNode:
                 pending.quorum_tick = self.now
                 self.eligible[key] = None
         self.vote_progress[batch.sender] = progress
-        self.vote_arrival_tick[batch.sender] = self.now
 
     def _gc_votes(self, force_voter: int | None = None) -> None:
         """Forget vote batches nobody can still use: all their requests executed, or (when a voter
@@ -847,13 +845,16 @@ class ConsensusNode:
     def _waiting_for_votes(self, pending: PendingRequest, chosen: list[tuple[int, int, int]]) -> bool:
         """Whether the primary holds a request that has a quorum of votes for the rest: for
         `vote_timeout_ticks` after the quorum, and then up to `vote_wait_max_ticks` while a
-        missing voter is still voting (a vote batch of its came within the last
-        `vote_wait_max_ticks`) and has not voted past this request (on one this replica learned
-        later). Under load an honest replica's vote often comes 50-150 ms after the quorum (the
-        request queued in its busy event loop, then its Triton call): without it, an owner lost
-        its fee and the certificate its vote, the evidence auditors judge owners by, on a third
-        of the requests at 64 calls in flight. A crashed voter stops counting once its last
-        batch is that old; a Byzantine one holds a request no longer than the cap."""
+        missing voter is only a little behind: the newest request it voted on is this one's
+        elder by less than `vote_wait_max_ticks` (by when this replica learned each). Under load
+        an honest replica's vote often comes 50-150 ms after the quorum (the request queued in
+        its busy event loop, then its Triton call): without it, an owner lost its fee and the
+        certificate its vote, the evidence auditors judge owners by, on up to a fifth of the
+        requests at 64 calls in flight. Not waited for: a voter that has voted past this
+        request (it never got it), one that crashed or stalled (its newest vote falls behind)
+        and one working off a backlog after a stall, such as loading a new model (it votes on
+        requests executed long ago, which do not move it on). A Byzantine voter holds a request
+        no longer than the cap."""
         params = self.params
         waited = self.now - (pending.quorum_tick or 0)
         if waited < params.vote_timeout_ticks:
@@ -862,14 +863,10 @@ class ConsensusNode:
             return False
         voted = {voter for voter, _, _ in chosen}
         for voter in self.config.replica_ids:
-            if voter in voted:
-                continue
-            arrival = self.vote_arrival_tick.get(voter)
-            if (
-                arrival is not None and self.now - arrival < params.vote_wait_max_ticks
-                and self.vote_progress.get(voter, -1) <= pending.first_tick
-            ):
-                return True
+            if voter not in voted:
+                progress = self.vote_progress.get(voter, -1)
+                if 0 <= progress <= pending.first_tick and pending.first_tick - progress < params.vote_wait_max_ticks:
+                    return True
         return False
 
     def _try_propose(self) -> None:

@@ -377,9 +377,32 @@ def test_a_voter_that_voted_past_a_request_is_not_waited_for() -> None:
     assert _proposed_with(cluster, skipped) == [0, 1, 2]
 
 
+def test_a_voter_working_off_a_backlog_is_not_waited_for() -> None:
+    """A replica that stalled (say, loading a new model) comes back voting on requests long
+    since certified: it is voting again, but too far behind for the primary to hold new
+    requests for it."""
+    cluster = Cluster()
+    cluster.serve_one()
+    cluster.tick(cluster.params.vote_wait_max_ticks)
+    stalled = cluster.hold(lambda e: isinstance(e.message, VoteBatch) and e.via == 3 and e.to == 0)
+    cluster.serve_one()  # certified without replica 3's vote, which is held back
+    cluster.release(stalled)
+    cluster.settle()  # its late vote batch arrives: voting again, on an executed request
+    node = cluster.nodes[0]
+    cluster.hold(lambda e: isinstance(e.message, VoteBatch) and e.via == 3 and e.to == 0)
+    request = cluster.new_request()
+    cluster.submit(request)
+    cluster.settle()
+    quorum_tick = node.pending[node.by_request_key[request.key]].quorum_tick
+    assert quorum_tick is not None
+    cluster.tick_until(lambda: _proposed_with(cluster, request) is not None)
+    assert cluster.now == quorum_tick + cluster.params.vote_timeout_ticks
+    assert _proposed_with(cluster, request) == [0, 1, 2]
+
+
 def test_a_crashed_voter_is_waited_for_only_the_vote_timeout() -> None:
-    """Once a voter's last vote batch is vote_wait_max_ticks old, a request waits for it no
-    longer than before: a crash costs each request the vote timeout, not the cap."""
+    """Once a voter's newest vote is vote_wait_max_ticks older than a request, the request
+    waits for it no longer than the vote timeout: a crash costs each request that, not the cap."""
     cluster = Cluster()
     cluster.serve_one()
     cluster.crash(3)
