@@ -6,10 +6,10 @@ clock, no randomness: time is `tick()`, signing and verification are injected.
 
 Request path (DESIGN.md): every replica runs its model on every request it knows (inference
 first) and broadcasts one signed VoteBatch per inference batch; the primary proposes requests
-that have votes from a quorum of distinct replicas (waiting up to `vote_timeout_ticks` for the
-rest, longer for a voter still voting: `_waiting_for_votes`) with the policy's decision for each; backups re-check every vote and recompute every
-decision; PRE-PREPARE / PREPARE / COMMIT then order the batch (Castro and Liskov, OSDI '99,
-section 4.2), checkpoints truncate the log (4.3), view changes replace a faulty primary (4.4).
+that have votes from a quorum of distinct replicas (waiting for the rest: `_waiting_for_votes`)
+with the policy's decision for each; backups re-check every vote and recompute every decision;
+PRE-PREPARE / PREPARE / COMMIT then order the batch (Castro and Liskov, OSDI '99, section 4.2),
+checkpoints truncate the log (4.3), view changes replace a faulty primary (4.4).
 
 Quorums are `config.quorum_size` (2f+1 for n = 3f+1). Section references are to that paper.
 """
@@ -844,17 +844,15 @@ class ConsensusNode:
 
     def _waiting_for_votes(self, pending: PendingRequest, chosen: list[tuple[int, int, int]]) -> bool:
         """Whether the primary holds a request that has a quorum of votes for the rest: for
-        `vote_timeout_ticks` after the quorum, and then up to `vote_wait_max_ticks` while a
-        missing voter is only a little behind: the newest request it voted on is this one's
-        elder by less than `vote_wait_max_ticks` (by when this replica learned each). Under load
-        an honest replica's vote often comes 50-150 ms after the quorum (the request queued in
-        its busy event loop, then its Triton call): without it, an owner lost its fee and the
-        certificate its vote, the evidence auditors judge owners by, on up to a fifth of the
-        requests at 64 calls in flight. Not waited for: a voter that has voted past this
-        request (it never got it), one that crashed or stalled (its newest vote falls behind)
-        and one working off a backlog after a stall, such as loading a new model (it votes on
-        requests executed long ago, which do not move it on). A Byzantine voter holds a request
-        no longer than the cap."""
+        `vote_timeout_ticks` after the quorum, then up to `vote_wait_max_ticks` while a missing
+        voter is only a little behind (the newest request it voted on came less than
+        `vote_wait_max_ticks` before this one, by when this replica learned each, and none
+        after). Under load an honest replica's vote often comes 50-150 ms after the quorum's
+        (its busy event loop, then its Triton call), and a vote left out costs its owner the
+        fee and auditors the evidence. Not waited for: a voter that voted past this request
+        (it never got it), one that crashed or stalled, and one working off a backlog after a
+        stall (its votes on long-executed requests do not move it on). A Byzantine voter holds
+        a request no longer than the cap."""
         params = self.params
         waited = self.now - (pending.quorum_tick or 0)
         if waited < params.vote_timeout_ticks:
@@ -865,7 +863,7 @@ class ConsensusNode:
         for voter in self.config.replica_ids:
             if voter not in voted:
                 progress = self.vote_progress.get(voter, -1)
-                if 0 <= progress <= pending.first_tick and pending.first_tick - progress < params.vote_wait_max_ticks:
+                if progress >= 0 and 0 <= pending.first_tick - progress < params.vote_wait_max_ticks:
                     return True
         return False
 
