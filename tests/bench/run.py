@@ -1,6 +1,6 @@
 """`make bench`: every benchmark of tests/bench/ in one run, one report.
 
-    python -m tests.bench.run [--quick] [--only certs,replication,ordering,latency,recovery,update]
+    python -m tests.bench.run [--quick] [--only certs,replication,ordering,latency,recovery,update,core]
                               [--out-dir results] [--data-dir DIR]
 
 Writes <out-dir>/REPORT.md (one table of every figure next to its target and its same-run
@@ -26,7 +26,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from tests.bench import bench_latency, bench_ordering, bench_recovery, bench_replication, bench_update
+from tests.bench import bench_core, bench_latency, bench_ordering, bench_recovery, bench_replication, bench_update
 from tests.bench.common import (
     BenchGroup,
     BenchResult,
@@ -94,8 +94,9 @@ BENCHES: dict[str, tuple[str, Runner, bool]] = {
     "update": (bench_update.TITLE, bench_update.run, True),
     "recovery": (bench_recovery.TITLE, bench_recovery.run, True),
     "ordering": (bench_ordering.TITLE, bench_ordering.run, False),
+    "core": (bench_core.TITLE, bench_core.run, False),
 }
-REPORT_ORDER = ("replication", "ordering", "latency", "recovery", "update", "certs")
+REPORT_ORDER = ("replication", "ordering", "latency", "recovery", "update", "certs", "core")
 
 
 class SharedGroup:
