@@ -120,6 +120,10 @@ class VoteBatch:
     entries: tuple[VoteEntry, ...]
     signature: bytes
     entries_root: bytes = field(init=False, repr=False, compare=False)
+    # its protobuf encoding (replica.codec), kept once made or read, as Leaf.wire is: every
+    # replica writes each vote batch again inside the committed batch it persists, and
+    # re-encoding its entries field by field cost more than parsing these bytes back
+    wire: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "entries_root", root_of_hashes([e.hash for e in self.entries]))

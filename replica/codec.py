@@ -290,6 +290,12 @@ def control_message_from_proto(message: pb.ControlMessage) -> ControlMessage:
 
 
 def vote_batch_to_proto(batch: VoteBatch, out: pb.VoteBatch) -> pb.VoteBatch:
+    """The batch's message, merged into `out` (an empty message). Encoded field by field once,
+    then from the bytes kept on it (`VoteBatch.wire`), which protobuf parses in C."""
+    encoded = batch.wire
+    if encoded is not None:
+        out.MergeFromString(encoded)
+        return out
     out.sender = batch.sender
     out.epoch = batch.epoch
     out.batch_no = batch.batch_no
@@ -299,11 +305,12 @@ def vote_batch_to_proto(batch: VoteBatch, out: pb.VoteBatch) -> pb.VoteBatch:
     for entry in batch.entries:
         to_proto(entry, entries.add())
     out.signature = batch.signature
+    object.__setattr__(batch, "wire", wire.serialize(out))
     return out
 
 
 def vote_batch_from_proto(message: pb.VoteBatch) -> VoteBatch:
-    return VoteBatch(
+    batch = VoteBatch(
         sender=message.sender,
         epoch=check_int(message.epoch, "vote batch epoch"),
         batch_no=check_int(message.batch_no, "vote batch number"),
@@ -311,6 +318,10 @@ def vote_batch_from_proto(message: pb.VoteBatch) -> VoteBatch:
         entries=decode_all(message.entries, wire.vote_entry_from_proto, "vote batch entries", VOTE_ENTRIES_MAX),
         signature=_check_signature(message.signature, "vote batch"),
     )
+    # every field of the message is a field of the batch (unknown fields were refused), so its
+    # encoding is the batch's
+    object.__setattr__(batch, "wire", wire.serialize(message))
+    return batch
 
 
 def _refs_to_proto(refs: Iterable[VoteRef], out: Any) -> None:

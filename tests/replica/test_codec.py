@@ -4,6 +4,7 @@ bytes from a peer either decode or raise DecodeError, never anything else."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -359,3 +360,19 @@ def test_duplicate_index_outside_the_batch_is_rejected() -> None:
 def test_non_bytes_input_is_rejected() -> None:
     with pytest.raises(DecodeError):
         codec.decode_peer_batch("not bytes")  # type: ignore[arg-type]
+
+
+@fast
+@given(u32, st.lists(vote_batches, min_size=1, max_size=3))
+def test_a_received_vote_batch_is_persisted_from_the_bytes_it_came_in_exactly_as_encoded_afresh(
+    sender: int, batches: list[VoteBatch]
+) -> None:
+    _, received = codec.decode_peer_batch(codec.encode_peer_batch(sender, batches))
+    assert all(batch.wire is not None for batch in received)  # kept from the frame
+    header = BatchHeader("g", 0, b"\x01" * 32, 0, 1, b"\x02" * 32, b"\x03" * 32, b"\x04" * 32, 0)
+    persisted = codec.encode_record(CommittedRecord(CommittedBatch(header, Proposal(()), (), tuple(received), ())))
+    # copies made field by field (dataclasses.replace keeps no cached bytes) encode the same
+    afresh = tuple(replace(batch) for batch in received)
+    assert all(batch.wire is None for batch in afresh)
+    assert codec.encode_record(CommittedRecord(CommittedBatch(header, Proposal(()), (), afresh, ()))) == persisted
+    assert codec.decode_record(persisted) == CommittedRecord(CommittedBatch(header, Proposal(()), (), tuple(batches), ()))
