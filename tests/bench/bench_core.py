@@ -20,9 +20,10 @@ verification); the total is the process's CPU time over the waves.
 Two things come out of it. A floor under the served figures: whatever the runtime costs, a
 request cannot cost less than this, so `cores / CPU per request` is a ceiling on certified
 requests/s that only faster protocol code can raise (the ordering benchmark's targets are
-10,000/s streaming and 3,000/s unary on two cores). And a measurement that does not move with the
-machine's load the way served throughput does, to A/B a change to the hot path: run it on both
-sides of the change. `--profile` adds a pyinstrument call tree of the n=4, 64-row case
+10,000/s streaming and 3,000/s unary on two cores). And a quick, single-process measurement to
+A/B a change to the hot path: it still moves with the machine's speed (a shared VM's CPU time per
+request varies by tens of percent over an hour), so run both sides alternately, several times,
+and compare medians. `--profile` adds a pyinstrument call tree of the n=4, 64-row case
 (core_profile.html and core_profile.txt in the out-dir).
 """
 
