@@ -46,7 +46,7 @@ from consensus.node import ConsensusNode
 from consensus.ready import CommittedBatch
 from replica.codec import decode_peer_batch, encode_peer_message, encode_record
 from replica.transport import frame
-from tests.bench.common import BenchResult, Figure, Options, add_options, options_from, pyplot, save_figure, step
+from tests.bench.common import BenchResult, Figure, Options, pyplot, run_alone, save_figure, step
 from tests.consensus.cluster import make_request
 from tests.sim.world import _KEYS, honest_output, make_config
 
@@ -336,24 +336,15 @@ def run(options: Options, result: BenchResult, shared: Any = None, *, with_profi
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    from tests.bench.common import finish, stop_on_sigterm
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_options(parser)
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", action="store_true", help="also write a pyinstrument call tree of n=4, 64 rows")
-    args = parser.parse_args(argv)
-    options = options_from(args)
-    stop_on_sigterm()
-    result = BenchResult(NAME, TITLE)
-    try:
-        run(options, result, with_profile=args.profile)
-    except (Exception, KeyboardInterrupt) as exc:
-        result.error = f"{type(exc).__name__}: {exc}"
-        finish(result, options)
-        raise
-    finish(result, options)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_alone(
+        NAME, TITLE, lambda options, result, args: run(options, result, with_profile=args.profile), argv, __doc__,
+        add_arguments=_add_arguments,
+    )
 
 
 if __name__ == "__main__":

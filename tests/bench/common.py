@@ -986,15 +986,26 @@ def finish(result: BenchResult, options: Options) -> None:
     print(f"wrote {path}" + "".join(f", {options.out_dir / p}" for p in result.plots))
 
 
-def run_alone(name: str, title: str, body: Callable[[Options, BenchResult], None], argv: list[str] | None, doc: str | None) -> int:
-    """`python -m tests.bench.bench_X`: parse the common options, run, write, print."""
+def run_alone(
+    name: str, title: str, body: Callable[..., None], argv: list[str] | None, doc: str | None,
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> int:
+    """`python -m tests.bench.bench_X`: parse the common options, run, write, print. A benchmark
+    with options of its own adds them with `add_arguments`; its body then also gets the
+    parsed arguments: body(options, result, args)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(parser)
-    options = options_from(parser.parse_args(argv))
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    options = options_from(args)
     stop_on_sigterm()
     result = BenchResult(name, title)
     try:
-        body(options, result)
+        if add_arguments is None:
+            body(options, result)
+        else:
+            body(options, result, args)
     except (Exception, KeyboardInterrupt) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
         finish(result, options)

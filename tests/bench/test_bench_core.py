@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from certs.certificate import decode_certificate
 from certs.verify import verify
 from tests.bench import bench_core
@@ -37,7 +39,9 @@ def test_a_measurement_counts_the_requests_and_splits_their_cpu_by_part() -> Non
     assert run.ceiling_per_s(2.0) == 2.0 * 16 / run.cpu_s
 
 
-def test_the_report_states_each_configuration_and_the_ceilings_against_the_targets(tmp_path: Path, monkeypatch) -> None:
+def test_the_report_states_each_configuration_and_the_ceilings_against_the_targets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(bench_core, "configurations", lambda quick: [(4, 1, 4), (4, 64, 64)])
     options = Options(quick=True, out_dir=tmp_path, progress=False)
     result = BenchResult(bench_core.NAME, bench_core.TITLE)
