@@ -8,8 +8,9 @@ outgoing message once and decode it at every receiver (`encode_peer_message`, a 
 frame, `decode_peer_batch`: the strict codec a peer's bytes go through), run inference with a
 deterministic stand-in model (the simulator's `honest_output`: the model is not what is
 measured here), and build and encode a certificate for every request of every committed batch
-(`certs.certificate.build_certificates`, `encode_certificate`), as `ReplicaNode` does. A client
-then decodes and verifies one certificate per request, as the gateway and the SDK do.
+(`certs.certificate.build_certificates`, `encode_certificate`: the stored form with each voter's
+signed vote, and the compact one a client is sent), as `ReplicaNode` does. A client then decodes
+and verifies one compact certificate per request, as the gateway and the SDK do.
 
 Requests go in waves of `rows` to every replica; each wave is ordered and certified before the
 next. `rows` = 1 is concurrency 1 (every request pays for a whole round of messages and
@@ -134,9 +135,10 @@ class CoreGroup:
             for vb in batch.vote_batches
         ]
         for leaf, certificate in zip(leaves, build_certificates(batch.header, leaves, quorum, vote_batches)):
-            encoded = encode_certificate(certificate)
+            encode_certificate(certificate)  # the stored one, with each voter's signed vote
+            compact = encode_certificate(certificate.compact())  # what a client is sent (replica.node._certified)
             if r == 0:
-                self.certified[(leaf.client_id, leaf.request_id)] = encoded
+                self.certified[(leaf.client_id, leaf.request_id)] = compact
 
     def submit(self, requests: Sequence[InferenceRequest]) -> None:
         clock = time.perf_counter
