@@ -98,7 +98,7 @@ class BatchHeader:
     model_versions_digest: bytes
     leaf_count: int  # leaves under decisions_root: signed, so a proof cannot claim another tree size
     # computed once on first use: every replica needs it for each PREPARE and COMMIT it signs or
-    # checks, at execution and in its chain digest (about 15 times per batch), and each time
+    # checks, at execution and in its chain digest (a dozen times per batch), and each time
     # cost an encoding and a hash
     _batch_digest: bytes | None = field(default=None, init=False, repr=False, compare=False)
 

@@ -11,7 +11,7 @@ full run repeats points in rounds.
 One 4-replica group (four digits models, or four ResNet-50s with --model resnet50, which leaves
 the update benchmark out) is shared, in this order, by replication, latency, update and recovery
 (recovery kills the primary, so it comes last), and stopped before ordering starts its own groups
-with the null model; certs needs no group. A benchmark that crashes is reported as crashed and
+with the null model; certs and core need no group. A benchmark that crashes is reported as crashed and
 the others still run; every group and gateway is stopped whatever happens. Benchmarks measure: no
 figure makes this command fail.
 """
