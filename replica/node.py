@@ -799,16 +799,7 @@ class ReplicaNode:
         if not entries:
             return None
         leaves = [e.leaf for e in entries]
-        quorum = [QuorumSignature(c.sender, c.signature) for c in batch.commits]
-        vote_batches = [
-            SignedVoteBatch(vb.sender, vb.batch_no, vb.model_version, tuple(e.hash for e in vb.entries), vb.signature, vb.entries)
-            for vb in batch.vote_batches
-        ]
-        try:
-            certificates = build_certificates(batch.header, leaves, quorum, vote_batches)
-        except ValueError:
-            # a vote batch is missing (the batch arrived by state transfer): compact only
-            certificates = build_certificates(batch.header, leaves, quorum)
+        certificates = batch_certificates(batch)
         duplicates = set(batch.duplicate_entries)
         rows: list[CertificateRow] = []
         certified: list[Certified] = []
@@ -883,6 +874,21 @@ class ReplicaNode:
             "loaded_versions": loaded,
             "triton_models": triton_models,
         }
+
+
+def batch_certificates(batch: CommittedBatch) -> list[Certificate]:
+    """One certificate per leaf of a committed batch, each with its voters' signed votes; compact
+    only when a vote batch is missing (the batch arrived by state transfer)."""
+    leaves = [e.leaf for e in batch.proposal.entries]
+    quorum = [QuorumSignature(c.sender, c.signature) for c in batch.commits]
+    vote_batches = [
+        SignedVoteBatch(vb.sender, vb.batch_no, vb.model_version, tuple(e.hash for e in vb.entries), vb.signature, vb.entries)
+        for vb in batch.vote_batches
+    ]
+    try:
+        return build_certificates(batch.header, leaves, quorum, vote_batches)
+    except ValueError:
+        return build_certificates(batch.header, leaves, quorum)
 
 
 def _certified(client_id: str, request_id: str, certificate: Certificate, encoded: bytes) -> Certified:

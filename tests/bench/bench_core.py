@@ -8,7 +8,7 @@ outgoing message once and decode it at every receiver (`encode_peer_message`, a 
 frame, `decode_peer_batch`: the strict codec a peer's bytes go through), run inference with a
 deterministic stand-in model (the simulator's `honest_output`: the model is not what is
 measured here), and build and encode a certificate for every request of every committed batch
-(`certs.certificate.build_certificates`, `encode_certificate`: the stored form with each voter's
+(`replica.node.batch_certificates`, `encode_certificate`: the stored form with each voter's
 signed vote, and the compact one a client is sent), as `ReplicaNode` does. A client then decodes
 and verifies one compact certificate per request, as the gateway and the SDK do.
 
@@ -35,9 +35,10 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from certs.certificate import QuorumSignature, SignedVoteBatch, build_certificates, decode_certificate, encode_certificate
+from certs.certificate import decode_certificate, encode_certificate
 from certs.config import GroupConfig, ProtocolParams
 from certs.keys import Ed25519Verifier
 from certs.policy import AgreementPolicy
@@ -46,6 +47,7 @@ from certs.verify import verify
 from consensus.node import ConsensusNode
 from consensus.ready import CommittedBatch
 from replica.codec import decode_peer_batch, encode_peer_message, encode_record
+from replica.node import batch_certificates
 from replica.transport import frame
 from tests.bench.common import BenchResult, Figure, Options, pyplot, run_alone, save_figure, step
 from tests.consensus.cluster import make_request
@@ -72,7 +74,6 @@ class CoreRun:
     cpu_s: float = 0.0
     parts_s: dict[str, float] = field(default_factory=lambda: {part: 0.0 for part in PARTS})
     peer_messages: int = 0  # deliveries, one per receiver
-    signatures_checked: int = 0  # certificates the client verified
 
     @property
     def cpu_us_per_request(self) -> float:
@@ -126,15 +127,10 @@ class CoreGroup:
 
     def _certify(self, r: int, batch: CommittedBatch) -> None:
         """What ReplicaNode._build_certificates does for a committed batch."""
-        leaves = [e.leaf for e in batch.proposal.entries]
-        if not leaves:
+        if not batch.proposal.entries:
             return
-        quorum = [QuorumSignature(c.sender, c.signature) for c in batch.commits]
-        vote_batches = [
-            SignedVoteBatch(vb.sender, vb.batch_no, vb.model_version, tuple(e.hash for e in vb.entries), vb.signature, vb.entries)
-            for vb in batch.vote_batches
-        ]
-        for leaf, certificate in zip(leaves, build_certificates(batch.header, leaves, quorum, vote_batches)):
+        for entry, certificate in zip(batch.proposal.entries, batch_certificates(batch)):
+            leaf = entry.leaf
             encode_certificate(certificate)  # the stored one, with each voter's signed vote
             compact = encode_certificate(certificate.compact())  # what a client is sent (replica.node._certified)
             if r == 0:
@@ -230,11 +226,10 @@ def measure(n: int, rows: int, requests: int, *, warm_up_waves: int = 2, params:
     run.cpu_s = time.process_time() - started_cpu
     run.parts_s = dict(group.parts)
     run.peer_messages = group.deliveries
-    run.signatures_checked = run.requests
     return run
 
 
-def profile(n: int, rows: int, requests: int, out_dir: Any) -> tuple[str, str]:
+def profile(n: int, rows: int, requests: int, out_dir: Path) -> tuple[str, str]:
     """A pyinstrument call tree of one configuration: (html name, text name) in out_dir."""
     from pyinstrument import Profiler
 
