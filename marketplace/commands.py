@@ -547,7 +547,7 @@ def run_status(args: argparse.Namespace) -> int:
         return 0 if reachable >= quorum else 1
     print(f"group {args.group!r} epoch {epoch}: {reachable} of {len(replicas)} replicas reachable; "
           f"{'can certify' if reachable >= quorum else 'CANNOT certify'} (quorum {quorum})")
-    print(f"{'ID':>3} {'ADDRESS':<22} {'HEALTH':<14} {'VIEW':>5} {'PRIMARY':>7} {'SEQ':>7} {'STABLE':>7} {'PENDING':>7}  MODEL VERSIONS")
+    print(f"{'ID':>3} {'ADDRESS':<22} {'HEALTH':<14} {'VIEW':>5} {'PRIMARY':>7} {'SEQ':>7} {'STABLE':>7} {'PENDING':>7} {'LINKS':>5}  MODEL VERSIONS")
     for rid, address, ok, error, status, latency_s in replicas:
         if not ok or status is None:
             print(f"{rid:>3} {address:<22} {'unreachable':<14} {error}")
@@ -556,9 +556,15 @@ def run_status(args: argparse.Namespace) -> int:
         versions = f"v{own} in effect, loaded {list(status.loaded_versions)}"
         print(
             f"{rid:>3} {address:<22} {status.state:<14} {status.view:>5} {status.primary:>7} {status.executed_seq:>7} "
-            f"{status.stable_seq:>7} {status.pending_requests:>7}  {versions}  ({latency_s * 1000:.1f} ms)"
+            f"{status.stable_seq:>7} {status.pending_requests:>7} {_links(status):>5}  {versions}  ({latency_s * 1000:.1f} ms)"
         )
     return 0 if reachable >= quorum else 1
+
+
+def _links(status: Any) -> str:
+    """Outgoing peer links up, of those the replica has: a replica short of links has peers that
+    miss its votes and signatures."""
+    return f"{len(status.connected_peers)}/{len(status.peers)}"
 
 
 def _status_json(rid: int, address: str, ok: bool, error: str, status: Any, latency_s: float) -> dict[str, Any]:
@@ -567,6 +573,7 @@ def _status_json(rid: int, address: str, ok: bool, error: str, status: Any, late
         item.update(
             state=status.state, view=status.view, primary=status.primary, executed_seq=status.executed_seq,
             stable_seq=status.stable_seq, pending_requests=status.pending_requests,
+            peers=list(status.peers), connected_peers=list(status.connected_peers),
             versions={str(v.replica_id): v.version for v in status.versions}, loaded_versions=list(status.loaded_versions),
             triton_models={str(m.version): m.model_name for m in status.triton_models},
         )

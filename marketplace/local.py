@@ -37,6 +37,10 @@ from replica.config import ReplicaConfig, TritonPorts, render_replica_config
 
 log = logging.getLogger("quorumserve.local")
 
+# how long start-up waits for the replicas' links to each other once they serve (gRPC retries a
+# refused connection within a second: see replica/transport.py)
+LINKS_WAIT_S = 15.0
+
 
 class LocalGroupError(RuntimeError):
     pass
@@ -440,6 +444,42 @@ class LocalGroup:
                 if time.monotonic() > deadline:
                     raise LocalGroupError(f"replica {rid} not ready after {timeout_s:.0f} s; see {replica.log_path}:\n{self.log_tail(rid)}")
                 time.sleep(0.25)
+        self._wait_linked(ids, min(LINKS_WAIT_S, max(0.0, deadline - time.monotonic())))
+
+    def _wait_linked(self, replica_ids: Sequence[int], timeout_s: float) -> None:
+        """Until the links between `replica_ids` and the other running replicas are up, both ways.
+        A replica serves before its links connect (a peer may be down for good), but a link to
+        a peer that started a moment later connects only on gRPC's next retry: requests sent
+        meanwhile were certified without that replica's votes, and its owner went unpaid for
+        them. Not fatal when it takes longer (a peer may be stopped on purpose): logged."""
+        from protos import replica_api_pb2 as api
+        from protos import replica_api_pb2_grpc as api_grpc
+
+        deadline = time.monotonic() + timeout_s
+        missing: list[str] = []
+        while True:
+            links: dict[int, tuple[set[int], set[int]]] = {}  # replica -> (peers, connected)
+            for replica in self.replicas:
+                if not replica.running:
+                    continue
+                try:
+                    with grpc.insecure_channel(replica.address) as channel:
+                        reply = api_grpc.ReplicaStub(channel).Status(api.StatusRequest(), timeout=1.0)
+                    links[replica.replica_id] = (set(reply.peers), set(reply.connected_peers))
+                except grpc.RpcError:
+                    continue  # still starting, or its Triton is busy: asked again below
+            missing = [
+                f"{a}->{b}"
+                for a, (peers, connected) in sorted(links.items())
+                for b in sorted(peers & links.keys())
+                if (a in replica_ids or b in replica_ids) and b not in connected
+            ]
+            if not missing and all(rid in links for rid in replica_ids):
+                return
+            if time.monotonic() > deadline:
+                log.warning("peer links still down after %.0f s: %s", timeout_s, ", ".join(missing) or "status unanswered")
+                return
+            time.sleep(0.05)
 
     def log_tail(self, replica_id: int, lines: int = 30) -> str:
         path = self.replicas[replica_id].log_path

@@ -103,7 +103,7 @@ class ModelVersionInfo(_message.Message):
     def __init__(self, replica_id: _Optional[int] = ..., version: _Optional[int] = ..., weights_digest: _Optional[bytes] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("group_id", "epoch", "config_digest", "replica_id", "view", "primary", "state", "executed_seq", "stable_seq", "pending_requests", "versions", "loaded_versions", "activations", "triton_models")
+    __slots__ = ("group_id", "epoch", "config_digest", "replica_id", "view", "primary", "state", "executed_seq", "stable_seq", "pending_requests", "versions", "loaded_versions", "activations", "triton_models", "connected_peers", "peers")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     CONFIG_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +118,8 @@ class StatusReply(_message.Message):
     LOADED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
     TRITON_MODELS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_PEERS_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
     group_id: str
     epoch: int
     config_digest: bytes
@@ -132,7 +134,9 @@ class StatusReply(_message.Message):
     loaded_versions: _containers.RepeatedScalarFieldContainer[int]
     activations: _containers.RepeatedCompositeFieldContainer[Activation]
     triton_models: _containers.RepeatedCompositeFieldContainer[TritonModel]
-    def __init__(self, group_id: _Optional[str] = ..., epoch: _Optional[int] = ..., config_digest: _Optional[bytes] = ..., replica_id: _Optional[int] = ..., view: _Optional[int] = ..., primary: _Optional[int] = ..., state: _Optional[str] = ..., executed_seq: _Optional[int] = ..., stable_seq: _Optional[int] = ..., pending_requests: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[ModelVersionInfo, _Mapping]]] = ..., loaded_versions: _Optional[_Iterable[int]] = ..., activations: _Optional[_Iterable[_Union[Activation, _Mapping]]] = ..., triton_models: _Optional[_Iterable[_Union[TritonModel, _Mapping]]] = ...) -> None: ...
+    connected_peers: _containers.RepeatedScalarFieldContainer[int]
+    peers: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, group_id: _Optional[str] = ..., epoch: _Optional[int] = ..., config_digest: _Optional[bytes] = ..., replica_id: _Optional[int] = ..., view: _Optional[int] = ..., primary: _Optional[int] = ..., state: _Optional[str] = ..., executed_seq: _Optional[int] = ..., stable_seq: _Optional[int] = ..., pending_requests: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[ModelVersionInfo, _Mapping]]] = ..., loaded_versions: _Optional[_Iterable[int]] = ..., activations: _Optional[_Iterable[_Union[Activation, _Mapping]]] = ..., triton_models: _Optional[_Iterable[_Union[TritonModel, _Mapping]]] = ..., connected_peers: _Optional[_Iterable[int]] = ..., peers: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TritonModel(_message.Message):
     __slots__ = ("version", "model_name", "model_version")

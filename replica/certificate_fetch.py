@@ -26,6 +26,7 @@ from certs.config import GroupConfig
 from certs.errors import CertificateError
 from certs.verify import verify
 from protos import replica_api_pb2 as api
+from replica.transport import RECONNECT_OPTIONS
 
 log = logging.getLogger("quorumserve.replica")
 M = TypeVar("M", bound=Message)
@@ -150,7 +151,7 @@ class PeerCertificates:
         channel = self._channels.get(address)
         if channel is None:
             channel = self._channels[address] = grpc.aio.insecure_channel(
-                address, options=[("grpc.max_receive_message_length", 64 << 20)]
+                address, options=[("grpc.max_receive_message_length", 64 << 20), *RECONNECT_OPTIONS]
             )
         call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
         try:

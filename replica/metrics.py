@@ -50,6 +50,9 @@ class ReplicaMetrics:
         self.stable_seq = gauge("quorumserve_stable_seq", "last stable checkpoint")
         self.pending = gauge("quorumserve_pending_requests", "requests known but not yet executed")
         self.model_version = gauge("quorumserve_model_version", "this replica's model version in effect")
+        # below n-1 for long: this replica's votes and signatures miss some peer (down, or the
+        # network between them)
+        self.peer_links = gauge("quorumserve_peer_links_connected", "outgoing peer links connected now")
         self.commit_latency = Histogram(
             "quorumserve_commit_latency_seconds", "client request received to certificate ready",
             ("replica", "group"), buckets=_LATENCY_BUCKETS_S, registry=r,

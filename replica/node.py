@@ -198,6 +198,7 @@ class ReplicaNode:
         # before any client can ask: look-ups run on the same thread, so after it
         self._certificates.submit(self._rebuild_quietly)
         self.transport.start()
+        self.metrics.labels(self.metrics.peer_links).set_function(lambda: len(self.transport.connected_peers()))
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._consume_ready(), name="ready"))
         self._tasks.append(loop.create_task(self._tick_loop(), name="tick"))
@@ -873,6 +874,8 @@ class ReplicaNode:
             "versions": sorted((rid, v, wd) for rid, (v, wd) in versions.items()),
             "loaded_versions": loaded,
             "triton_models": triton_models,
+            "connected_peers": self.transport.connected_peers(),
+            "peers": self.transport.peer_ids,
         }
 
 

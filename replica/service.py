@@ -228,6 +228,8 @@ class ReplicaService:
             stable_seq=s["stable_seq"], pending_requests=s["pending_requests"],
             versions=[api.ModelVersionInfo(replica_id=r, version=v, weights_digest=d) for r, v, d in s["versions"]],  # type: ignore[attr-defined]
             loaded_versions=list(s["loaded_versions"]),  # type: ignore[call-overload]
+            connected_peers=list(s["connected_peers"]),  # type: ignore[call-overload]
+            peers=list(s["peers"]),  # type: ignore[call-overload]
             triton_models=[
                 api.TritonModel(version=v, model_name=name, model_version=triton_version)
                 for v, (name, triton_version) in s["triton_models"].items()  # type: ignore[attr-defined]

@@ -33,12 +33,24 @@ PEER_SERVICE = "quorumserve.v1.Peer"
 PEER_MESSAGE_SIZE_MAX_BYTES = 256 * 1024 * 1024  # state transfer replies can be large
 FRAME_SIZE_TARGET_BYTES = 4 * 1024 * 1024
 QUEUE_MESSAGES_MAX = 50_000
+RECONNECT_BACKOFF_INITIAL_MS = 50
+RECONNECT_BACKOFF_MAX_MS = 1000
+# gRPC's own reconnect backoff starts at 1 s and grows to 120 s, and `channel_ready` waits it
+# out: a peer that started a moment after this replica, or came back from a crash, was reached up
+# to a second (after a long outage, up to two minutes) after it could have been, and the votes
+# this replica sent it meanwhile missed their certificates. Retry as the link loop does.
+RECONNECT_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_INITIAL_MS),
+    ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_INITIAL_MS),
+    ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MAX_MS),
+]
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", PEER_MESSAGE_SIZE_MAX_BYTES),
     ("grpc.max_receive_message_length", PEER_MESSAGE_SIZE_MAX_BYTES),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
+    *RECONNECT_OPTIONS,
 ]
 
 
@@ -88,7 +100,7 @@ class _PeerLink:
             yield frame(sender, batch)
 
     async def run(self) -> None:
-        backoff_s = 0.05
+        backoff_s = RECONNECT_BACKOFF_INITIAL_MS / 1000
         while True:
             channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
             try:
@@ -99,7 +111,7 @@ class _PeerLink:
                 )
                 await channel.channel_ready()
                 self.connected = True
-                backoff_s = 0.05
+                backoff_s = RECONNECT_BACKOFF_INITIAL_MS / 1000
                 await call(self._frames())
             except asyncio.CancelledError:
                 await channel.close(grace=None)
@@ -111,7 +123,7 @@ class _PeerLink:
                 self.connected = False
             await channel.close(grace=None)
             await asyncio.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, 1.0)
+            backoff_s = min(backoff_s * 2, RECONNECT_BACKOFF_MAX_MS / 1000)
 
 
 class PeerTransport:
@@ -174,7 +186,8 @@ class PeerTransport:
         return sorted(self._links)
 
     def connected_peers(self) -> list[int]:
-        return sorted(peer for peer, link in self._links.items() if link.connected)
+        # a copy first: the metrics thread asks too, while the loop may be adding links
+        return sorted(peer for peer, link in list(self._links.items()) if link.connected)
 
     # -- incoming ---------------------------------------------------------------------------
     async def _handle_send(self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:

@@ -86,8 +86,12 @@ def test_groups_and_status(gateway: GatewayProcess, local_group: LocalGroup, gro
         assert all(r["state"] == "normal" and r["versions"] == {str(i): 1 for i in range(4)} for r in report["replicas"])
         # which Triton model serves each loaded version (models are reused across versions)
         assert all(list(r["triton_models"]) == ["1"] and r["triton_models"]["1"].startswith("model-") for r in report["replicas"])
+        # a started local group waits for its replicas' links to each other: all up
+        others = {r["replica_id"]: sorted({0, 1, 2, 3} - {r["replica_id"]}) for r in report["replicas"]}
+        assert all(r["peers"] == r["connected_peers"] == others[r["replica_id"]] for r in report["replicas"]), report
     table = quorumserve("status", "digits", "--config", str(group_config_path))
     assert "can certify" in table.stdout and table.stdout.count("normal") == 4
+    assert "LINKS" in table.stdout and table.stdout.count(" 3/3 ") == 4, table.stdout
     unknown = quorumserve("status", "cats", "--registry", str(registry))
     assert unknown.returncode == 1 and "unknown group 'cats'" in unknown.stderr
 
