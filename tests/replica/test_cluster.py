@@ -96,24 +96,34 @@ def test_certified_results_verify_and_ran_in_every_replicas_triton(group: LocalG
     X, y = digits
     before = {r.replica_id: metric_sum(scrape(r.config.triton.metrics_port), "nv_inference_count") for r in group.replicas}
     calls_before = {r.replica_id: metric_sum(scrape(r.config.triton.metrics_port), "nv_inference_request_success") for r in group.replicas}
-    load = Load(group.config, group.addresses, X, client_id="verify")
     requests = [digits_request(group.config, "verify", f"v-{i}", X[i]) for i in range(40)]
 
-    async def send_all() -> list:  # type: ignore[type-arg]
+    # every request to every replica, and every answer awaited: a client that stops at the first
+    # certificate cancels its other calls, and a replica whose call was cancelled before it
+    # arrived learns the request only from the group's votes, once it is ordered (too late to run)
+    async def send_all() -> list[list[api.SubmitReply]]:
         channels = [grpc.aio.insecure_channel(a) for a in group.addresses]
         stubs = [api_grpc.ReplicaStub(c) for c in channels]
         try:
-            return await asyncio.gather(*(load.certify(r, stubs) for r in requests))
+            return await asyncio.gather(*(
+                asyncio.gather(*(
+                    stub.Submit(api.SubmitRequest(request=request_to_proto(r), fanout=1, timeout_ms=30_000), timeout=35)
+                    for stub in stubs
+                ))
+                for r in requests
+            ))
         finally:
             for c in channels:
                 await c.close()
 
-    certified = asyncio.run(send_all())
+    replies = asyncio.run(send_all())
     correct = 0
-    for i, item in enumerate(certified):
-        verified = verify(item.certificate, group.config, requests[i])
-        assert len(item.certificate.quorum) >= group.config.quorum_size
-        correct += int(verified.label == y[i])
+    for i, answers in enumerate(replies):
+        assert [a.status for a in answers] == [api.CERTIFIED] * group.n, [a.error for a in answers]
+        verified = [verify(decode_certificate(a.certificate), group.config, requests[i]) for a in answers]
+        assert all(len(decode_certificate(a.certificate).quorum) >= group.config.quorum_size for a in answers)
+        assert len({v.label for v in verified}) == 1, "replicas certified different decisions"
+        correct += int(verified[0].label == y[i])
     assert correct >= 36, f"only {correct}/40 certified decisions are right"
     for replica in group.replicas:
         text = scrape(replica.config.triton.metrics_port)
@@ -413,7 +423,6 @@ def test_a_replica_that_was_down_when_a_request_was_certified_answers_its_client
 
     asyncio.run(asyncio.wait_for(certify_without_victim(), 180))
     group.start_replica(victim)
-    fetched_before = metric_sum(scrape(group.replicas[victim].config.metrics_port), "quorumserve_peer_certificates_total", outcome="fetched")
     with grpc.insecure_channel(group.replicas[victim].address) as channel:
         stub = api_grpc.ReplicaStub(channel)
         reply = stub.Submit(api.SubmitRequest(request=request_to_proto(waited), fanout=1, timeout_ms=60_000), timeout=90)
@@ -421,8 +430,10 @@ def test_a_replica_that_was_down_when_a_request_was_certified_answers_its_client
         assert reply.replica_id == victim
         answered = decode_certificate(reply.certificate)
         verify(answered, config, waited)
-        fetched_after = metric_sum(scrape(group.replicas[victim].config.metrics_port), "quorumserve_peer_certificates_total", outcome="fetched")
-        assert fetched_after > fetched_before, "the certificate did not come from a peer"
+        # the restarted process fetched it from a peer: on the client's call, or already in the
+        # background fill-in of the batches its snapshot skipped (both count here)
+        fetched = metric_sum(scrape(group.replicas[victim].config.metrics_port), "quorumserve_peer_certificates_total", outcome="fetched")
+        assert fetched > 0, "the certificate did not come from a peer"
         # kept: asked again, the replica serves it from its own store (the full form)
         kept = decode_certificate(stub.GetCertificate(api.GetCertificateRequest(client_id="down", request_id="waited"), timeout=10).certificate)
     verify(kept, config, waited)
