@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+import grpc
 import grpc.aio
 from google.protobuf.message import Message
 
@@ -35,6 +36,8 @@ GET_CERTIFICATE_METHOD = "/quorumserve.v1.Replica/GetCertificate"
 LIST_CERTIFICATES_METHOD = "/quorumserve.v1.Replica/ListCertificates"
 RANGE_PAGE_CERTIFICATES = 1024  # asked per ListCertificates call (the replica caps it too)
 RANGE_TIMEOUT_S = 10.0
+BUSY_RETRIES_MAX = 20  # a busy peer's pushbacks honoured in a row before moving on
+BUSY_PUSHBACK_MAX_S = 2.0
 FETCH_ROUNDS = 3  # passes over the peers: one that committed the batch may still be building it
 FETCH_RETRY_PAUSE_S = 0.2
 FETCH_TIMEOUT_S = 2.0  # per peer and call: a silent peer must not hold the client for long
@@ -154,12 +157,32 @@ class PeerCertificates:
                 address, options=[("grpc.max_receive_message_length", 64 << 20), *RECONNECT_OPTIONS]
             )
         call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
-        try:
-            return reply_type.FromString(await call(request, timeout=timeout_s))  # type: ignore[no-any-return]
-        except Exception:  # an error status, no answer in time, or an undecodable reply
-            return None
+        for _ in range(BUSY_RETRIES_MAX + 1):
+            try:
+                return reply_type.FromString(await call(request, timeout=timeout_s))  # type: ignore[no-any-return]
+            except grpc.aio.AioRpcError as exc:
+                # a peer pacing its archive (replica/archive.py) says when to come back: do, rather
+                # than start the whole range again at the next peer
+                if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    return None
+                await asyncio.sleep(_pushback_s(exc))
+            except Exception:  # no answer in time, or an undecodable reply
+                return None
+        return None
 
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}
         for channel in channels:
             await channel.close()
+
+
+def _pushback_s(error: grpc.aio.AioRpcError) -> float:
+    """The wait a RESOURCE_EXHAUSTED reply asks for (`grpc-retry-pushback-ms`), capped; 0.1 s
+    when it names none."""
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-retry-pushback-ms":
+            try:
+                return min(max(int(value), 0) / 1000, BUSY_PUSHBACK_MAX_S)
+            except (TypeError, ValueError):
+                break
+    return 0.1

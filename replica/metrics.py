@@ -40,6 +40,8 @@ class ReplicaMetrics:
             "quorumserve_certified_votes_total", "votes in the certificates this replica built, by voter", ("voter",)
         )
         self.rejected = counter("quorumserve_rejected_messages_total", "peer messages rejected", ("reason",))
+        # "refused": over the archive's rate or queue (replica/archive.py), told to come back
+        self.archive_pages = counter("quorumserve_archive_pages_total", "ListCertificates pages asked for", ("outcome",))
         # by message type; a request sent to peers is a relay of one a peer skipped (its votes
         # moved past it) or that is long overdue: a steady stream of them means lost messages
         self.sent = counter("quorumserve_peer_messages_sent_total", "messages sent to peers (a broadcast counts once)", ("kind",))

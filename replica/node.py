@@ -55,6 +55,7 @@ from replica.config import ReplicaConfig
 from replica.metrics import ReplicaMetrics
 from replica.storage import CertificateRow, ReplicaStore
 from replica import trace
+from replica.archive import ArchiveBusyError, ArchiveGate
 from replica.transport import PeerTransport
 
 log = logging.getLogger("quorumserve.replica")
@@ -162,6 +163,9 @@ class ReplicaNode:
         )
         self._io = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"replica-{self.replica_id}-io")
         self._certificates = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"replica-{self.replica_id}-certs")
+        # ListCertificates pages: their own thread, and a gate (replica/archive.py)
+        self._archive = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"replica-{self.replica_id}-archive")
+        self._archive_gate = ArchiveGate()
         self._ready_queue: asyncio.Queue[Ready] = asyncio.Queue()
         # Readies put on the queue and handled so far, and look-ups waiting for the handling to
         # reach a count (ascending): see _readies_settled
@@ -220,6 +224,7 @@ class ReplicaNode:
                 if not future.done():
                     future.set_exception(ReplicaError("replica stopping"))
         self._certificates.shutdown(wait=True)
+        self._archive.shutdown(wait=True)
         self._io.shutdown(wait=True)
         self.store.close()
 
@@ -529,9 +534,20 @@ class ReplicaNode:
         await settled
 
     async def list_certificates(self, after_seq: int, through_seq: int, limit: int) -> tuple[list[tuple[int, bytes]], int, bool]:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._certificates, self.store.certificates_between, after_seq, through_seq, limit
-        )
+        """A page of the archive; ArchiveBusyError when the gate turns it away (replica/archive.py)."""
+        try:
+            self._archive_gate.admit(time.monotonic())
+        except ArchiveBusyError:
+            self.metrics.labels(self.metrics.archive_pages, outcome="refused").inc()
+            raise
+        try:
+            page = await asyncio.get_running_loop().run_in_executor(
+                self._archive, self.store.certificates_between, after_seq, through_seq, limit
+            )
+        finally:
+            self._archive_gate.done()
+        self.metrics.labels(self.metrics.archive_pages, outcome="served").inc()
+        return page
 
     def _load_certified(self, client_id: str, request_id: str) -> Certified | None:
         full = self.store.get_certificate(client_id, request_id)

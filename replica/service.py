@@ -36,6 +36,7 @@ def config_link_record_to_proto(record: Any, out: Any) -> Any:
     config_link_to_proto(record.link, out.link)
     out.start_seq = record.start_seq
     return out
+from replica.archive import ArchiveBusyError
 from replica.node import Certified, ReplicaError, ReplicaNode
 
 log = logging.getLogger("quorumserve.replica.api")
@@ -216,7 +217,12 @@ class ReplicaService:
         if message.through_seq < message.after_seq:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"through_seq {message.through_seq} is below after_seq {message.after_seq}")
         limit = min(message.limit or LIST_CERTIFICATES_MAX, LIST_CERTIFICATES_MAX)
-        page, next_after, more = await self.node.list_certificates(message.after_seq, message.through_seq, limit)
+        try:
+            page, next_after, more = await self.node.list_certificates(message.after_seq, message.through_seq, limit)
+        except ArchiveBusyError as exc:
+            # when to come back, in the trailer gRPC's own retry policy reads
+            pushback = (("grpc-retry-pushback-ms", str(max(1, round(exc.retry_after_s * 1000)))),)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), trailing_metadata=pushback)
         return api.CertificateRangeReply(certificates=[c for _, c in page], next_after_seq=next_after, more=more)
 
     async def status(self, raw: bytes, context: grpc.aio.ServicerContext) -> api.StatusReply:

@@ -209,6 +209,10 @@ class ReplicaStore:
         self.path = Path(path)
         self.sync = sync
         self._lock = threading.Lock()
+        # archive pages (ListCertificates) are read on a connection of their own, opened on
+        # first use: WAL lets it read beside the writer instead of behind the store's lock
+        self._archive_lock = threading.Lock()
+        self._archive_db: sqlite3.Connection | None = None
         # isolation_level=None: transactions are ours (BEGIN IMMEDIATE ... COMMIT), never implicit
         try:
             self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
@@ -231,6 +235,10 @@ class ReplicaStore:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
+        with self._archive_lock:
+            if self._archive_db is not None:
+                self._archive_db.close()
+                self._archive_db = None
         with self._lock:
             self._db.close()
 
@@ -546,22 +554,47 @@ class ReplicaStore:
     def certificates_between(self, after_seq: int, through_seq: int, limit: int) -> tuple[list[tuple[int, bytes]], int, bool]:
         """Stored certificates of batches after_seq < seq <= through_seq as (seq, certificate),
         whole batches in seq order, about `limit` of them (a batch larger than that comes
-        whole). Returns them, the seq to continue after, and whether more may follow."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT seq, certificate FROM certificates WHERE seq > ? AND seq <= ? ORDER BY seq, client_id, request_id LIMIT ?",
-                (after_seq, through_seq, limit + 1),
-            ).fetchall()
-            if len(rows) <= limit:
-                return [(int(seq), bytes(c)) for seq, c in rows], through_seq, False
-            last = int(rows[-1][0])
-            kept = [(int(seq), bytes(c)) for seq, c in rows if seq < last]
-            if not kept:  # one batch above the limit: all of it
-                kept = [(last, bytes(c)) for (c,) in self._db.execute(
-                    "SELECT certificate FROM certificates WHERE seq = ? ORDER BY client_id, request_id", (last,)
-                )]
-                return kept, last, True
-            return kept, kept[-1][0], True
+        whole). Returns them, the seq to continue after, and whether more may follow.
+
+        Read on the archive's own connection, one read transaction per page (a consistent
+        view), never holding up the replica's writes."""
+        with self._archive_lock:
+            db = self._archive_reader()
+            try:
+                db.execute("BEGIN")
+                try:
+                    return self._certificate_page(db, after_seq, through_seq, limit)
+                finally:
+                    db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StorageError(f"{self.path}: {exc}") from exc
+
+    def _archive_reader(self) -> sqlite3.Connection:
+        if self._archive_db is None:
+            try:
+                self._archive_db = sqlite3.connect(
+                    f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+                )
+            except sqlite3.Error as exc:
+                raise StorageError(f"{self.path}: cannot open for reading: {exc}") from exc
+        return self._archive_db
+
+    @staticmethod
+    def _certificate_page(db: sqlite3.Connection, after_seq: int, through_seq: int, limit: int) -> tuple[list[tuple[int, bytes]], int, bool]:
+        rows = db.execute(
+            "SELECT seq, certificate FROM certificates WHERE seq > ? AND seq <= ? ORDER BY seq, client_id, request_id LIMIT ?",
+            (after_seq, through_seq, limit + 1),
+        ).fetchall()
+        if len(rows) <= limit:
+            return [(int(seq), bytes(c)) for seq, c in rows], through_seq, False
+        last = int(rows[-1][0])
+        kept = [(int(seq), bytes(c)) for seq, c in rows if seq < last]
+        if not kept:  # one batch above the limit: all of it
+            kept = [(last, bytes(c)) for (c,) in db.execute(
+                "SELECT certificate FROM certificates WHERE seq = ? ORDER BY client_id, request_id", (last,)
+            )]
+            return kept, last, True
+        return kept, kept[-1][0], True
 
     def certificate_gaps(self, after_seq: int, limit: int) -> list[tuple[str, str, int, bytes]]:
         """Executed requests (as of the last stable checkpoint) with no stored certificate, seq

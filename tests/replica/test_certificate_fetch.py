@@ -237,3 +237,22 @@ def test_a_peer_sending_anything_unusable_is_left_and_the_next_one_fills_the_gap
     by_peer = {r: sum(1 for p, _ in kept if p == r) for r in (0, 1, 4)}
     assert by_peer == {0: 7, 1: 1, 4: 4}  # 0: batch 1 less the forgery; 1: the forged one's genuine copy; 4: batch 2
     assert calls[0] == 1 and calls[2] == 1 and calls[OWN_ID] == 0
+
+
+def test_a_peer_pacing_its_archive_is_asked_again_after_the_pushback_it_names_not_left() -> None:
+    """A peer over its archive rate (replica/archive.py) answers RESOURCE_EXHAUSTED with a
+    pushback; the filler waits that long and asks the same peer for the same page, instead of
+    starting the whole range again at the next peer."""
+    serve = _lister(RANGE)
+    asked: list[int] = []
+
+    async def pacing(request: api.CertificateRangeRequest, context: grpc.aio.ServicerContext) -> api.CertificateRangeReply:
+        asked.append(request.after_seq)
+        if len(asked) in (1, 3):  # the first page, then the second, each refused once
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy", trailing_metadata=(("grpc-retry-pushback-ms", "20"),))
+        return await serve(request, context)
+
+    kept, calls = _fetch_range({0: pacing, 1: _lister(RANGE)})
+    assert [c for _, c in kept] == RANGE and {peer for peer, _ in kept} == {0}
+    assert asked == [0, 0, 1, 1]
+    assert calls == {0: 4, 1: 0}

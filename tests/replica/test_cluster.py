@@ -362,6 +362,41 @@ def test_submit_batch_stream_takes_bursts_answers_in_bursts_and_survives_garbage
         assert max(sum(1 for r in m.replies if r.status == api.CERTIFIED) for m in replies_of) > 1
 
 
+def test_a_flood_of_archive_reads_is_paced_with_a_pushback_and_the_replica_keeps_certifying(group: LocalGroup, digits: tuple[np.ndarray, np.ndarray]) -> None:
+    """Anyone may page through a replica's archive (ListCertificates). A caller hammering it
+    gets RESOURCE_EXHAUSTED, saying why and when to come back (replica/archive.py), once past
+    the archive's burst; the pages it does get are whole; and the replica goes on certifying."""
+    assert group.config is not None
+    config = group.config
+    X, _ = digits
+    target = group.replicas[0]
+    ask = api.CertificateRangeRequest(after_seq=0, through_seq=1 << 40, limit=1024)
+    later = digits_request(config, "flood", "after", X[5])
+
+    async def scenario() -> tuple[list[api.CertificateRangeReply], list[grpc.aio.AioRpcError], api.SubmitReply]:
+        async with grpc.aio.insecure_channel(target.address, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
+            stub = api_grpc.ReplicaStub(channel)
+            outcomes = await asyncio.gather(*(stub.ListCertificates(ask, timeout=60) for _ in range(120)), return_exceptions=True)
+            reply = await stub.Submit(api.SubmitRequest(request=request_to_proto(later), fanout=1, timeout_ms=30_000), timeout=35)
+        served = [o for o in outcomes if isinstance(o, api.CertificateRangeReply)]
+        refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+        assert len(served) + len(refused) == len(outcomes), [o for o in outcomes if not isinstance(o, (api.CertificateRangeReply, grpc.aio.AioRpcError))]
+        return served, refused, reply
+
+    served, refused, reply = asyncio.run(scenario())
+    assert served and refused, (len(served), len(refused))
+    for error in refused:
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "certificate archive" in (error.details() or "")
+        assert any(key == "grpc-retry-pushback-ms" and int(value) > 0 for key, value in error.trailing_metadata() or ())
+    first = served[0]
+    assert first.certificates and all(r.certificates == first.certificates for r in served[1:] if r.next_after_seq == first.next_after_seq)
+    verify(decode_certificate(first.certificates[0]), config)
+    refusals = metric_sum(scrape(target.config.metrics_port), "quorumserve_archive_pages_total", outcome="refused")
+    assert refusals >= len(refused)
+    assert reply.status == api.CERTIFIED, reply.error
+    verify(decode_certificate(reply.certificate), config, later)
+
+
 def test_submit_stream_answers_one_request_per_message_and_survives_garbage(group: LocalGroup, digits: tuple[np.ndarray, np.ndarray]) -> None:
     """The one-request-per-message stream kept for existing clients: garbage gets a rejection,
     and the requests after it are certified."""

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -287,6 +288,21 @@ def test_certificates_between_pages_through_whole_batches(store: ReplicaStore) -
     page, after, more = store.certificates_between(2, 8, 2)  # batch 3 alone exceeds the limit
     assert ([seq for seq, _ in page], after, more) == ([3, 3, 3], 3, True)
     assert store.certificates_between(9, 20, 4) == ([], 20, False)
+
+
+def test_archive_pages_are_read_beside_the_writer_not_behind_it(store: ReplicaStore) -> None:
+    """ListCertificates pages use a connection of their own: a page is read while the replica
+    is in the middle of a write (its lock held), and sees what was committed before it."""
+    store.put_certificates(2, [certificate("a1"), certificate("a2")])
+    pages: list[tuple[list[tuple[int, bytes]], int, bool]] = []
+    with store._lock:  # a persist in progress
+        reader = threading.Thread(target=lambda: pages.append(store.certificates_between(0, 8, 16)))
+        reader.start()
+        reader.join(timeout=30)  # a hang guard: behind the lock it would wait for ever
+        assert not reader.is_alive(), "the archive page waited for the writer"
+    assert pages == [([(2, b"cert:a1"), (2, b"cert:a2")], 8, False)]
+    store.put_certificates(3, [certificate("b1")])  # later writes show up on the next page
+    assert store.certificates_between(2, 8, 16) == ([(3, b"cert:b1")], 8, False)
 
 
 def test_certificate_gaps_are_the_executed_requests_without_a_stored_certificate(store: ReplicaStore) -> None:
