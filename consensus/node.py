@@ -17,7 +17,7 @@ Quorums are `config.quorum_size` (2f+1 for n = 3f+1). Section references are to 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Callable
 
@@ -437,37 +437,39 @@ class ConsensusNode:
         periodic work (retransmission, garbage collection) now and then, so the runtime may tick
         it rarely, waking at once for anything that reaches it; any other state needs ticks at
         the protocol's resolution (batching delays and vote timeouts are a few ticks)."""
-        return not self.busy_reasons()
+        # the runtime asks before every tick: stop at the first reason, unformatted beyond it
+        return next(self._busy(), None) is None
 
     def busy_reasons(self) -> tuple[str, ...]:
         """What keeps this node from being quiet, one phrase each (empty when quiet)."""
-        reasons: list[str] = []
+        return tuple(self._busy())
+
+    def _busy(self) -> Iterator[str]:
         if self.pending:
-            reasons.append(f"{len(self.pending)} requests pending")
+            yield f"{len(self.pending)} requests pending"
         if self.inference_queue or self.inference_inflight:
-            reasons.append("inference queued or in flight")
+            yield "inference queued or in flight"
         if self.waiting:
-            reasons.append(f"{len(self.waiting)} proposals waiting for votes")
+            yield f"{len(self.waiting)} proposals waiting for votes"
         if self.pending_ops:
-            reasons.append(f"{len(self.pending_ops)} control operations pending")
+            yield f"{len(self.pending_ops)} control operations pending"
         if self.restored:
-            reasons.append("restored log not yet settled")
+            yield "restored log not yet settled"
         if not self.view_active:
-            reasons.append(f"view change to view {self.view} in progress")
+            yield f"view change to view {self.view} in progress"
         if self.fetching_state_since is not None:
-            reasons.append("state transfer in progress")
+            yield "state transfer in progress"
         if self.stable_ahead is not None and self.stable_ahead[0] > self.state.seq:
-            reasons.append(f"behind a stable checkpoint at seq {self.stable_ahead[0]}")
+            yield f"behind a stable checkpoint at seq {self.stable_ahead[0]}"
         top = max((seq for seq, slot in self.log.items() if seq > self.state.seq and self._slot_in_play(slot)), default=0)
         if top:
-            reasons.append(f"log holds seq {top} above executed seq {self.state.seq}")
+            yield f"log holds seq {top} above executed seq {self.state.seq}"
         # ticking resends this replica's own checkpoint until it is stable. A replica that left
         # is no longer in the quorum that would make it stable, and one that replayed the
         # batch as a non-member (it joined later) signed none: resending can never help
         last = self._last_checkpoint_seq()
         if not self.retired and last > self.low and (StatementKind.CHECKPOINT, (last,)) in self.signed:
-            reasons.append(f"checkpoint at seq {last} not stable (stable: {self.low})")
-        return tuple(reasons)
+            yield f"checkpoint at seq {last} not stable (stable: {self.low})"
 
     def _slot_in_play(self, slot: Slot) -> bool:
         """Can timers move this unexecuted slot along? Yes if it was accepted in this view,

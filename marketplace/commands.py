@@ -315,19 +315,45 @@ def run_up(args: argparse.Namespace) -> int:
     return status
 
 
+UP_RESTARTS_MAX = 3  # restarts of one replica whose Triton died, before `up` leaves it down
+
+
 def _watch(group: Any, gateway: GatewayProcess) -> None:
-    """Run until interrupted; say so when a process dies (the group tolerates f of them)."""
+    """Run until interrupted, supervising the processes (see `_supervise`)."""
     reported: set[str] = set()
+    restarts: dict[int, int] = {}
     while True:
         time.sleep(1.0)
-        for replica in group.replicas:
-            name = f"replica {replica.replica_id}"
-            if replica.process is not None and replica.process.poll() is not None and name not in reported:
+        _supervise(group, gateway, reported, restarts)
+
+
+def _supervise(group: Any, gateway: GatewayProcess, reported: set[str], restarts: dict[int, int]) -> None:
+    """One look at the processes: say so when one has exited (the group tolerates f of them),
+    and start again a replica that stopped because its Triton died (exit status 3), as a
+    production supervisor would, up to UP_RESTARTS_MAX times; any other exit is left as it is."""
+    from marketplace.local import LocalGroupError
+    from replica.server import EXIT_TRITON_DIED
+
+    for replica in group.replicas:
+        rid = replica.replica_id
+        name = f"replica {rid}"
+        if replica.process is None or replica.process.poll() is None or name in reported:
+            continue
+        status = replica.process.returncode
+        if status == EXIT_TRITON_DIED and restarts.get(rid, 0) < UP_RESTARTS_MAX:
+            restarts[rid] = restarts.get(rid, 0) + 1
+            print(f"{name}: its Triton died; starting it again ({restarts[rid]} of {UP_RESTARTS_MAX}); see {replica.log_path}", flush=True)
+            try:
+                group.start_replica(rid)
+            except LocalGroupError as exc:
                 reported.add(name)
-                print(f"{name} exited with status {replica.process.returncode}; see {replica.log_path}", flush=True)
-        if not gateway.running and "gateway" not in reported:
-            reported.add("gateway")
-            print(f"the gateway exited with status {gateway.process.returncode}; see {gateway.log_path}", flush=True)
+                print(f"{name} did not come back: {exc}", flush=True)
+            continue
+        reported.add(name)
+        print(f"{name} exited with status {status}; see {replica.log_path}", flush=True)
+    if not gateway.running and "gateway" not in reported:
+        reported.add("gateway")
+        print(f"the gateway exited with status {gateway.process.returncode}; see {gateway.log_path}", flush=True)
 
 
 # =========================================================================================

@@ -83,5 +83,4 @@ def run_replica(args: argparse.Namespace) -> int:
     trace.start(f"replica-{config.replica_id}")
     if args.lifeline_fd is not None:
         watch_lifeline(args.lifeline_fd)
-    uvloop.run(serve(config))
-    return 0
+    return uvloop.run(serve(config))

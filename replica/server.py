@@ -24,6 +24,9 @@ from replica.transport import PEER_MESSAGE_SIZE_MAX_BYTES
 
 log = logging.getLogger("quorumserve.replica")
 
+TRITON_WATCH_INTERVAL_S = 1.0
+EXIT_TRITON_DIED = 3  # the replica's exit status when it stopped because its tritonserver died
+
 
 class ReplicaServer:
     def __init__(self, config: ReplicaConfig) -> None:
@@ -33,6 +36,7 @@ class ReplicaServer:
         self.server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
         self._update_lock = asyncio.Lock()
+        self.exit_status = 0
 
     async def start(self) -> None:
         from replica.triton_backend import TritonBackend  # heavy: torch and Triton
@@ -97,6 +101,27 @@ class ReplicaServer:
             log.info("replica %d: model version %d loaded beside the old one and submitted for ordering", node.replica_id, update.new_version)
             return digest
 
+    async def watch_triton(self, stop: asyncio.Event) -> None:
+        """Crash-only: a replica whose tritonserver died can run no inference, so it casts no
+        vote, and would sit in the group earning its owner nothing while its health check said
+        SERVING. It stops instead, with EXIT_TRITON_DIED, for its supervisor (the compose
+        file's restart policy, the StatefulSet) to start it again: its state is on disk, and a
+        restarted replica catches up from its peers."""
+        backend = self.backend
+        while not stop.is_set():
+            await asyncio.sleep(TRITON_WATCH_INTERVAL_S)
+            if backend is not None and not backend.alive():  # type: ignore[attr-defined]
+                log_path = getattr(backend, "log_path", "its Triton log")
+                log.error(
+                    "replica %d: its tritonserver exited (see %s); stopping with exit status %d so that it is restarted",
+                    self.config.replica_id, log_path, EXIT_TRITON_DIED,
+                )
+                await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+                await self.health.set("quorumserve.v1.Replica", health_pb2.HealthCheckResponse.NOT_SERVING)
+                self.exit_status = EXIT_TRITON_DIED
+                stop.set()
+                return
+
     async def stop(self) -> None:
         await self.health.enter_graceful_shutdown()
         if self.server is not None:
@@ -107,15 +132,22 @@ class ReplicaServer:
             await asyncio.get_running_loop().run_in_executor(None, self.backend.stop)  # type: ignore[attr-defined]
 
 
-async def serve(config: ReplicaConfig) -> None:
+async def serve(config: ReplicaConfig) -> int:
+    """Run a replica until SIGINT or SIGTERM (exit status 0) or its Triton dies (EXIT_TRITON_DIED)."""
     server = ReplicaServer(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    watch: asyncio.Task[None] | None = None
     try:
         await server.start()
+        watch = loop.create_task(server.watch_triton(stop), name="triton-watch")
         await stop.wait()
         log.info("replica %d stopping", config.replica_id)
     finally:
+        if watch is not None:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
         await server.stop()
+    return server.exit_status

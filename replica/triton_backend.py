@@ -744,6 +744,11 @@ class TritonBackend:
             self._aio_clients[loop] = client
         return client
 
+    def alive(self) -> bool:
+        """Started, and its tritonserver still running."""
+        triton = self._triton
+        return triton is not None and triton.server_alive()
+
     def _require_running(self) -> _QuorumTriton:
         triton = self._triton
         if triton is None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import socket
 import sqlite3
 import time
@@ -27,6 +29,7 @@ from marketplace.local import LocalGroup
 from marketplace.models import held_out_digits
 from protos import replica_api_pb2 as api
 from protos import replica_api_pb2_grpc as api_grpc
+from replica.server import EXIT_TRITON_DIED
 from tests.replica.cluster_helpers import current_primary, metric_sum, scrape, status, statuses, wait_until
 from tests.replica.load import Load, LoadResult, digits_request
 
@@ -395,6 +398,39 @@ def test_a_flood_of_archive_reads_is_paced_with_a_pushback_and_the_replica_keeps
     assert refusals >= len(refused)
     assert reply.status == api.CERTIFIED, reply.error
     verify(decode_certificate(reply.certificate), config, later)
+
+
+def _tritonserver_of(replica_pid: int) -> int:
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry)) == replica_pid and Path(f"/proc/{entry}/comm").read_text().strip() == "tritonserver":
+                return int(entry)
+        except (ProcessLookupError, FileNotFoundError):
+            continue
+    raise AssertionError(f"no tritonserver in replica {replica_pid}'s process group")
+
+
+def test_a_replica_whose_triton_dies_stops_for_its_supervisor_and_serves_again_once_restarted(group: LocalGroup, digits: tuple[np.ndarray, np.ndarray]) -> None:
+    """Without its Triton a replica cannot vote: instead of sitting in the group unpaid with a
+    health check saying SERVING, it stops with exit status 3 and says why, and once restarted
+    (by its supervisor; here by hand) it certifies again."""
+    assert group.config is not None
+    config = group.config
+    X, _ = digits
+    victim = next(r for r in range(group.n) if r != current_primary(group))
+    process = group.replicas[victim].process
+    assert process is not None
+    os.kill(_tritonserver_of(process.pid), signal.SIGKILL)
+    assert process.wait(timeout=120) == EXIT_TRITON_DIED  # the hang guard is generous; it takes about a second
+    assert "its tritonserver exited" in group.log_tail(victim, lines=200)
+    group.start_replica(victim)
+    request = digits_request(config, "triton-died", "after", X[7])
+    with grpc.insecure_channel(group.replicas[victim].address) as channel:
+        reply = api_grpc.ReplicaStub(channel).Submit(api.SubmitRequest(request=request_to_proto(request), fanout=1, timeout_ms=60_000), timeout=90)
+    assert reply.status == api.CERTIFIED and reply.replica_id == victim, reply.error
+    verify(decode_certificate(reply.certificate), config, request)
 
 
 def test_submit_stream_answers_one_request_per_message_and_survives_garbage(group: LocalGroup, digits: tuple[np.ndarray, np.ndarray]) -> None:
