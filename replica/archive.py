@@ -13,9 +13,9 @@ takes about two minutes. Past that a call is refused with RESOURCE_EXHAUSTED and
 come back (`grpc-retry-pushback-ms`); `replica/certificate_fetch.py` waits that long and asks
 the same peer again. The same flood then left throughput at 1.04-1.41 of the unflooded figure
 (this machine's noise) and p99 at 0.2-0.5 s: what is left is the pages still served and the
-flooding process itself, on the same two cores (scratch measurement, 3 rounds, alternating
-with and without the flood, each against the code before and after). The limit is one per replica, not per caller:
-a caller's address says little about who it is.
+flooding process itself, on the same two cores (3 rounds, alternating with and without the
+flood, for the code before and after). The limit is one per replica, not per caller: a
+caller's address says little about who it is.
 
 A token bucket, written out here: a dozen lines, where the rate-limiting libraries on PyPI
 (`limits`, `aiolimiter`) bring storage back ends or an asyncio wait we do not want (a refusal,

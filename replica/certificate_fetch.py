@@ -162,10 +162,12 @@ class PeerCertificates:
                 return reply_type.FromString(await call(request, timeout=timeout_s))  # type: ignore[no-any-return]
             except grpc.aio.AioRpcError as exc:
                 # a peer pacing its archive (replica/archive.py) says when to come back: do, rather
-                # than start the whole range again at the next peer
-                if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                # than start the whole range again at the next peer. (gRPC's own RESOURCE_EXHAUSTED,
+                # a message over the size limit, names no wait: no use asking again.)
+                wait_s = _pushback_s(exc) if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else None
+                if wait_s is None:
                     return None
-                await asyncio.sleep(_pushback_s(exc))
+                await asyncio.sleep(wait_s)
             except Exception:  # no answer in time, or an undecodable reply
                 return None
         return None
@@ -176,13 +178,13 @@ class PeerCertificates:
             await channel.close()
 
 
-def _pushback_s(error: grpc.aio.AioRpcError) -> float:
-    """The wait a RESOURCE_EXHAUSTED reply asks for (`grpc-retry-pushback-ms`), capped; 0.1 s
-    when it names none."""
+def _pushback_s(error: grpc.aio.AioRpcError) -> float | None:
+    """The wait an error reply asks for (`grpc-retry-pushback-ms`), capped; None when it names
+    none (or garbage)."""
     for key, value in error.trailing_metadata() or ():
         if key == "grpc-retry-pushback-ms":
             try:
                 return min(max(int(value), 0) / 1000, BUSY_PUSHBACK_MAX_S)
             except (TypeError, ValueError):
-                break
-    return 0.1
+                return None
+    return None

@@ -256,3 +256,16 @@ def test_a_peer_pacing_its_archive_is_asked_again_after_the_pushback_it_names_no
     assert [c for _, c in kept] == RANGE and {peer for peer, _ in kept} == {0}
     assert asked == [0, 0, 1, 1]
     assert calls == {0: 4, 1: 0}
+
+
+def test_a_resource_exhausted_reply_naming_no_wait_is_not_asked_again() -> None:
+    """gRPC itself answers RESOURCE_EXHAUSTED for a message over its size limit, with no
+    pushback: asking that peer again cannot help, so the next peer is asked."""
+
+    async def oversized(request: api.CertificateRangeRequest, context: grpc.aio.ServicerContext) -> api.CertificateRangeReply:
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "message larger than max")
+        raise AssertionError("unreachable")
+
+    kept, calls = _fetch_range({0: oversized, 1: _lister(RANGE)})
+    assert [c for _, c in kept] == RANGE and {peer for peer, _ in kept} == {1}
+    assert calls[0] == 1
