@@ -31,6 +31,8 @@ class ReplicaMetrics:
         )
         self.inference_batches = counter("quorumserve_inference_batches_total", "Triton calls (one per inference batch)")
         self.inference_requests = counter("quorumserve_inference_requests_total", "requests run through the model")
+        # each is a batch this replica casts no vote on: its owner earns nothing from it
+        self.inference_failures = counter("quorumserve_inference_failures_total", "Triton calls that failed")
         self.disagreeing_votes = counter(
             "quorumserve_disagreeing_votes_total", "votes in certified decisions that named another label", ("voter",)
         )
@@ -55,6 +57,7 @@ class ReplicaMetrics:
         # below n-1 for long: this replica's votes and signatures miss some peer (down, or the
         # network between them)
         self.peer_links = gauge("quorumserve_peer_links_connected", "outgoing peer links connected now")
+        self.peers = gauge("quorumserve_peers", "peers this replica has links to, connected or not")
         self.commit_latency = Histogram(
             "quorumserve_commit_latency_seconds", "client request received to certificate ready",
             ("replica", "group"), buckets=_LATENCY_BUCKETS_S, registry=r,

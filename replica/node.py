@@ -203,6 +203,7 @@ class ReplicaNode:
         self._certificates.submit(self._rebuild_quietly)
         self.transport.start()
         self.metrics.labels(self.metrics.peer_links).set_function(lambda: len(self.transport.connected_peers()))
+        self.metrics.labels(self.metrics.peers).set_function(lambda: len(self.transport.peer_ids))
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._consume_ready(), name="ready"))
         self._tasks.append(loop.create_task(self._tick_loop(), name="tick"))
@@ -738,6 +739,7 @@ class ReplicaNode:
             raise
         except Exception as exc:
             log.warning("replica %d: inference batch %d failed: %s", self.replica_id, batch.batch_id, exc)
+            self.metrics.labels(self.metrics.inference_failures).inc()
             self.core.inference_failed(batch.batch_id)
             self._drain()
             return

@@ -183,7 +183,7 @@ class PeerTransport:
 
     @property
     def peer_ids(self) -> list[int]:
-        return sorted(self._links)
+        return sorted(list(self._links))  # a copy first: the metrics thread asks too
 
     def connected_peers(self) -> list[int]:
         # a copy first: the metrics thread asks too, while the loop may be adding links
