@@ -15,7 +15,11 @@ FULL_COLLECTION_EVERY = 100  # middle-generation collections per full one (Pytho
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("replica", help="run one replica (its Triton, consensus and gRPC server)")
+    parser = subparsers.add_parser(
+        "replica", help="run one replica (its Triton, consensus and gRPC server)",
+        epilog="Exit status: 0 after SIGTERM or SIGINT; 2 for a config it cannot use; 3 when its tritonserver "
+        "died (it cannot vote without it: restart it, as compose's restart policy and the StatefulSet do).",
+    )
     parser.add_argument("--config", required=True, help="the replica's TOML config")
     parser.add_argument("--log-level", default="INFO", help="DEBUG shows every certified request")
     parser.add_argument(
