@@ -44,6 +44,9 @@ class ReplicaMetrics:
         self.rejected = counter("quorumserve_rejected_messages_total", "peer messages rejected", ("reason",))
         # "refused": over the archive's rate or queue (replica/archive.py), told to come back
         self.archive_pages = counter("quorumserve_archive_pages_total", "ListCertificates pages asked for", ("outcome",))
+        self.certificate_lookups = counter(
+            "quorumserve_certificate_lookups_total", "GetCertificate look-ups (refused: too many waiting)", ("outcome",)
+        )
         # by message type; a request sent to peers is a relay of one a peer skipped (its votes
         # moved past it) or that is long overdue: a steady stream of them means lost messages
         self.sent = counter("quorumserve_peer_messages_sent_total", "messages sent to peers (a broadcast counts once)", ("kind",))

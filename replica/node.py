@@ -166,6 +166,7 @@ class ReplicaNode:
         # ListCertificates pages: their own thread, and a gate (replica/archive.py)
         self._archive = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"replica-{self.replica_id}-archive")
         self._archive_gate = ArchiveGate()
+        self._lookups = 0  # GetCertificate look-ups waiting or running
         self._ready_queue: asyncio.Queue[Ready] = asyncio.Queue()
         # Readies put on the queue and handled so far, and look-ups waiting for the handling to
         # reach a count (ascending): see _readies_settled
@@ -519,9 +520,20 @@ class ReplicaNode:
 
     async def get_certificate(self, client_id: str, request_id: str) -> Certified | None:
         """The stored certificate, counting every batch the core executed before the call: the
-        look-up runs on the certificates thread after their builds."""
-        await self._readies_settled()
-        return await asyncio.get_running_loop().run_in_executor(self._certificates, self._load_certified, client_id, request_id)
+        look-up runs on the certificates thread after their builds. ArchiveBusyError when
+        CERTIFICATE_LOOKUPS_MAX look-ups wait already: that thread builds every certificate
+        this replica serves, and a caller flooding it with look-ups must not queue them ahead."""
+        if self._lookups >= CERTIFICATE_LOOKUPS_MAX:
+            self.metrics.labels(self.metrics.certificate_lookups, outcome="refused").inc()
+            raise ArchiveBusyError(f"replica {self.replica_id} has {self._lookups} certificate look-ups waiting; retry shortly", 0.05)
+        self._lookups += 1
+        try:
+            await self._readies_settled()
+            found = await asyncio.get_running_loop().run_in_executor(self._certificates, self._load_certified, client_id, request_id)
+        finally:
+            self._lookups -= 1
+        self.metrics.labels(self.metrics.certificate_lookups, outcome="served").inc()
+        return found
 
     async def _readies_settled(self) -> None:
         """Return once `_consume_ready` has handled every Ready queued before the call. By then
@@ -948,6 +960,7 @@ def _peer_addresses(configs: Mapping[int, GroupConfig]) -> dict[int, str]:
 QUIET_TICK_INTERVAL_S = 0.1  # how often a quiet core is ticked (its periodic work is per 40 ticks)
 REBUILD_BATCHES_PER_READ = 256  # committed batches read at a time when rebuilding certificates
 ARCHIVE_GAPS_PER_READ = 8192  # missing certificates read at a time (more than a batch holds)
+CERTIFICATE_LOOKUPS_MAX = 256  # GetCertificate look-ups waiting at once (about 0.1 ms each)
 ARCHIVE_GAP_SEQS_MAX = 16  # gaps this many seqs apart or less are fetched as one range
 ARCHIVE_RETRY_FIRST_S = 30.0  # then doubling: what no peer had is asked for again
 ARCHIVE_RETRY_MAX_S = 600.0

@@ -15,7 +15,7 @@ import tarfile
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import grpc.aio
@@ -207,7 +207,10 @@ class ReplicaService:
 
     async def get_certificate(self, raw: bytes, context: grpc.aio.ServicerContext) -> api.SubmitReply:
         message = await self._checked(context, api.GetCertificateRequest, raw)
-        certified = await self.node.get_certificate(message.client_id, message.request_id)
+        try:
+            certified = await self.node.get_certificate(message.client_id, message.request_id)
+        except ArchiveBusyError as exc:
+            await self._busy(context, exc)
         if certified is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no certificate for {message.client_id}/{message.request_id} at replica {self.node.replica_id}")
         return self._reply(certified, compact=False)
@@ -220,9 +223,7 @@ class ReplicaService:
         try:
             page, next_after, more = await self.node.list_certificates(message.after_seq, message.through_seq, limit)
         except ArchiveBusyError as exc:
-            # when to come back, in the trailer gRPC's own retry policy reads
-            pushback = (("grpc-retry-pushback-ms", str(max(1, round(exc.retry_after_s * 1000)))),)
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), trailing_metadata=pushback)
+            await self._busy(context, exc)
         return api.CertificateRangeReply(certificates=[c for _, c in page], next_after_seq=next_after, more=more)
 
     async def status(self, raw: bytes, context: grpc.aio.ServicerContext) -> api.StatusReply:
@@ -306,6 +307,13 @@ class ReplicaService:
         for checkpoint in proof:
             checkpoint_to_proto(checkpoint, reply.proof.add())
         return reply
+
+    @staticmethod
+    async def _busy(context: grpc.aio.ServicerContext, exc: ArchiveBusyError) -> NoReturn:
+        # RESOURCE_EXHAUSTED, with when to come back in the trailer gRPC's own retry policy reads
+        pushback = (("grpc-retry-pushback-ms", str(max(1, round(exc.retry_after_s * 1000)))),)
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), trailing_metadata=pushback)
+        raise AssertionError("abort returned")  # it raises
 
     async def _checked(self, context: grpc.aio.ServicerContext, message_type: type[Message], raw: bytes) -> Any:
         try:

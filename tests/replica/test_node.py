@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ from marketplace.models import held_out_digits
 from replica.config import load_replica_config
 from protos import replica_api_pb2 as api
 from replica import node as node_module
+from replica.archive import ArchiveBusyError
 from replica.node import Certified, ReplicaError, ReplicaNode
 from replica.storage import CertificateRow
 from tests.certs.helpers import Group, certify, header_for, sign_commit
@@ -346,3 +348,35 @@ async def _peer_server(address: str, method: str, handler: Callable[[bytes, grpc
     server.add_insecure_port(address)
     await server.start()
     return server
+
+
+def test_certificate_look_ups_beyond_the_cap_are_refused_at_once_and_the_rest_answered(
+    tmp_path: Path, digits_packages: list[Path]
+) -> None:
+    """GetCertificate runs on the thread that builds every certificate: a caller flooding it
+    is refused (ArchiveBusyError, RESOURCE_EXHAUSTED on the wire) beyond CERTIFICATE_LOOKUPS_MAX
+    waiting look-ups, instead of queueing ahead of the builds; the look-ups let in are answered."""
+    group = LocalGroup(tmp_path / "group", model_packages=digits_packages)
+    group.prepare()
+    extra = 5
+
+    async def scenario() -> tuple[list[object], int]:
+        node = ReplicaNode(load_replica_config(group.data_dir / "replica-1.toml"))
+        gate = threading.Event()
+        try:
+            node._certificates.submit(gate.wait)  # the certificates thread is busy
+            calls = [asyncio.ensure_future(node.get_certificate("flood", f"r-{i}")) for i in range(node_module.CERTIFICATE_LOOKUPS_MAX + extra)]
+            await asyncio.sleep(0.2)
+            refused_early = sum(1 for c in calls if c.done() and isinstance(c.exception(), ArchiveBusyError))
+            gate.set()
+            outcomes = await asyncio.gather(*calls, return_exceptions=True)
+            return outcomes, refused_early
+        finally:
+            gate.set()
+            await node.stop()
+
+    outcomes, refused_early = asyncio.run(scenario())
+    refused = [o for o in outcomes if isinstance(o, ArchiveBusyError)]
+    assert len(refused) == refused_early == extra  # refused at once, not after the wait
+    assert all("certificate look-ups waiting" in str(o) and o.retry_after_s > 0 for o in refused)
+    assert [o for o in outcomes if not isinstance(o, ArchiveBusyError)] == [None] * node_module.CERTIFICATE_LOOKUPS_MAX  # none stored
