@@ -343,6 +343,10 @@ class ReplicaNode:
         for message in messages:
             if traced and isinstance(message, PrePrepare):
                 trace.event("pre-prepare", message.seq)
+            elif traced and isinstance(message, VoteBatch):
+                keys = [k for e in message.entries if (k := trace.request_key(e.client_id, e.request_id)) is not None]
+                if keys:
+                    trace.event("vote-in", ",".join(keys))
             try:
                 self.core.step(message, via=sender)
             except ByzantineMessageError as exc:

@@ -14,6 +14,7 @@ batch), so a busy process writes only what a measurement needs. Events and their
     gateway   in, out                  client_id/request_id (a row as the gateway forwards it)
     replica   received                 client_id/request_id
               inferred                 client_id/request_id,... (one Triton call's rows)
+              vote-in                  client_id/request_id,... (a peer's vote batch arrived)
               pre-prepare              seq (sent by the primary, received by a backup)
               commit-sent              seq (this replica prepared it and sent its COMMIT)
               committed                seq

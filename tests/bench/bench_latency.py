@@ -14,8 +14,8 @@ Reported: p50 and p99 of each, and the added p50 (certified minus direct Triton;
 most 3 ms), with the replicas' own view of where the time goes (Triton call, durable write,
 request to certificate), and the certified calls' stage by stage medians from the trace lines
 the gateway and the replicas write (`replica/trace.py`, `tests/bench/stages.py`): reaching every
-replica, the slowest model, votes and PRE-PREPARE, the PREPARE and COMMIT rounds, the
-certificate, the way back.
+replica, the slowest model, the votes reaching the primary, its PRE-PREPARE, the PREPARE and
+COMMIT rounds, the certificate, the way back.
 """
 
 from __future__ import annotations

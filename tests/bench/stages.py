@@ -6,8 +6,13 @@ every process's lines; each stage is the time from one milestone to the next (a 
 earlier than the one before it counts as reached at that one):
 
     gateway in -> every replica has the request -> the slowest model answered -> the primary
-    sends its PRE-PREPARE -> a quorum of replicas sent COMMIT -> a replica committed -> a
-    replica built the certificate -> the gateway answered
+    has every peer's vote on it -> the primary sends its PRE-PREPARE -> a quorum of replicas
+    sent COMMIT -> a replica committed -> a replica built the certificate -> the gateway answered
+
+The primary is the replica that logged the batch's PRE-PREPARE first (it sent it). Its last
+vote may come after the slowest model's answer (a hop) or before it (the slowest model was the
+primary's own); a proposal without a vote the primary never got has that stage end at the
+proposal.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from pathlib import Path
 STAGES = (
     "gateway to every replica",
     "inference (slowest model)",
-    "votes to the primary, PRE-PREPARE",
+    "votes reach the primary",
+    "primary proposes (PRE-PREPARE sent)",
     "PREPARE round (quorum sent COMMIT)",
     "COMMIT round (first replica committed)",
     "certificate built",
@@ -81,7 +87,8 @@ def breakdown(lines: Iterable[TraceLine], *, key_marker: str = "") -> StageBreak
     received: dict[str, list[float]] = defaultdict(list)
     inferred: dict[str, list[float]] = defaultdict(list)
     certified: dict[str, list[tuple[float, int]]] = defaultdict(list)
-    pre_prepare: dict[int, float] = {}
+    pre_prepare: dict[int, tuple[float, str]] = {}  # seq -> (first logged, by whom: the primary)
+    votes_in: dict[tuple[str, str], float] = {}  # (process, key) -> its last peer vote on key
     commit_sent: dict[int, list[float]] = defaultdict(list)
     committed: dict[int, float] = {}
     replicas: set[str] = set()
@@ -99,12 +106,16 @@ def breakdown(lines: Iterable[TraceLine], *, key_marker: str = "") -> StageBreak
             for k in key.split(","):
                 if key_marker in k:
                     inferred[k].append(line.at_s)
+        elif event == "vote-in":
+            for k in key.split(","):
+                if key_marker in k:
+                    votes_in[(line.process, k)] = max(line.at_s, votes_in.get((line.process, k), line.at_s))
         elif event == "certified" and key_marker in key:
             k, _, seq = key.rpartition("@")
             certified[k].append((line.at_s, int(seq)))
         elif event == "pre-prepare":
             seq = int(key)
-            pre_prepare[seq] = min(line.at_s, pre_prepare.get(seq, line.at_s))
+            pre_prepare[seq] = min((line.at_s, line.process), pre_prepare.get(seq, (line.at_s, line.process)))
         elif event == "commit-sent":
             commit_sent[int(key)].append(line.at_s)
         elif event == "committed":
@@ -121,11 +132,13 @@ def breakdown(lines: Iterable[TraceLine], *, key_marker: str = "") -> StageBreak
         commits = sorted(commit_sent.get(seq, []))
         if seq not in pre_prepare or seq not in committed or len(commits) < quorum:
             continue
+        proposed_s, primary = pre_prepare[seq]
         milestones = [
             start_s,
             max(received[key]),
             max(inferred[key]),
-            pre_prepare[seq],
+            min(votes_in.get((primary, key), proposed_s), proposed_s),
+            proposed_s,
             commits[quorum - 1],
             committed[seq],
             first_certified_s,
