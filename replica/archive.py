@@ -31,12 +31,20 @@ ARCHIVE_PAGES_PER_S = 8.0
 ARCHIVE_PAGE_BURST = 16
 
 
+# the trailer that says when to come back, as gRPC's own retry policy reads it
+PUSHBACK_TRAILER = "grpc-retry-pushback-ms"
+
+
 class ArchiveBusyError(Exception):
     """The archive turned a page request away for now; `retry_after_s` says when to ask again."""
 
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+    def trailer(self) -> tuple[tuple[str, str]]:
+        """The RESOURCE_EXHAUSTED reply's trailing metadata: the wait, in whole milliseconds."""
+        return ((PUSHBACK_TRAILER, str(max(1, round(self.retry_after_s * 1000)))),)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from certs.config import GroupConfig
 from certs.errors import CertificateError
 from certs.verify import verify
 from protos import replica_api_pb2 as api
+from replica.archive import PUSHBACK_TRAILER
 from replica.transport import RECONNECT_OPTIONS
 
 log = logging.getLogger("quorumserve.replica")
@@ -179,10 +180,10 @@ class PeerCertificates:
 
 
 def _pushback_s(error: grpc.aio.AioRpcError) -> float | None:
-    """The wait an error reply asks for (`grpc-retry-pushback-ms`), capped; None when it names
-    none (or garbage)."""
+    """The wait an error reply asks for (its PUSHBACK_TRAILER), capped; None when it names none
+    (or garbage)."""
     for key, value in error.trailing_metadata() or ():
-        if key == "grpc-retry-pushback-ms":
+        if key == PUSHBACK_TRAILER:
             try:
                 return min(max(int(value), 0) / 1000, BUSY_PUSHBACK_MAX_S)
             except (TypeError, ValueError):

@@ -310,9 +310,7 @@ class ReplicaService:
 
     @staticmethod
     async def _busy(context: grpc.aio.ServicerContext, exc: ArchiveBusyError) -> NoReturn:
-        # RESOURCE_EXHAUSTED, with when to come back in the trailer gRPC's own retry policy reads
-        pushback = (("grpc-retry-pushback-ms", str(max(1, round(exc.retry_after_s * 1000)))),)
-        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), trailing_metadata=pushback)
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), trailing_metadata=exc.trailer())
         raise AssertionError("abort returned")  # it raises
 
     async def _checked(self, context: grpc.aio.ServicerContext, message_type: type[Message], raw: bytes) -> Any:

@@ -209,10 +209,11 @@ class ReplicaStore:
         self.path = Path(path)
         self.sync = sync
         self._lock = threading.Lock()
-        # archive pages (ListCertificates) are read on a connection of their own, opened on
-        # first use: WAL lets it read beside the writer instead of behind the store's lock
-        self._archive_lock = threading.Lock()
-        self._archive_db: sqlite3.Connection | None = None
+        # long reads (archive pages, the scan for certificate gaps) use a read-only connection
+        # of their own, opened on first use: WAL lets it read beside the writer instead of
+        # holding the replica's writes up behind the store's lock
+        self._reader_lock = threading.Lock()
+        self._reader_db: sqlite3.Connection | None = None
         # isolation_level=None: transactions are ours (BEGIN IMMEDIATE ... COMMIT), never implicit
         try:
             self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
@@ -235,10 +236,10 @@ class ReplicaStore:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        with self._archive_lock:
-            if self._archive_db is not None:
-                self._archive_db.close()
-                self._archive_db = None
+        with self._reader_lock:
+            if self._reader_db is not None:
+                self._reader_db.close()
+                self._reader_db = None
         with self._lock:
             self._db.close()
 
@@ -556,10 +557,10 @@ class ReplicaStore:
         whole batches in seq order, about `limit` of them (a batch larger than that comes
         whole). Returns them, the seq to continue after, and whether more may follow.
 
-        Read on the archive's own connection, one read transaction per page (a consistent
-        view), never holding up the replica's writes."""
-        with self._archive_lock:
-            db = self._archive_reader()
+        Read on the reader connection, one read transaction per page (a consistent view),
+        never holding up the replica's writes."""
+        with self._reader_lock:
+            db = self._reader()
             try:
                 db.execute("BEGIN")
                 try:
@@ -569,15 +570,16 @@ class ReplicaStore:
             except sqlite3.Error as exc:
                 raise StorageError(f"{self.path}: {exc}") from exc
 
-    def _archive_reader(self) -> sqlite3.Connection:
-        if self._archive_db is None:
+    def _reader(self) -> sqlite3.Connection:
+        """The read-only connection; call with `_reader_lock` held."""
+        if self._reader_db is None:
             try:
-                self._archive_db = sqlite3.connect(
+                self._reader_db = sqlite3.connect(
                     f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
                 )
             except sqlite3.Error as exc:
                 raise StorageError(f"{self.path}: cannot open for reading: {exc}") from exc
-        return self._archive_db
+        return self._reader_db
 
     @staticmethod
     def _certificate_page(db: sqlite3.Connection, after_seq: int, through_seq: int, limit: int) -> tuple[list[tuple[int, bytes]], int, bool]:
@@ -603,24 +605,19 @@ class ReplicaStore:
         Every request this replica saw committed has its certificate (written with the batch,
         rebuilt at start-up if a crash lost it), so a gap is a batch that a state-transfer
         snapshot skipped and whose certificate has not been fetched from a peer yet. The scan
-        reads the whole executed table, so it runs on a connection of its own: WAL lets it read
+        reads the whole executed table, so it runs on the reader connection: WAL lets it read
         while the replica's writes go on, instead of holding them up behind the store's lock."""
-        try:
-            reader = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
-        except sqlite3.Error as exc:
-            raise StorageError(f"{self.path}: cannot open for reading: {exc}") from exc
-        try:
-            rows = reader.execute(
-                "SELECT e.client_id, e.request_id, e.seq, e.request_digest FROM executed AS e "
-                "WHERE e.seq > ? AND NOT EXISTS (SELECT 1 FROM certificates AS c "
-                "WHERE c.client_id = e.client_id AND c.request_id = e.request_id) "
-                "ORDER BY e.seq, e.client_id, e.request_id LIMIT ?",
-                (after_seq, limit),
-            ).fetchall()
-        except sqlite3.Error as exc:
-            raise StorageError(f"{self.path}: {exc}") from exc
-        finally:
-            reader.close()
+        with self._reader_lock:
+            try:
+                rows = self._reader().execute(
+                    "SELECT e.client_id, e.request_id, e.seq, e.request_digest FROM executed AS e "
+                    "WHERE e.seq > ? AND NOT EXISTS (SELECT 1 FROM certificates AS c "
+                    "WHERE c.client_id = e.client_id AND c.request_id = e.request_id) "
+                    "ORDER BY e.seq, e.client_id, e.request_id LIMIT ?",
+                    (after_seq, limit),
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise StorageError(f"{self.path}: {exc}") from exc
         return [(str(c), str(r), int(s), bytes(d)) for c, r, s, d in rows]
 
     def get_certificate(self, client_id: str, request_id: str) -> bytes | None:
