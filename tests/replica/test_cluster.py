@@ -375,10 +375,13 @@ def test_a_flood_of_archive_reads_is_paced_with_a_pushback_and_the_replica_keeps
     target = group.replicas[0]
     ask = api.CertificateRangeRequest(after_seq=0, through_seq=1 << 40, limit=1024)
     later = digits_request(config, "flood", "after", X[5])
+    stored = [digits_request(config, "flood", f"before-{i}", X[i]) for i in range(3)]  # the archive is not empty
 
     async def scenario() -> tuple[list[api.CertificateRangeReply], list[grpc.aio.AioRpcError], api.SubmitReply]:
         async with grpc.aio.insecure_channel(target.address, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
             stub = api_grpc.ReplicaStub(channel)
+            for request in stored:
+                await stub.Submit(api.SubmitRequest(request=request_to_proto(request), fanout=1, timeout_ms=30_000), timeout=35)
             outcomes = await asyncio.gather(*(stub.ListCertificates(ask, timeout=60) for _ in range(120)), return_exceptions=True)
             reply = await stub.Submit(api.SubmitRequest(request=request_to_proto(later), fanout=1, timeout_ms=30_000), timeout=35)
         served = [o for o in outcomes if isinstance(o, api.CertificateRangeReply)]
