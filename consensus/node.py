@@ -165,6 +165,10 @@ class ConsensusNode:
 
         self.pending: dict[VoteKey, PendingRequest] = {}
         self.by_request_key: dict[tuple[str, str], VoteKey] = {}
+        # the requests (inputs included) this replica holds until they execute: what the
+        # runtime's admission limits count (replica/node.py)
+        self.held_requests = 0
+        self.held_request_bytes = 0
         self.eligible: dict[VoteKey, None] = {}  # insertion order = order of reaching a quorum
         self.proposed: dict[tuple[str, str], int] = {}  # request key -> seq of an accepted pre-prepare
         self.inference_queue: deque[VoteKey] = deque()
@@ -309,6 +313,11 @@ class ConsensusNode:
             pending.last_relay_tick = self.now
         self._maybe_batch_inference()
         return SubmitOutcome("pending" if known is not None else "accepted")
+
+    def knows_request(self, request: InferenceRequest) -> bool:
+        """Whether this replica holds these ids already (waiting or executed): a client asking
+        again adds nothing to hold, so admission limits let it through."""
+        return request.key in self.by_request_key or request.key in self.state.executed
 
     def check_control(self, op: ControlOp) -> None:
         """Raise RequestRejectedError unless the group would order `op` now."""
@@ -524,6 +533,8 @@ class ConsensusNode:
             self.pending[key] = pending
         if pending.request is None:
             pending.request = request
+            self.held_requests += 1
+            self.held_request_bytes += request.size_bytes
             self.by_request_key.setdefault(request.key, key)
             self._queue_for_inference(key)
         return pending
@@ -729,7 +740,12 @@ class ConsensusNode:
     def _forget_pending(self, key: VoteKey) -> None:
         pending = self.pending.pop(key, None)
         self.eligible.pop(key, None)
-        if pending is not None and self.by_request_key.get(pending.request_key) == key:
+        if pending is None:
+            return
+        if pending.request is not None:
+            self.held_requests -= 1
+            self.held_request_bytes -= pending.request.size_bytes
+        if self.by_request_key.get(pending.request_key) == key:
             del self.by_request_key[pending.request_key]
 
     # =====================================================================================
@@ -2328,6 +2344,7 @@ class ConsensusNode:
         if self.retired:
             self.pending.clear()
             self.by_request_key.clear()
+            self.held_requests = self.held_request_bytes = 0
             self.inference_queue.clear()
         for key, pending in list(self.pending.items()):
             if pending.request is None:

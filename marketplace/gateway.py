@@ -61,9 +61,12 @@ fails (rows certified meanwhile come back on a retry with the same id).
 
 Status codes: unknown group -> NOT_FOUND; wrong input name, shape, datatype or data size ->
 INVALID_ARGUMENT naming the input; too many rows or a message over the size limit ->
-RESOURCE_EXHAUSTED; replicas unreachable -> UNAVAILABLE; not certified in time ->
-DEADLINE_EXCEEDED; request ids reused for a different request -> ALREADY_EXISTS. Requests are
-parsed from raw bytes, so garbage gets INVALID_ARGUMENT and nothing escapes into gRPC.
+RESOURCE_EXHAUSTED; more than f replicas at their admission limits (replica/config.py,
+[admission]) -> RESOURCE_EXHAUSTED with the `grpc-retry-pushback-ms` trailer saying when to
+retry (with the same id: rows admitted meanwhile are certified once); replicas unreachable ->
+UNAVAILABLE; not certified in time -> DEADLINE_EXCEEDED; request ids reused for a different
+request -> ALREADY_EXISTS. Requests are parsed from raw bytes, so garbage gets INVALID_ARGUMENT
+and nothing escapes into gRPC.
 
 Prometheus metrics are served on their own port (`--metrics-port`); every call is logged with
 its group, client id and request id.
@@ -101,6 +104,7 @@ from marketplace.sdk import (
     CERTIFIED,
     DEFAULT_CLIENT_ID,
     NUMPY_DTYPES,
+    OVERLOADED,
     REJECTED,
     REPLY_MARGIN_S,
     TIMEOUT,
@@ -115,6 +119,7 @@ from marketplace.sdk import (
 from protos import marketplace_pb2 as mpb
 from protos import replica_api_pb2 as api
 from replica import trace
+from replica.archive import pushback_trailer
 
 log = logging.getLogger("quorumserve.gateway")
 
@@ -147,10 +152,14 @@ class GatewayError(RuntimeError):
 class _Abort(Exception):
     """End the call with this status (raised inside handlers, turned into context.abort)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, *, retry_after_ms: int = 0) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after_ms = retry_after_ms  # > 0: sent as the pushback trailer (come back then)
+
+    def trailers(self) -> tuple[tuple[str, str], ...]:
+        return pushback_trailer(self.retry_after_ms / 1000) if self.retry_after_ms > 0 else ()
 
 
 # =========================================================================================
@@ -436,7 +445,7 @@ class Gateway:
                 return await handler(_parse(message_type, raw), context)
             except _Abort as exc:
                 code = exc.code
-                await context.abort(exc.code, exc.message)
+                await context.abort(exc.code, exc.message, trailing_metadata=exc.trailers())
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
@@ -596,6 +605,7 @@ class Gateway:
                 first.code,
                 f"row {i} ({client_id}/{first.request.request_id}): {first.error}; {len(rows) - len(failed)} of {len(rows)} rows "
                 f"certified (a retry with the same id {infer_id!r} returns them)",
+                retry_after_ms=max((o.retry_after_ms for _, o in failed if o.status == OVERLOADED), default=0),
             )
         log.info(
             "ModelInfer group=%s client=%s id=%s rows=%d certified at seq %s in %.1f ms, invalid certificates %d",
@@ -865,7 +875,10 @@ def _kserve_response(
     return response
 
 
-_STATUS = {CERTIFIED: mpb.INFER_CERTIFIED, REJECTED: mpb.INFER_REJECTED, UNAVAILABLE: mpb.INFER_UNAVAILABLE, TIMEOUT: mpb.INFER_TIMEOUT}
+_STATUS = {
+    CERTIFIED: mpb.INFER_CERTIFIED, REJECTED: mpb.INFER_REJECTED, UNAVAILABLE: mpb.INFER_UNAVAILABLE,
+    TIMEOUT: mpb.INFER_TIMEOUT, OVERLOADED: mpb.INFER_OVERLOADED,
+}
 
 
 def _native_reply(outcome: RowOutcome) -> Any:
@@ -878,6 +891,7 @@ def _native_reply(outcome: RowOutcome) -> Any:
         error=outcome.error,
         error_code=outcome.code.value[0],
         invalid_certificates=outcome.invalid_certificates,
+        retry_after_ms=outcome.retry_after_ms,
     )
     if outcome.verified is not None:
         reply.certificate = outcome.certificate_bytes

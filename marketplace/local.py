@@ -33,7 +33,7 @@ from certs.keys import KeyPair, load_private_key, save_private_key
 from certs.membership import JoinRequest
 from marketplace.membership import ConfigChain, follow_chain
 from certs.policy import AgreementPolicy
-from replica.config import ReplicaConfig, TritonPorts, render_replica_config
+from replica.config import AdmissionLimits, ReplicaConfig, TritonPorts, render_replica_config
 
 log = logging.getLogger("quorumserve.local")
 
@@ -122,6 +122,7 @@ class LocalGroup:
     price_per_request: int = 1
     storage_sync: str = "full"  # each replica's [storage] sync ("process": no fsync per write)
     spare_models: int = 1  # each replica's [triton] spare_models (warm Triton models for updates)
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)  # each replica's [admission]
     task: TaskSchema | None = None  # the group's task; the digits task if None
     host: str = "127.0.0.1"
     log_level: str = "INFO"
@@ -176,7 +177,9 @@ class LocalGroup:
                     metrics_port=ports[base + 4],
                 )
             mode = self.misbehave.get(i, "none")
-            replica_config = replace(replica_config, misbehave=mode.split(":")[0], storage_sync=self.storage_sync)
+            replica_config = replace(
+                replica_config, misbehave=mode.split(":")[0], storage_sync=self.storage_sync, admission=self.admission
+            )
             if mode.startswith("swap-weak"):
                 # "swap-weak:N": after N requests this replica silently answers with a weak model
                 from marketplace.models import weak_model_package
@@ -302,6 +305,7 @@ class LocalGroup:
             triton=TritonPorts(ports[1], ports[2], ports[3], spare_models=self.spare_models),
             metrics_port=ports[4],
             storage_sync=self.storage_sync,
+            admission=self.admission,
         )
         join = sign_join(
             current, owner_id=owner_id, owner_key=owner_key, replica_key=replica_key,

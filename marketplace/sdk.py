@@ -56,6 +56,7 @@ from certs.wire import repeated_field, request_to_proto
 from marketplace.membership import ConfigChain, Ledger, LedgerError, UnknownEpochError, best_ledger, links_from_chain_reply, links_from_group_reply
 from protos import marketplace_pb2 as mpb
 from protos import replica_api_pb2 as api
+from replica.archive import PUSHBACK_TRAILER
 
 log = logging.getLogger("quorumserve.sdk")
 
@@ -141,6 +142,17 @@ class CertificationTimeoutError(ClientError, TimeoutError):
     """Not certified in time; retrying with the same ids is safe (exactly-once)."""
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class GroupOverloadedError(ClientError):
+    """More than f replicas hold as many requests as they take: ask again, with the same ids,
+    after `retry_after_s` (the request may be certified meanwhile; a retry then returns it)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, *, request_id: str | None = None, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, request_id=request_id)
+        self.retry_after_s = retry_after_s
 
 
 def error_for_code(code: grpc.StatusCode, message: str, request_id: str | None = None) -> ClientError:
@@ -458,6 +470,8 @@ CERTIFIED = "certified"
 REJECTED = "rejected"
 UNAVAILABLE = "unavailable"
 TIMEOUT = "timeout"
+OVERLOADED = "overloaded"
+RETRY_AFTER_MAX_MS = 5000  # a hint above this (a faulty replica's) is not believed
 
 
 @dataclass
@@ -465,13 +479,14 @@ class RowOutcome:
     """What became of one request sent to every replica."""
 
     request: InferenceRequest
-    status: str  # CERTIFIED, REJECTED, UNAVAILABLE or TIMEOUT
+    status: str  # CERTIFIED, REJECTED, UNAVAILABLE, TIMEOUT or OVERLOADED
     error: str = ""
     certificate_bytes: bytes = b""
     certificate: Certificate | None = None
     verified: VerifiedCertificate | None = None
     replica_id: int = -1
     invalid_certificates: int = 0
+    retry_after_ms: int = 0  # OVERLOADED: when to ask again
 
     @property
     def code(self) -> grpc.StatusCode:
@@ -481,15 +496,20 @@ class RowOutcome:
             return rejection_code(self.error)
         if self.status == UNAVAILABLE:
             return grpc.StatusCode.UNAVAILABLE
+        if self.status == OVERLOADED:
+            return grpc.StatusCode.RESOURCE_EXHAUSTED
         return grpc.StatusCode.DEADLINE_EXCEEDED
 
     def error_object(self) -> ClientError:
+        if self.status == OVERLOADED:
+            return GroupOverloadedError(self.error, request_id=self.request.request_id, retry_after_s=self.retry_after_ms / 1000)
         return error_for_code(self.code, self.error, self.request.request_id)
 
 
 class _Row:
-    """One request's answers so far; decided once certified, rejected by f+1 replicas, or
-    every replica has answered (or failed)."""
+    """One request's answers so far; decided once certified, rejected by f+1 replicas, refused
+    as overloaded by f+1 (at least one of them correct), or every replica has answered (or
+    failed)."""
 
     def __init__(self, request: InferenceRequest, replica_ids: Sequence[int], f: int) -> None:
         self.request = request
@@ -497,6 +517,7 @@ class _Row:
         self.f = f
         self.answered: set[int] = set()
         self.rejections: dict[int, str] = {}
+        self.overloads: dict[int, tuple[str, int]] = {}  # replica -> (error, retry after ms)
         self.timeouts: dict[int, str] = {}
         self.failures: dict[int, str] = {}
         self.invalid = 0
@@ -513,6 +534,7 @@ class _Row:
             self.certified is not None
             or self.conflicting is not None
             or len(self.rejections) > self.f
+            or len(self.overloads) > self.f
             or self.answered >= self.replica_ids
         )
 
@@ -532,6 +554,10 @@ class _Row:
 
     def time_out(self, replica_id: int, error: str) -> None:
         self.timeouts[replica_id] = error
+        self._answer(replica_id)
+
+    def overload(self, replica_id: int, error: str, retry_after_ms: int) -> None:
+        self.overloads[replica_id] = (error, retry_after_ms)
         self._answer(replica_id)
 
     def fail(self, replica_id: int, error: str) -> None:
@@ -564,9 +590,22 @@ class _Row:
             # f+1 replicas agree the request is invalid: at least one of them is correct
             error = collections.Counter(self.rejections.values()).most_common(1)[0][0]
             return RowOutcome(request, REJECTED, error, invalid_certificates=invalid)
+        if len(self.overloads) > self.f:
+            # f+1 say so, so a correct replica is at its limit. The earliest hint: it is no later
+            # than a correct replica's, and a retry too early costs one more refusal
+            wait_ms = min(RETRY_AFTER_MAX_MS, max(1, min(ms for _, ms in self.overloads.values())))
+            first = min(self.overloads)
+            return RowOutcome(
+                request, OVERLOADED,
+                f"the group is overloaded: {len(self.overloads)} of {len(self.replica_ids)} replicas hold as many requests "
+                f"as they take (replica {first}: {self.overloads[first][0]}); retry with the same ids in about {wait_ms} ms",
+                invalid_certificates=invalid, retry_after_ms=wait_ms,
+            )
         details = "; ".join(
             f"replica {rid}: {reason}"
-            for rid, reason in sorted({**self.failures, **self.timeouts, **self.rejections}.items())
+            for rid, reason in sorted(
+                {**self.failures, **self.timeouts, **self.rejections, **{r: e for r, (e, _) in self.overloads.items()}}.items()
+            )
         )
         missing = sorted(self.replica_ids - self.answered)
         if missing:
@@ -876,6 +915,8 @@ class ReplicaFanout:
             row.reject(replica_id, reply.error or "rejected")
         elif reply.status == api.TIMEOUT:
             row.time_out(replica_id, reply.error or "timed out")
+        elif reply.status == api.OVERLOADED:
+            row.overload(replica_id, reply.error or "overloaded", reply.retry_after_ms)
         else:
             self._invalid(replica_id, row, f"reply with unknown status {reply.status}")
 
@@ -1494,6 +1535,9 @@ class _GatewayCalls:
 
     def result(self, request: InferenceRequest, reply: mpb.InferReply) -> InferenceResult:
         """Check one gateway reply against our own request: a certificate or the error it names."""
+        if reply.status == mpb.INFER_OVERLOADED:
+            wait_ms = min(RETRY_AFTER_MAX_MS, max(1, reply.retry_after_ms))
+            raise GroupOverloadedError(reply.error or "the group is overloaded", request_id=request.request_id, retry_after_s=wait_ms / 1000)
         if reply.status != mpb.INFER_CERTIFIED:
             raise error_for_code(status_code(reply.error_code), reply.error or "no certificate", request.request_id)
         certificate, verified = self.configs.check(reply.certificate, request)
@@ -1527,7 +1571,23 @@ def _fetch_ledger(configs: PinnedConfigs, addresses: Mapping[int, str], timeout_
 def _rpc_error(exc: grpc.RpcError) -> ClientError:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and (wait_ms := pushback_ms(exc)) is not None:
+        return GroupOverloadedError(f"gateway: {details}", retry_after_s=wait_ms / 1000)
     return error_for_code(code, f"gateway: {details}")
+
+
+def pushback_ms(exc: grpc.RpcError) -> int | None:
+    """The wait a RESOURCE_EXHAUSTED reply asks for (its PUSHBACK_TRAILER, at most
+    RETRY_AFTER_MAX_MS); None when it names none, or garbage. Without one the refusal is about
+    the request itself (too large, too many rows), and asking again will not help."""
+    trailers = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    for key, value in trailers or ():
+        if key == PUSHBACK_TRAILER:
+            try:
+                return min(max(int(value), 1), RETRY_AFTER_MAX_MS)
+            except (TypeError, ValueError):
+                return None
+    return None
 
 
 def _method(service: str, name: str) -> str:

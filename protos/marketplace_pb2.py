@@ -26,7 +26,7 @@ from protos import common_pb2 as protos_dot_common__pb2
 from protos import replica_api_pb2 as protos_dot_replica__api__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protos/marketplace.proto\x12\x0equorumserve.v1\x1a\x13protos/common.proto\x1a\x18protos/replica_api.proto\"U\n\x0cInferRequest\x12\x31\n\x07request\x18\x01 \x01(\x0b\x32 .quorumserve.v1.InferenceRequest\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\"\xf8\x01\n\nInferReply\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12+\n\x06status\x18\x04 \x01(\x0e\x32\x1b.quorumserve.v1.InferStatus\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x12\n\nerror_code\x18\x06 \x01(\r\x12\x13\n\x0b\x63\x65rtificate\x18\x07 \x01(\x0c\x12\r\n\x05\x65poch\x18\x08 \x01(\x04\x12\x0b\n\x03seq\x18\t \x01(\x04\x12\x12\n\nreplica_id\x18\n \x01(\r\x12\x1c\n\x14invalid_certificates\x18\x0b \x01(\r\"C\n\x11InferBatchRequest\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.quorumserve.v1.InferRequest\">\n\x0fInferBatchReply\x12+\n\x07replies\x18\x01 \x03(\x0b\x32\x1a.quorumserve.v1.InferReply\"M\n\x12\x43\x65rtificateRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x13\n\x11ListGroupsRequest\"\xde\x01\n\x0cGroupSummary\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\t\n\x01\x66\x18\x03 \x01(\r\x12\t\n\x01n\x18\x04 \x01(\r\x12\x15\n\rconfig_digest\x18\x05 \x01(\x0c\x12\x19\n\x11price_per_request\x18\x06 \x01(\x04\x12\x12\n\ninput_name\x18\x07 \x01(\t\x12\x13\n\x0binput_shape\x18\x08 \x03(\x04\x12\x16\n\x0einput_datatype\x18\t \x01(\t\x12\x14\n\x0c\x63lass_labels\x18\n \x03(\t\x12\x0e\n\x06policy\x18\x0b \x01(\t\"?\n\x0fListGroupsReply\x12,\n\x06groups\x18\x01 \x03(\x0b\x32\x1c.quorumserve.v1.GroupSummary\" \n\x0cGroupRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\"\xdb\x01\n\nGroupReply\x12-\n\x07summary\x18\x01 \x01(\x0b\x32\x1c.quorumserve.v1.GroupSummary\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\t\x12\x19\n\x11\x63onfig_chain_json\x18\x03 \x03(\t\x12<\n\taddresses\x18\x04 \x03(\x0b\x32).quorumserve.v1.GroupReply.AddressesEntry\x1a\x30\n\x0e\x41\x64\x64ressesEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x97\x01\n\rReplicaHealth\x12\x12\n\nreplica_id\x18\x01 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\treachable\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12+\n\x06status\x18\x05 \x01(\x0b\x32\x1b.quorumserve.v1.StatusReply\x12\x12\n\nlatency_us\x18\x06 \x01(\r\"\xa1\x01\n\x10GroupStatusReply\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x13\n\x0bquorum_size\x18\x03 \x01(\r\x12\x11\n\treachable\x18\x04 \x01(\r\x12\x13\n\x0b\x63\x61n_certify\x18\x05 \x01(\x08\x12/\n\x08replicas\x18\x06 \x03(\x0b\x32\x1d.quorumserve.v1.ReplicaHealth*~\n\x0bInferStatus\x12\x1c\n\x18INFER_STATUS_UNSPECIFIED\x10\x00\x12\x13\n\x0fINFER_CERTIFIED\x10\x01\x12\x12\n\x0eINFER_REJECTED\x10\x02\x12\x15\n\x11INFER_UNAVAILABLE\x10\x03\x12\x11\n\rINFER_TIMEOUT\x10\x04\x32\xdb\x03\n\x07Gateway\x12\x45\n\x05Infer\x12\x1c.quorumserve.v1.InferRequest\x1a\x1a.quorumserve.v1.InferReply(\x01\x30\x01\x12P\n\nInferBatch\x12!.quorumserve.v1.InferBatchRequest\x1a\x1f.quorumserve.v1.InferBatchReply\x12P\n\x0eGetCertificate\x12\".quorumserve.v1.CertificateRequest\x1a\x1a.quorumserve.v1.InferReply\x12P\n\nListGroups\x12!.quorumserve.v1.ListGroupsRequest\x1a\x1f.quorumserve.v1.ListGroupsReply\x12\x44\n\x08GetGroup\x12\x1c.quorumserve.v1.GroupRequest\x1a\x1a.quorumserve.v1.GroupReply\x12M\n\x0bGroupStatus\x12\x1c.quorumserve.v1.GroupRequest\x1a .quorumserve.v1.GroupStatusReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protos/marketplace.proto\x12\x0equorumserve.v1\x1a\x13protos/common.proto\x1a\x18protos/replica_api.proto\"U\n\x0cInferRequest\x12\x31\n\x07request\x18\x01 \x01(\x0b\x32 .quorumserve.v1.InferenceRequest\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\"\x90\x02\n\nInferReply\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12+\n\x06status\x18\x04 \x01(\x0e\x32\x1b.quorumserve.v1.InferStatus\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x12\n\nerror_code\x18\x06 \x01(\r\x12\x13\n\x0b\x63\x65rtificate\x18\x07 \x01(\x0c\x12\r\n\x05\x65poch\x18\x08 \x01(\x04\x12\x0b\n\x03seq\x18\t \x01(\x04\x12\x12\n\nreplica_id\x18\n \x01(\r\x12\x1c\n\x14invalid_certificates\x18\x0b \x01(\r\x12\x16\n\x0eretry_after_ms\x18\x0c \x01(\r\"C\n\x11InferBatchRequest\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.quorumserve.v1.InferRequest\">\n\x0fInferBatchReply\x12+\n\x07replies\x18\x01 \x03(\x0b\x32\x1a.quorumserve.v1.InferReply\"M\n\x12\x43\x65rtificateRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x13\n\x11ListGroupsRequest\"\xde\x01\n\x0cGroupSummary\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\t\n\x01\x66\x18\x03 \x01(\r\x12\t\n\x01n\x18\x04 \x01(\r\x12\x15\n\rconfig_digest\x18\x05 \x01(\x0c\x12\x19\n\x11price_per_request\x18\x06 \x01(\x04\x12\x12\n\ninput_name\x18\x07 \x01(\t\x12\x13\n\x0binput_shape\x18\x08 \x03(\x04\x12\x16\n\x0einput_datatype\x18\t \x01(\t\x12\x14\n\x0c\x63lass_labels\x18\n \x03(\t\x12\x0e\n\x06policy\x18\x0b \x01(\t\"?\n\x0fListGroupsReply\x12,\n\x06groups\x18\x01 \x03(\x0b\x32\x1c.quorumserve.v1.GroupSummary\" \n\x0cGroupRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\"\xdb\x01\n\nGroupReply\x12-\n\x07summary\x18\x01 \x01(\x0b\x32\x1c.quorumserve.v1.GroupSummary\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\t\x12\x19\n\x11\x63onfig_chain_json\x18\x03 \x03(\t\x12<\n\taddresses\x18\x04 \x03(\x0b\x32).quorumserve.v1.GroupReply.AddressesEntry\x1a\x30\n\x0e\x41\x64\x64ressesEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x97\x01\n\rReplicaHealth\x12\x12\n\nreplica_id\x18\x01 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\treachable\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12+\n\x06status\x18\x05 \x01(\x0b\x32\x1b.quorumserve.v1.StatusReply\x12\x12\n\nlatency_us\x18\x06 \x01(\r\"\xa1\x01\n\x10GroupStatusReply\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x13\n\x0bquorum_size\x18\x03 \x01(\r\x12\x11\n\treachable\x18\x04 \x01(\r\x12\x13\n\x0b\x63\x61n_certify\x18\x05 \x01(\x08\x12/\n\x08replicas\x18\x06 \x03(\x0b\x32\x1d.quorumserve.v1.ReplicaHealth*\x94\x01\n\x0bInferStatus\x12\x1c\n\x18INFER_STATUS_UNSPECIFIED\x10\x00\x12\x13\n\x0fINFER_CERTIFIED\x10\x01\x12\x12\n\x0eINFER_REJECTED\x10\x02\x12\x15\n\x11INFER_UNAVAILABLE\x10\x03\x12\x11\n\rINFER_TIMEOUT\x10\x04\x12\x14\n\x10INFER_OVERLOADED\x10\x05\x32\xdb\x03\n\x07Gateway\x12\x45\n\x05Infer\x12\x1c.quorumserve.v1.InferRequest\x1a\x1a.quorumserve.v1.InferReply(\x01\x30\x01\x12P\n\nInferBatch\x12!.quorumserve.v1.InferBatchRequest\x1a\x1f.quorumserve.v1.InferBatchReply\x12P\n\x0eGetCertificate\x12\".quorumserve.v1.CertificateRequest\x1a\x1a.quorumserve.v1.InferReply\x12P\n\nListGroups\x12!.quorumserve.v1.ListGroupsRequest\x1a\x1f.quorumserve.v1.ListGroupsReply\x12\x44\n\x08GetGroup\x12\x1c.quorumserve.v1.GroupRequest\x1a\x1a.quorumserve.v1.GroupReply\x12M\n\x0bGroupStatus\x12\x1c.quorumserve.v1.GroupRequest\x1a .quorumserve.v1.GroupStatusReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,34 +35,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GROUPREPLY_ADDRESSESENTRY']._loaded_options = None
   _globals['_GROUPREPLY_ADDRESSESENTRY']._serialized_options = b'8\001'
-  _globals['_INFERSTATUS']._serialized_start=1526
-  _globals['_INFERSTATUS']._serialized_end=1652
+  _globals['_INFERSTATUS']._serialized_start=1551
+  _globals['_INFERSTATUS']._serialized_end=1699
   _globals['_INFERREQUEST']._serialized_start=91
   _globals['_INFERREQUEST']._serialized_end=176
   _globals['_INFERREPLY']._serialized_start=179
-  _globals['_INFERREPLY']._serialized_end=427
-  _globals['_INFERBATCHREQUEST']._serialized_start=429
-  _globals['_INFERBATCHREQUEST']._serialized_end=496
-  _globals['_INFERBATCHREPLY']._serialized_start=498
-  _globals['_INFERBATCHREPLY']._serialized_end=560
-  _globals['_CERTIFICATEREQUEST']._serialized_start=562
-  _globals['_CERTIFICATEREQUEST']._serialized_end=639
-  _globals['_LISTGROUPSREQUEST']._serialized_start=641
-  _globals['_LISTGROUPSREQUEST']._serialized_end=660
-  _globals['_GROUPSUMMARY']._serialized_start=663
-  _globals['_GROUPSUMMARY']._serialized_end=885
-  _globals['_LISTGROUPSREPLY']._serialized_start=887
-  _globals['_LISTGROUPSREPLY']._serialized_end=950
-  _globals['_GROUPREQUEST']._serialized_start=952
-  _globals['_GROUPREQUEST']._serialized_end=984
-  _globals['_GROUPREPLY']._serialized_start=987
-  _globals['_GROUPREPLY']._serialized_end=1206
-  _globals['_GROUPREPLY_ADDRESSESENTRY']._serialized_start=1158
-  _globals['_GROUPREPLY_ADDRESSESENTRY']._serialized_end=1206
-  _globals['_REPLICAHEALTH']._serialized_start=1209
-  _globals['_REPLICAHEALTH']._serialized_end=1360
-  _globals['_GROUPSTATUSREPLY']._serialized_start=1363
-  _globals['_GROUPSTATUSREPLY']._serialized_end=1524
-  _globals['_GATEWAY']._serialized_start=1655
-  _globals['_GATEWAY']._serialized_end=2130
+  _globals['_INFERREPLY']._serialized_end=451
+  _globals['_INFERBATCHREQUEST']._serialized_start=453
+  _globals['_INFERBATCHREQUEST']._serialized_end=520
+  _globals['_INFERBATCHREPLY']._serialized_start=522
+  _globals['_INFERBATCHREPLY']._serialized_end=584
+  _globals['_CERTIFICATEREQUEST']._serialized_start=586
+  _globals['_CERTIFICATEREQUEST']._serialized_end=663
+  _globals['_LISTGROUPSREQUEST']._serialized_start=665
+  _globals['_LISTGROUPSREQUEST']._serialized_end=684
+  _globals['_GROUPSUMMARY']._serialized_start=687
+  _globals['_GROUPSUMMARY']._serialized_end=909
+  _globals['_LISTGROUPSREPLY']._serialized_start=911
+  _globals['_LISTGROUPSREPLY']._serialized_end=974
+  _globals['_GROUPREQUEST']._serialized_start=976
+  _globals['_GROUPREQUEST']._serialized_end=1008
+  _globals['_GROUPREPLY']._serialized_start=1011
+  _globals['_GROUPREPLY']._serialized_end=1230
+  _globals['_GROUPREPLY_ADDRESSESENTRY']._serialized_start=1182
+  _globals['_GROUPREPLY_ADDRESSESENTRY']._serialized_end=1230
+  _globals['_REPLICAHEALTH']._serialized_start=1233
+  _globals['_REPLICAHEALTH']._serialized_end=1384
+  _globals['_GROUPSTATUSREPLY']._serialized_start=1387
+  _globals['_GROUPSTATUSREPLY']._serialized_end=1548
+  _globals['_GATEWAY']._serialized_start=1702
+  _globals['_GATEWAY']._serialized_end=2177
 # @@protoc_insertion_point(module_scope)

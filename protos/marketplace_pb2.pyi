@@ -16,11 +16,13 @@ class InferStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INFER_REJECTED: _ClassVar[InferStatus]
     INFER_UNAVAILABLE: _ClassVar[InferStatus]
     INFER_TIMEOUT: _ClassVar[InferStatus]
+    INFER_OVERLOADED: _ClassVar[InferStatus]
 INFER_STATUS_UNSPECIFIED: InferStatus
 INFER_CERTIFIED: InferStatus
 INFER_REJECTED: InferStatus
 INFER_UNAVAILABLE: InferStatus
 INFER_TIMEOUT: InferStatus
+INFER_OVERLOADED: InferStatus
 
 class InferRequest(_message.Message):
     __slots__ = ("request", "timeout_ms")
@@ -31,7 +33,7 @@ class InferRequest(_message.Message):
     def __init__(self, request: _Optional[_Union[_common_pb2.InferenceRequest, _Mapping]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class InferReply(_message.Message):
-    __slots__ = ("group_id", "client_id", "request_id", "status", "error", "error_code", "certificate", "epoch", "seq", "replica_id", "invalid_certificates")
+    __slots__ = ("group_id", "client_id", "request_id", "status", "error", "error_code", "certificate", "epoch", "seq", "replica_id", "invalid_certificates", "retry_after_ms")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +45,7 @@ class InferReply(_message.Message):
     SEQ_FIELD_NUMBER: _ClassVar[int]
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     INVALID_CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     group_id: str
     client_id: str
     request_id: str
@@ -54,7 +57,8 @@ class InferReply(_message.Message):
     seq: int
     replica_id: int
     invalid_certificates: int
-    def __init__(self, group_id: _Optional[str] = ..., client_id: _Optional[str] = ..., request_id: _Optional[str] = ..., status: _Optional[_Union[InferStatus, str]] = ..., error: _Optional[str] = ..., error_code: _Optional[int] = ..., certificate: _Optional[bytes] = ..., epoch: _Optional[int] = ..., seq: _Optional[int] = ..., replica_id: _Optional[int] = ..., invalid_certificates: _Optional[int] = ...) -> None: ...
+    retry_after_ms: int
+    def __init__(self, group_id: _Optional[str] = ..., client_id: _Optional[str] = ..., request_id: _Optional[str] = ..., status: _Optional[_Union[InferStatus, str]] = ..., error: _Optional[str] = ..., error_code: _Optional[int] = ..., certificate: _Optional[bytes] = ..., epoch: _Optional[int] = ..., seq: _Optional[int] = ..., replica_id: _Optional[int] = ..., invalid_certificates: _Optional[int] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
 
 class InferBatchRequest(_message.Message):
     __slots__ = ("requests",)

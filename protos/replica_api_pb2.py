@@ -26,61 +26,61 @@ from protos import common_pb2 as protos_dot_common__pb2
 from protos import consensus_pb2 as protos_dot_consensus__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protos/replica_api.proto\x12\x0equorumserve.v1\x1a\x13protos/common.proto\x1a\x16protos/consensus.proto\"f\n\rSubmitRequest\x12\x31\n\x07request\x18\x01 \x01(\x0b\x32 .quorumserve.v1.InferenceRequest\x12\x0e\n\x06\x66\x61nout\x18\x02 \x01(\r\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\"\xa7\x01\n\x0bSubmitReply\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12,\n\x06status\x18\x03 \x01(\x0e\x32\x1c.quorumserve.v1.SubmitStatus\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x05 \x01(\x0c\x12\x0b\n\x03seq\x18\x06 \x01(\x04\x12\x12\n\nreplica_id\x18\x07 \x01(\r\"E\n\x12SubmitBatchRequest\x12/\n\x08requests\x18\x01 \x03(\x0b\x32\x1d.quorumserve.v1.SubmitRequest\"@\n\x10SubmitBatchReply\x12,\n\x07replies\x18\x01 \x03(\x0b\x32\x1b.quorumserve.v1.SubmitReply\">\n\x15GetCertificateRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"P\n\x17\x43\x65rtificateRangeRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x04\x12\x13\n\x0bthrough_seq\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\"S\n\x15\x43\x65rtificateRangeReply\x12\x14\n\x0c\x63\x65rtificates\x18\x01 \x03(\x0c\x12\x16\n\x0enext_after_seq\x18\x02 \x01(\x04\x12\x0c\n\x04more\x18\x03 \x01(\x08\"\x0f\n\rStatusRequest\"O\n\x10ModelVersionInfo\x12\x12\n\nreplica_id\x18\x01 \x01(\r\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x16\n\x0eweights_digest\x18\x03 \x01(\x0c\"\xa5\x03\n\x0bStatusReply\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x15\n\rconfig_digest\x18\x03 \x01(\x0c\x12\x12\n\nreplica_id\x18\x04 \x01(\r\x12\x0c\n\x04view\x18\x05 \x01(\x04\x12\x0f\n\x07primary\x18\x06 \x01(\r\x12\r\n\x05state\x18\x07 \x01(\t\x12\x14\n\x0c\x65xecuted_seq\x18\x08 \x01(\x04\x12\x12\n\nstable_seq\x18\t \x01(\x04\x12\x18\n\x10pending_requests\x18\n \x01(\x04\x12\x32\n\x08versions\x18\x0b \x03(\x0b\x32 .quorumserve.v1.ModelVersionInfo\x12\x17\n\x0floaded_versions\x18\x0c \x03(\x04\x12/\n\x0b\x61\x63tivations\x18\r \x03(\x0b\x32\x1a.quorumserve.v1.Activation\x12\x32\n\rtriton_models\x18\x0e \x03(\x0b\x32\x1b.quorumserve.v1.TritonModel\x12\x17\n\x0f\x63onnected_peers\x18\x0f \x03(\r\x12\r\n\x05peers\x18\x10 \x03(\r\"I\n\x0bTritonModel\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"[\n\nActivation\x12\x12\n\nreplica_id\x18\x01 \x01(\r\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x16\n\x0eweights_digest\x18\x03 \x01(\x0c\x12\x10\n\x08\x66rom_seq\x18\x04 \x01(\x04\"p\n\x12ModelUpdateRequest\x12+\n\x06update\x18\x01 \x01(\x0b\x32\x1b.quorumserve.v1.ModelUpdate\x12\x14\n\x0cpackage_path\x18\x02 \x01(\t\x12\x17\n\x0fpackage_archive\x18\x03 \x01(\x0c\"Z\n\x10ModelUpdateReply\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x16\n\x0eweights_digest\x18\x04 \x01(\x0c\"2\n\x0f\x45videnceRequest\x12\x10\n\x08\x61\x66ter_id\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\r\"=\n\x0c\x45videnceItem\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x10\n\x08\x65vidence\x18\x02 \x01(\x0c\x12\x0f\n\x07summary\x18\x03 \x01(\t\"<\n\rEvidenceReply\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.quorumserve.v1.EvidenceItem\"\x14\n\x12\x43onfigChainRequest\"C\n\x10\x43onfigChainReply\x12/\n\x05links\x18\x01 \x03(\x0b\x32 .quorumserve.v1.ConfigLinkRecord\"7\n\x0e\x43ontrolRequest\x12%\n\x02op\x18\x01 \x01(\x0b\x32\x19.quorumserve.v1.ControlOp\"-\n\x0c\x43ontrolReply\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"\x0f\n\rLedgerRequest\"\x7f\n\x0bLedgerReply\x12.\n\x07summary\x18\x01 \x01(\x0b\x32\x1d.quorumserve.v1.StateSnapshot\x12\x15\n\rexecuted_hash\x18\x02 \x01(\x0c\x12)\n\x05proof\x18\x03 \x03(\x0b\x32\x1a.quorumserve.v1.Checkpoint*W\n\x0cSubmitStatus\x12\x1d\n\x19SUBMIT_STATUS_UNSPECIFIED\x10\x00\x12\r\n\tCERTIFIED\x10\x01\x12\x0c\n\x08REJECTED\x10\x02\x12\x0b\n\x07TIMEOUT\x10\x03\x32\xe5\x07\n\x07Replica\x12\x44\n\x06Submit\x12\x1d.quorumserve.v1.SubmitRequest\x1a\x1b.quorumserve.v1.SubmitReply\x12S\n\x0bSubmitBatch\x12\".quorumserve.v1.SubmitBatchRequest\x1a .quorumserve.v1.SubmitBatchReply\x12N\n\x0cSubmitStream\x12\x1d.quorumserve.v1.SubmitRequest\x1a\x1b.quorumserve.v1.SubmitReply(\x01\x30\x01\x12]\n\x11SubmitBatchStream\x12\".quorumserve.v1.SubmitBatchRequest\x1a .quorumserve.v1.SubmitBatchReply(\x01\x30\x01\x12T\n\x0eGetCertificate\x12%.quorumserve.v1.GetCertificateRequest\x1a\x1b.quorumserve.v1.SubmitReply\x12\x62\n\x10ListCertificates\x12\'.quorumserve.v1.CertificateRangeRequest\x1a%.quorumserve.v1.CertificateRangeReply\x12\x44\n\x06Status\x12\x1d.quorumserve.v1.StatusRequest\x1a\x1b.quorumserve.v1.StatusReply\x12S\n\x0bUpdateModel\x12\".quorumserve.v1.ModelUpdateRequest\x1a .quorumserve.v1.ModelUpdateReply\x12N\n\x0cListEvidence\x12\x1f.quorumserve.v1.EvidenceRequest\x1a\x1d.quorumserve.v1.EvidenceReply\x12V\n\x0eGetConfigChain\x12\".quorumserve.v1.ConfigChainRequest\x1a .quorumserve.v1.ConfigChainReply\x12M\n\rSubmitControl\x12\x1e.quorumserve.v1.ControlRequest\x1a\x1c.quorumserve.v1.ControlReply\x12\x44\n\x06Ledger\x12\x1d.quorumserve.v1.LedgerRequest\x1a\x1b.quorumserve.v1.LedgerReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protos/replica_api.proto\x12\x0equorumserve.v1\x1a\x13protos/common.proto\x1a\x16protos/consensus.proto\"f\n\rSubmitRequest\x12\x31\n\x07request\x18\x01 \x01(\x0b\x32 .quorumserve.v1.InferenceRequest\x12\x0e\n\x06\x66\x61nout\x18\x02 \x01(\r\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\"\xbf\x01\n\x0bSubmitReply\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12,\n\x06status\x18\x03 \x01(\x0e\x32\x1c.quorumserve.v1.SubmitStatus\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x05 \x01(\x0c\x12\x0b\n\x03seq\x18\x06 \x01(\x04\x12\x12\n\nreplica_id\x18\x07 \x01(\r\x12\x16\n\x0eretry_after_ms\x18\x08 \x01(\r\"E\n\x12SubmitBatchRequest\x12/\n\x08requests\x18\x01 \x03(\x0b\x32\x1d.quorumserve.v1.SubmitRequest\"@\n\x10SubmitBatchReply\x12,\n\x07replies\x18\x01 \x03(\x0b\x32\x1b.quorumserve.v1.SubmitReply\">\n\x15GetCertificateRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"P\n\x17\x43\x65rtificateRangeRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x04\x12\x13\n\x0bthrough_seq\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\"S\n\x15\x43\x65rtificateRangeReply\x12\x14\n\x0c\x63\x65rtificates\x18\x01 \x03(\x0c\x12\x16\n\x0enext_after_seq\x18\x02 \x01(\x04\x12\x0c\n\x04more\x18\x03 \x01(\x08\"\x0f\n\rStatusRequest\"O\n\x10ModelVersionInfo\x12\x12\n\nreplica_id\x18\x01 \x01(\r\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x16\n\x0eweights_digest\x18\x03 \x01(\x0c\"\xa5\x03\n\x0bStatusReply\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x15\n\rconfig_digest\x18\x03 \x01(\x0c\x12\x12\n\nreplica_id\x18\x04 \x01(\r\x12\x0c\n\x04view\x18\x05 \x01(\x04\x12\x0f\n\x07primary\x18\x06 \x01(\r\x12\r\n\x05state\x18\x07 \x01(\t\x12\x14\n\x0c\x65xecuted_seq\x18\x08 \x01(\x04\x12\x12\n\nstable_seq\x18\t \x01(\x04\x12\x18\n\x10pending_requests\x18\n \x01(\x04\x12\x32\n\x08versions\x18\x0b \x03(\x0b\x32 .quorumserve.v1.ModelVersionInfo\x12\x17\n\x0floaded_versions\x18\x0c \x03(\x04\x12/\n\x0b\x61\x63tivations\x18\r \x03(\x0b\x32\x1a.quorumserve.v1.Activation\x12\x32\n\rtriton_models\x18\x0e \x03(\x0b\x32\x1b.quorumserve.v1.TritonModel\x12\x17\n\x0f\x63onnected_peers\x18\x0f \x03(\r\x12\r\n\x05peers\x18\x10 \x03(\r\"I\n\x0bTritonModel\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"[\n\nActivation\x12\x12\n\nreplica_id\x18\x01 \x01(\r\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x16\n\x0eweights_digest\x18\x03 \x01(\x0c\x12\x10\n\x08\x66rom_seq\x18\x04 \x01(\x04\"p\n\x12ModelUpdateRequest\x12+\n\x06update\x18\x01 \x01(\x0b\x32\x1b.quorumserve.v1.ModelUpdate\x12\x14\n\x0cpackage_path\x18\x02 \x01(\t\x12\x17\n\x0fpackage_archive\x18\x03 \x01(\x0c\"Z\n\x10ModelUpdateReply\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x16\n\x0eweights_digest\x18\x04 \x01(\x0c\"2\n\x0f\x45videnceRequest\x12\x10\n\x08\x61\x66ter_id\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\r\"=\n\x0c\x45videnceItem\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x10\n\x08\x65vidence\x18\x02 \x01(\x0c\x12\x0f\n\x07summary\x18\x03 \x01(\t\"<\n\rEvidenceReply\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.quorumserve.v1.EvidenceItem\"\x14\n\x12\x43onfigChainRequest\"C\n\x10\x43onfigChainReply\x12/\n\x05links\x18\x01 \x03(\x0b\x32 .quorumserve.v1.ConfigLinkRecord\"7\n\x0e\x43ontrolRequest\x12%\n\x02op\x18\x01 \x01(\x0b\x32\x19.quorumserve.v1.ControlOp\"-\n\x0c\x43ontrolReply\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"\x0f\n\rLedgerRequest\"\x7f\n\x0bLedgerReply\x12.\n\x07summary\x18\x01 \x01(\x0b\x32\x1d.quorumserve.v1.StateSnapshot\x12\x15\n\rexecuted_hash\x18\x02 \x01(\x0c\x12)\n\x05proof\x18\x03 \x03(\x0b\x32\x1a.quorumserve.v1.Checkpoint*g\n\x0cSubmitStatus\x12\x1d\n\x19SUBMIT_STATUS_UNSPECIFIED\x10\x00\x12\r\n\tCERTIFIED\x10\x01\x12\x0c\n\x08REJECTED\x10\x02\x12\x0b\n\x07TIMEOUT\x10\x03\x12\x0e\n\nOVERLOADED\x10\x04\x32\xe5\x07\n\x07Replica\x12\x44\n\x06Submit\x12\x1d.quorumserve.v1.SubmitRequest\x1a\x1b.quorumserve.v1.SubmitReply\x12S\n\x0bSubmitBatch\x12\".quorumserve.v1.SubmitBatchRequest\x1a .quorumserve.v1.SubmitBatchReply\x12N\n\x0cSubmitStream\x12\x1d.quorumserve.v1.SubmitRequest\x1a\x1b.quorumserve.v1.SubmitReply(\x01\x30\x01\x12]\n\x11SubmitBatchStream\x12\".quorumserve.v1.SubmitBatchRequest\x1a .quorumserve.v1.SubmitBatchReply(\x01\x30\x01\x12T\n\x0eGetCertificate\x12%.quorumserve.v1.GetCertificateRequest\x1a\x1b.quorumserve.v1.SubmitReply\x12\x62\n\x10ListCertificates\x12\'.quorumserve.v1.CertificateRangeRequest\x1a%.quorumserve.v1.CertificateRangeReply\x12\x44\n\x06Status\x12\x1d.quorumserve.v1.StatusRequest\x1a\x1b.quorumserve.v1.StatusReply\x12S\n\x0bUpdateModel\x12\".quorumserve.v1.ModelUpdateRequest\x1a .quorumserve.v1.ModelUpdateReply\x12N\n\x0cListEvidence\x12\x1f.quorumserve.v1.EvidenceRequest\x1a\x1d.quorumserve.v1.EvidenceReply\x12V\n\x0eGetConfigChain\x12\".quorumserve.v1.ConfigChainRequest\x1a .quorumserve.v1.ConfigChainReply\x12M\n\rSubmitControl\x12\x1e.quorumserve.v1.ControlRequest\x1a\x1c.quorumserve.v1.ControlReply\x12\x44\n\x06Ledger\x12\x1d.quorumserve.v1.LedgerRequest\x1a\x1b.quorumserve.v1.LedgerReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.replica_api_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBMITSTATUS']._serialized_start=2145
-  _globals['_SUBMITSTATUS']._serialized_end=2232
+  _globals['_SUBMITSTATUS']._serialized_start=2169
+  _globals['_SUBMITSTATUS']._serialized_end=2272
   _globals['_SUBMITREQUEST']._serialized_start=89
   _globals['_SUBMITREQUEST']._serialized_end=191
   _globals['_SUBMITREPLY']._serialized_start=194
-  _globals['_SUBMITREPLY']._serialized_end=361
-  _globals['_SUBMITBATCHREQUEST']._serialized_start=363
-  _globals['_SUBMITBATCHREQUEST']._serialized_end=432
-  _globals['_SUBMITBATCHREPLY']._serialized_start=434
-  _globals['_SUBMITBATCHREPLY']._serialized_end=498
-  _globals['_GETCERTIFICATEREQUEST']._serialized_start=500
-  _globals['_GETCERTIFICATEREQUEST']._serialized_end=562
-  _globals['_CERTIFICATERANGEREQUEST']._serialized_start=564
-  _globals['_CERTIFICATERANGEREQUEST']._serialized_end=644
-  _globals['_CERTIFICATERANGEREPLY']._serialized_start=646
-  _globals['_CERTIFICATERANGEREPLY']._serialized_end=729
-  _globals['_STATUSREQUEST']._serialized_start=731
-  _globals['_STATUSREQUEST']._serialized_end=746
-  _globals['_MODELVERSIONINFO']._serialized_start=748
-  _globals['_MODELVERSIONINFO']._serialized_end=827
-  _globals['_STATUSREPLY']._serialized_start=830
-  _globals['_STATUSREPLY']._serialized_end=1251
-  _globals['_TRITONMODEL']._serialized_start=1253
-  _globals['_TRITONMODEL']._serialized_end=1326
-  _globals['_ACTIVATION']._serialized_start=1328
-  _globals['_ACTIVATION']._serialized_end=1419
-  _globals['_MODELUPDATEREQUEST']._serialized_start=1421
-  _globals['_MODELUPDATEREQUEST']._serialized_end=1533
-  _globals['_MODELUPDATEREPLY']._serialized_start=1535
-  _globals['_MODELUPDATEREPLY']._serialized_end=1625
-  _globals['_EVIDENCEREQUEST']._serialized_start=1627
-  _globals['_EVIDENCEREQUEST']._serialized_end=1677
-  _globals['_EVIDENCEITEM']._serialized_start=1679
-  _globals['_EVIDENCEITEM']._serialized_end=1740
-  _globals['_EVIDENCEREPLY']._serialized_start=1742
-  _globals['_EVIDENCEREPLY']._serialized_end=1802
-  _globals['_CONFIGCHAINREQUEST']._serialized_start=1804
-  _globals['_CONFIGCHAINREQUEST']._serialized_end=1824
-  _globals['_CONFIGCHAINREPLY']._serialized_start=1826
-  _globals['_CONFIGCHAINREPLY']._serialized_end=1893
-  _globals['_CONTROLREQUEST']._serialized_start=1895
-  _globals['_CONTROLREQUEST']._serialized_end=1950
-  _globals['_CONTROLREPLY']._serialized_start=1952
-  _globals['_CONTROLREPLY']._serialized_end=1997
-  _globals['_LEDGERREQUEST']._serialized_start=1999
-  _globals['_LEDGERREQUEST']._serialized_end=2014
-  _globals['_LEDGERREPLY']._serialized_start=2016
-  _globals['_LEDGERREPLY']._serialized_end=2143
-  _globals['_REPLICA']._serialized_start=2235
-  _globals['_REPLICA']._serialized_end=3232
+  _globals['_SUBMITREPLY']._serialized_end=385
+  _globals['_SUBMITBATCHREQUEST']._serialized_start=387
+  _globals['_SUBMITBATCHREQUEST']._serialized_end=456
+  _globals['_SUBMITBATCHREPLY']._serialized_start=458
+  _globals['_SUBMITBATCHREPLY']._serialized_end=522
+  _globals['_GETCERTIFICATEREQUEST']._serialized_start=524
+  _globals['_GETCERTIFICATEREQUEST']._serialized_end=586
+  _globals['_CERTIFICATERANGEREQUEST']._serialized_start=588
+  _globals['_CERTIFICATERANGEREQUEST']._serialized_end=668
+  _globals['_CERTIFICATERANGEREPLY']._serialized_start=670
+  _globals['_CERTIFICATERANGEREPLY']._serialized_end=753
+  _globals['_STATUSREQUEST']._serialized_start=755
+  _globals['_STATUSREQUEST']._serialized_end=770
+  _globals['_MODELVERSIONINFO']._serialized_start=772
+  _globals['_MODELVERSIONINFO']._serialized_end=851
+  _globals['_STATUSREPLY']._serialized_start=854
+  _globals['_STATUSREPLY']._serialized_end=1275
+  _globals['_TRITONMODEL']._serialized_start=1277
+  _globals['_TRITONMODEL']._serialized_end=1350
+  _globals['_ACTIVATION']._serialized_start=1352
+  _globals['_ACTIVATION']._serialized_end=1443
+  _globals['_MODELUPDATEREQUEST']._serialized_start=1445
+  _globals['_MODELUPDATEREQUEST']._serialized_end=1557
+  _globals['_MODELUPDATEREPLY']._serialized_start=1559
+  _globals['_MODELUPDATEREPLY']._serialized_end=1649
+  _globals['_EVIDENCEREQUEST']._serialized_start=1651
+  _globals['_EVIDENCEREQUEST']._serialized_end=1701
+  _globals['_EVIDENCEITEM']._serialized_start=1703
+  _globals['_EVIDENCEITEM']._serialized_end=1764
+  _globals['_EVIDENCEREPLY']._serialized_start=1766
+  _globals['_EVIDENCEREPLY']._serialized_end=1826
+  _globals['_CONFIGCHAINREQUEST']._serialized_start=1828
+  _globals['_CONFIGCHAINREQUEST']._serialized_end=1848
+  _globals['_CONFIGCHAINREPLY']._serialized_start=1850
+  _globals['_CONFIGCHAINREPLY']._serialized_end=1917
+  _globals['_CONTROLREQUEST']._serialized_start=1919
+  _globals['_CONTROLREQUEST']._serialized_end=1974
+  _globals['_CONTROLREPLY']._serialized_start=1976
+  _globals['_CONTROLREPLY']._serialized_end=2021
+  _globals['_LEDGERREQUEST']._serialized_start=2023
+  _globals['_LEDGERREQUEST']._serialized_end=2038
+  _globals['_LEDGERREPLY']._serialized_start=2040
+  _globals['_LEDGERREPLY']._serialized_end=2167
+  _globals['_REPLICA']._serialized_start=2275
+  _globals['_REPLICA']._serialized_end=3272
 # @@protoc_insertion_point(module_scope)

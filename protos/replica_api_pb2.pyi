@@ -15,10 +15,12 @@ class SubmitStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CERTIFIED: _ClassVar[SubmitStatus]
     REJECTED: _ClassVar[SubmitStatus]
     TIMEOUT: _ClassVar[SubmitStatus]
+    OVERLOADED: _ClassVar[SubmitStatus]
 SUBMIT_STATUS_UNSPECIFIED: SubmitStatus
 CERTIFIED: SubmitStatus
 REJECTED: SubmitStatus
 TIMEOUT: SubmitStatus
+OVERLOADED: SubmitStatus
 
 class SubmitRequest(_message.Message):
     __slots__ = ("request", "fanout", "timeout_ms")
@@ -31,7 +33,7 @@ class SubmitRequest(_message.Message):
     def __init__(self, request: _Optional[_Union[_common_pb2.InferenceRequest, _Mapping]] = ..., fanout: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class SubmitReply(_message.Message):
-    __slots__ = ("client_id", "request_id", "status", "error", "certificate", "seq", "replica_id")
+    __slots__ = ("client_id", "request_id", "status", "error", "certificate", "seq", "replica_id", "retry_after_ms")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +41,7 @@ class SubmitReply(_message.Message):
     CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     request_id: str
     status: SubmitStatus
@@ -46,7 +49,8 @@ class SubmitReply(_message.Message):
     certificate: bytes
     seq: int
     replica_id: int
-    def __init__(self, client_id: _Optional[str] = ..., request_id: _Optional[str] = ..., status: _Optional[_Union[SubmitStatus, str]] = ..., error: _Optional[str] = ..., certificate: _Optional[bytes] = ..., seq: _Optional[int] = ..., replica_id: _Optional[int] = ...) -> None: ...
+    retry_after_ms: int
+    def __init__(self, client_id: _Optional[str] = ..., request_id: _Optional[str] = ..., status: _Optional[_Union[SubmitStatus, str]] = ..., error: _Optional[str] = ..., certificate: _Optional[bytes] = ..., seq: _Optional[int] = ..., replica_id: _Optional[int] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
 
 class SubmitBatchRequest(_message.Message):
     __slots__ = ("requests",)

@@ -31,8 +31,14 @@ ARCHIVE_PAGES_PER_S = 8.0
 ARCHIVE_PAGE_BURST = 16
 
 
-# the trailer that says when to come back, as gRPC's own retry policy reads it
+# the trailer that says when to come back, as gRPC's own retry policy reads it (also on the
+# RESOURCE_EXHAUSTED of a Submit the admission limits refused)
 PUSHBACK_TRAILER = "grpc-retry-pushback-ms"
+
+
+def pushback_trailer(wait_s: float) -> tuple[tuple[str, str]]:
+    """A RESOURCE_EXHAUSTED reply's trailing metadata: the wait, in whole milliseconds."""
+    return ((PUSHBACK_TRAILER, str(max(1, round(wait_s * 1000)))),)
 
 
 class ArchiveBusyError(Exception):
@@ -43,8 +49,7 @@ class ArchiveBusyError(Exception):
         self.retry_after_s = retry_after_s
 
     def trailer(self) -> tuple[tuple[str, str]]:
-        """The RESOURCE_EXHAUSTED reply's trailing metadata: the wait, in whole milliseconds."""
-        return ((PUSHBACK_TRAILER, str(max(1, round(self.retry_after_s * 1000)))),)
+        return pushback_trailer(self.retry_after_s)
 
 
 @dataclass

@@ -56,6 +56,8 @@ class ReplicaMetrics:
         self.seq = gauge("quorumserve_executed_seq", "highest executed sequence number")
         self.stable_seq = gauge("quorumserve_stable_seq", "last stable checkpoint")
         self.pending = gauge("quorumserve_pending_requests", "requests known but not yet executed")
+        # with quorumserve_pending_requests, what the [admission] limits are checked against
+        self.pending_bytes = gauge("quorumserve_pending_request_bytes", "input bytes of the requests held until they execute")
         self.model_version = gauge("quorumserve_model_version", "this replica's model version in effect")
         # below n-1 for long: this replica's votes and signatures miss some peer (down, or the
         # network between them)

@@ -69,6 +69,56 @@ class RequestTimeoutError(ReplicaError, TimeoutError):
     pass
 
 
+class ReplicaOverloadedError(ReplicaError):
+    """The replica holds as many requests as its admission limits allow and took no new one;
+    the client may ask again, with the same ids, after `retry_after_ms`."""
+
+    def __init__(self, message: str, retry_after_ms: int) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
+class DrainRate:
+    """Requests executed per second over the last WINDOW_S: how soon an overloaded replica
+    expects room again (the retry hint it gives the clients it refuses)."""
+
+    WINDOW_S = 5.0
+
+    def __init__(self) -> None:
+        self._executed = 0
+        self._marks: deque[tuple[float, int]] = deque()  # (monotonic s, executed so far)
+
+    def add(self, count: int, now_s: float) -> None:
+        self._executed += count
+        marks = self._marks
+        marks.append((now_s, self._executed))
+        while len(marks) > 2 and now_s - marks[1][0] >= self.WINDOW_S:
+            marks.popleft()
+
+    def per_s(self, now_s: float) -> float:
+        if not self._marks:
+            return 0.0
+        since_s, executed = self._marks[0]
+        elapsed_s = now_s - since_s
+        return (self._executed - executed) / elapsed_s if elapsed_s > 0 else 0.0
+
+
+RETRY_AFTER_MIN_MS = 50
+RETRY_AFTER_MAX_MS = 5000
+RETRY_AFTER_BACKLOG_SHARE = 0.1  # ask again once about this share of what is held has executed
+
+
+def retry_after_ms(held_requests: int, executed_per_s: float) -> int:
+    """The retry hint for a refused client: the time the replica takes to execute a tenth of
+    what it holds at its recent rate (not all of it: by then the clients refused meanwhile would
+    all come back at once), within [RETRY_AFTER_MIN_MS, RETRY_AFTER_MAX_MS]; a replica that
+    executed nothing lately says a second."""
+    if executed_per_s <= 0:
+        return 1000
+    wait_ms = 1000 * RETRY_AFTER_BACKLOG_SHARE * held_requests / executed_per_s
+    return int(min(RETRY_AFTER_MAX_MS, max(RETRY_AFTER_MIN_MS, wait_ms)))
+
+
 @dataclass(frozen=True, slots=True)
 class Certified:
     """What a client gets back: the committed decision's certificate and where it sits."""
@@ -172,6 +222,7 @@ class ReplicaNode:
         # reach a count (ascending): see _readies_settled
         self._readies_queued = 0
         self._readies_handled = 0
+        self._drain_rate = DrainRate()  # requests executed per second lately (admission retry hints)
         self._settle_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._consuming = False  # _consume_ready is running
         self._waiters: dict[tuple[str, str], _Waiters] = {}
@@ -370,6 +421,7 @@ class ReplicaNode:
         traced = trace.request_key(request.client_id, request.request_id)
         if traced is not None:
             trace.event("received", traced)
+        self._admit(request)
         self._wake_core()
         outcome = self.core.submit(request, disseminate=not fanout)
         self.metrics.labels(self.metrics.requests, outcome=outcome.status).inc()
@@ -381,6 +433,28 @@ class ReplicaNode:
             log.debug("request %s/%s accepted (%s)", request.client_id, request.request_id, outcome.status)
         self._drain()
         return outcome, future
+
+    def _admit(self, request: InferenceRequest) -> None:
+        """Refuse a new request (ReplicaOverloadedError) while the core holds as many as the
+        admission limits allow. Only client requests pass here: requests relayed by peers and
+        those in proposals are always taken (they are the group's work already, and a relay is
+        how a request this replica refused still gets its vote), and a client asking again for
+        ids the replica holds adds nothing, so it gets its answer."""
+        core = self.core
+        limits = self.config.admission
+        if core.held_requests < limits.pending_requests_max and core.held_request_bytes < limits.pending_bytes_max:
+            return
+        if core.knows_request(request):
+            return
+        self.metrics.labels(self.metrics.requests, outcome="overloaded").inc()
+        now_s = time.monotonic()
+        wait_ms = retry_after_ms(core.held_requests, self._drain_rate.per_s(now_s))
+        raise ReplicaOverloadedError(
+            f"replica {self.replica_id} is overloaded: it holds {core.held_requests} requests "
+            f"({core.held_request_bytes} bytes) not yet executed, its limit is {limits.pending_requests_max} "
+            f"requests or {limits.pending_bytes_max} bytes; retry with the same ids in about {wait_ms} ms",
+            wait_ms,
+        )
 
     def _resolve_executed(self, client_id: str, request_id: str, futures: Sequence[asyncio.Future[Certified]]) -> None:
         """Answer clients asking about a request this replica knows executed: the certificate
@@ -606,6 +680,7 @@ class ReplicaNode:
                     log.exception("replica %d: failed to handle a ready batch", self.replica_id)
             committed = [batch for ready in readies for batch in ready.committed]
             if committed:
+                self._drain_rate.add(sum(batch.header.leaf_count for batch in committed), time.monotonic())
                 if trace.enabled():
                     for batch in committed:
                         trace.event("committed", batch.header.seq)
@@ -675,6 +750,7 @@ class ReplicaNode:
         self.metrics.labels(self.metrics.seq).set(core.executed_seq)
         self.metrics.labels(self.metrics.stable_seq).set(core.low)
         self.metrics.labels(self.metrics.pending).set(len(core.pending))
+        self.metrics.labels(self.metrics.pending_bytes).set(core.held_request_bytes)
 
     def _send(self, to: int | None, message: PeerMessage) -> None:
         if trace.enabled():

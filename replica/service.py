@@ -36,8 +36,8 @@ def config_link_record_to_proto(record: Any, out: Any) -> Any:
     config_link_to_proto(record.link, out.link)
     out.start_seq = record.start_seq
     return out
-from replica.archive import ArchiveBusyError
-from replica.node import Certified, ReplicaError, ReplicaNode
+from replica.archive import ArchiveBusyError, pushback_trailer
+from replica.node import Certified, ReplicaError, ReplicaNode, ReplicaOverloadedError
 
 log = logging.getLogger("quorumserve.replica.api")
 
@@ -83,6 +83,8 @@ class ReplicaService:
         reply = await self._submit_one(message)
         if reply.status == api.REJECTED:
             await context.abort(_status_for(reply.error), reply.error)
+        if reply.status == api.OVERLOADED:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, reply.error, trailing_metadata=pushback_trailer(reply.retry_after_ms / 1000))
         return reply
 
     async def submit_batch(self, raw: bytes, context: grpc.aio.ServicerContext) -> api.SubmitBatchReply:
@@ -104,6 +106,9 @@ class ReplicaService:
         except (CertificateError, RequestRejectedError) as exc:
             self.node.metrics.labels(self.node.metrics.requests, outcome="rejected").inc()
             deliver(api.SubmitReply(status=api.REJECTED, error=str(exc), **ids))
+            return
+        except ReplicaOverloadedError as exc:  # counted by the node
+            deliver(api.SubmitReply(status=api.OVERLOADED, error=str(exc), retry_after_ms=exc.retry_after_ms, **ids))
             return
         timeout_s = message.timeout_ms / 1000 if message.timeout_ms else self.node.config.request_timeout_s
         delivered = False

@@ -50,6 +50,29 @@ def test_resubmission_while_pending_is_pending_and_runs_once() -> None:
     assert all(cluster.committed_requests(r) == [request.key] for r in range(4))
 
 
+def test_held_requests_count_what_waits_to_execute_once_and_drop_to_zero_when_executed() -> None:
+    """What the runtime's admission limits read: a request held (with its input bytes) from the
+    first copy that reaches a replica, by a client or a peer's relay, until it executes; a second
+    copy adds nothing, and knows_request says the ids are taken, waiting or executed."""
+    cluster = Cluster()
+    first, second = cluster.new_request(), cluster.new_request()
+    node = cluster.nodes[1]
+    assert (node.held_requests, node.held_request_bytes) == (0, 0)
+    assert not node.knows_request(first)
+    cluster.submit(first, to=[1])
+    cluster.submit(first, to=[1])
+    cluster.submit(second, to=[1])
+    assert (node.held_requests, node.held_request_bytes) == (2, first.size_bytes + second.size_bytes)
+    assert node.knows_request(first) and node.knows_request(second)
+    cluster.submit(first, to=[0, 2, 3])
+    cluster.submit(second, to=[0, 2, 3])
+    cluster.settle()
+    cluster.tick_until(lambda: all(sorted(cluster.committed_requests(r)) == sorted([first.key, second.key]) for r in range(4)))
+    for replica in cluster.nodes.values():
+        assert (replica.held_requests, replica.held_request_bytes) == (0, 0)
+        assert replica.knows_request(first)  # executed: a retry is answered, not refused
+
+
 def test_same_id_with_a_different_body_is_rejected_while_pending() -> None:
     cluster = Cluster()
     request = cluster.new_request()

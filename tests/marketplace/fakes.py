@@ -35,8 +35,11 @@ BEHAVIOURS = (
     "silent",  # never answers
     "reject",  # says every request is invalid
     "timeout",  # says nothing was committed in time
+    "overloaded",  # says it is at its admission limits (OVERLOADED, come back in OVERLOADED_RETRY_MS)
     "dead",  # not listening
 )
+
+OVERLOADED_RETRY_MS = 250
 
 
 def probabilities_for(label: int, num_classes: int, confidence: float) -> list[float]:
@@ -128,6 +131,8 @@ class FakeReplica:
             return api.SubmitReply(status=api.REJECTED, error="bogus: this replica rejects everything", **ids)  # type: ignore[arg-type]
         if self.behaviour == "timeout":
             return api.SubmitReply(status=api.TIMEOUT, error="not committed in time", **ids)  # type: ignore[arg-type]
+        if self.behaviour == "overloaded":
+            return api.SubmitReply(status=api.OVERLOADED, error="replica is overloaded: limit is 1 requests", retry_after_ms=OVERLOADED_RETRY_MS, **ids)  # type: ignore[arg-type]
         await asyncio.sleep(self.delay_s)
         return api.SubmitReply(status=api.CERTIFIED, certificate=self._certificate(request), seq=1, **ids)  # type: ignore[arg-type]
 

@@ -25,15 +25,16 @@ from marketplace.sdk import (
     AsyncClient,
     AsyncReplicaClient,
     CertificationTimeoutError,
+    GroupOverloadedError,
     InvalidCertificateError,
     RequestRejectedError,
     UnavailableError,
 )
 from tests.certs.helpers import Group, make_group
-from tests.marketplace.fakes import FakeReplica, true_label
+from tests.marketplace.fakes import OVERLOADED_RETRY_MS, FakeReplica, true_label
 from tests.marketplace.kserve import pixels_input
 
-FAULTS = ("forge", "bad-signature", "other-request", "garbage", "silent", "reject", "timeout", "dead")
+FAULTS = ("forge", "bad-signature", "other-request", "garbage", "silent", "reject", "timeout", "overloaded", "dead")
 
 
 @dataclass
@@ -163,6 +164,35 @@ async def test_sdk_errors_name_what_went_wrong(make_fakes: object) -> None:
     async with AsyncClient(rejecting.address, rejecting.config) as client:
         with pytest.raises(RequestRejectedError, match="bogus"):
             await client.infer(images(1)[0])
+
+
+async def test_more_than_f_overloaded_replicas_tell_every_client_when_to_come_back(make_fakes: object) -> None:
+    """f+1 replicas at their admission limits (so at least one correct replica is): the stock
+    client gets RESOURCE_EXHAUSTED with the grpc-retry-pushback-ms trailer, the SDK a
+    GroupOverloadedError with the wait, through the gateway and straight to the replicas; one
+    refusal is not enough (test_one_faulty_replica_changes_nothing)."""
+    fakes = await make_fakes(["overloaded", "overloaded", "honest", "honest"], honest_delay_s=0.5)  # type: ignore[operator]
+    request = service_pb2.ModelInferRequest(model_name=fakes.config.group_id, id="flood")
+    request.inputs.add(name="image", datatype="FP32", shape=[1, 8, 8])
+    request.raw_input_contents.append(images(1).tobytes())
+    async with grpc.aio.insecure_channel(fakes.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "overloaded" in (refused.value.details() or "") and "retry with the same id" in (refused.value.details() or "")
+    assert (("grpc-retry-pushback-ms", str(OVERLOADED_RETRY_MS)),) == tuple(
+        (k, v) for k, v in refused.value.trailing_metadata() or () if k == "grpc-retry-pushback-ms"
+    )
+    async with AsyncClient(fakes.address, fakes.config) as client:
+        with pytest.raises(GroupOverloadedError, match="2 of 4 replicas") as through_gateway:
+            await client.infer(images(1)[0])
+        with pytest.raises(GroupOverloadedError):
+            await client.infer_batch(images(2))
+    async with AsyncReplicaClient([r.address for r in fakes.replicas], fakes.config) as direct:
+        with pytest.raises(GroupOverloadedError) as straight:
+            await direct.infer(images(1)[0])
+    assert through_gateway.value.retry_after_s == straight.value.retry_after_s == OVERLOADED_RETRY_MS / 1000
+    assert through_gateway.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 async def test_the_sdk_refuses_certificates_that_do_not_match_its_pinned_config(make_fakes: object) -> None:

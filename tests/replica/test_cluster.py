@@ -29,17 +29,21 @@ from marketplace.local import LocalGroup
 from marketplace.models import held_out_digits
 from protos import replica_api_pb2 as api
 from protos import replica_api_pb2_grpc as api_grpc
+from marketplace.sdk import CERTIFIED, OVERLOADED, GroupOverloadedError, ReplicaFanout
+from replica.config import AdmissionLimits
 from replica.server import EXIT_TRITON_DIED
 from tests.replica.cluster_helpers import current_primary, metric_sum, scrape, status, statuses, wait_until
 from tests.replica.load import Load, LoadResult, digits_request
 
 pytestmark = pytest.mark.processes
+ADMISSION_MAX = 64  # requests each replica of the shared group holds before it refuses more
 log = logging.getLogger("tests.cluster")
 
 
 @pytest.fixture(scope="module")
 def group(tmp_path_factory: pytest.TempPathFactory, digits_packages: list[Path]) -> Iterator[LocalGroup]:
-    g = LocalGroup(tmp_path_factory.mktemp("cluster"), model_packages=digits_packages)
+    # admission limits small enough for a test to go past (test_a_client_flooding_...)
+    g = LocalGroup(tmp_path_factory.mktemp("cluster"), model_packages=digits_packages, admission=AdmissionLimits(pending_requests_max=ADMISSION_MAX))
     g.prepare()
     try:
         g.start()
@@ -363,6 +367,59 @@ def test_submit_batch_stream_takes_bursts_answers_in_bursts_and_survives_garbage
             verify(decode_certificate(certified[request.request_id].certificate), config, request)
         # the burst's certificates come back several to a message
         assert max(sum(1 for r in m.replies if r.status == api.CERTIFIED) for m in replies_of) > 1
+
+
+def test_a_client_flooding_the_group_is_told_to_come_back_later_and_loses_nothing(group: LocalGroup, digits: tuple[np.ndarray, np.ndarray]) -> None:
+    """A client sending more at once than the replicas' admission limits hold (ADMISSION_MAX
+    requests each) gets the excess refused at once: RESOURCE_EXHAUSTED (OVERLOADED from the
+    SDK, GroupOverloadedError to its caller) with a message naming the limit and a retry hint,
+    rather than an ever longer wait. What was taken is certified; asking again with the same ids
+    after the hint certifies the rest, each request once."""
+    assert group.config is not None
+    config = group.config
+    X, _ = digits
+    flood = [digits_request(config, "flood-in", f"f-{i}", X[i % len(X)]) for i in range(3 * ADMISSION_MAX)]
+
+    async def scenario() -> tuple[list[object], dict[str, object], int]:
+        fanout = ReplicaFanout(config, group.addresses)
+        try:
+            first = await fanout.submit(flood, timeout_s=60)
+            final = {o.request.request_id: o for o in first if o.status == CERTIFIED}
+            waiting = [o for o in first if o.status != CERTIFIED]
+            rounds = 0
+            while waiting and rounds < 50:
+                rounds += 1
+                await asyncio.sleep(max(o.retry_after_ms for o in waiting) / 1000)
+                again = await fanout.submit([o.request for o in waiting], timeout_s=60)
+                final.update({o.request.request_id: o for o in again if o.status == CERTIFIED})
+                waiting = [o for o in again if o.status != CERTIFIED]
+            return list(first), final, rounds
+        finally:
+            await fanout.close()
+
+    first, final, rounds = asyncio.run(scenario())
+    refused = [o for o in first if o.status == OVERLOADED]  # type: ignore[attr-defined]
+    taken = [o for o in first if o.status == CERTIFIED]  # type: ignore[attr-defined]
+    assert len(taken) >= ADMISSION_MAX and refused and len(taken) + len(refused) == len(flood), [o.status for o in first]  # type: ignore[attr-defined]
+    for outcome in refused:
+        assert outcome.code == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+        assert 0 < outcome.retry_after_ms <= 5000  # type: ignore[attr-defined]
+        assert "overloaded" in outcome.error and f"limit is {ADMISSION_MAX} requests" in outcome.error  # type: ignore[attr-defined]
+        error = outcome.error_object()  # type: ignore[attr-defined]
+        assert isinstance(error, GroupOverloadedError) and error.retry_after_s > 0
+    # every request certified in the end, each once: the certificates the replicas keep name
+    # one seq per request, the one its client got
+    assert sorted(final) == sorted(r.request_id for r in flood), f"{len(final)} of {len(flood)} certified after {rounds} rounds"
+    for request in flood:
+        verify(decode_certificate(final[request.request_id].certificate_bytes), config, request)  # type: ignore[attr-defined]
+    seq_of = {rid: o.verified.seq for rid, o in final.items()}  # type: ignore[attr-defined]
+    with grpc.insecure_channel(group.replicas[1].address) as channel:
+        stub = api_grpc.ReplicaStub(channel)
+        for request in flood[:: len(flood) // 12]:
+            kept = stub.GetCertificate(api.GetCertificateRequest(client_id="flood-in", request_id=request.request_id), timeout=10)
+            assert kept.seq == seq_of[request.request_id]
+    overloaded = sum(metric_sum(scrape(r.config.metrics_port), "quorumserve_requests_total", outcome="overloaded") for r in group.replicas)
+    assert overloaded >= len(refused) * (config.f + 1)
 
 
 def test_a_flood_of_archive_reads_is_paced_with_a_pushback_and_the_replica_keeps_certifying(group: LocalGroup, digits: tuple[np.ndarray, np.ndarray]) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from replica.config import ReplicaConfig, ReplicaConfigError, TritonPorts, load_replica_config, render_replica_config
+from replica.config import AdmissionLimits, ReplicaConfig, ReplicaConfigError, TritonPorts, load_replica_config, render_replica_config
 
 
 def _config(tmp_path: Path, **triton: int) -> ReplicaConfig:
@@ -23,6 +23,22 @@ def test_a_rendered_config_reads_back_unchanged(tmp_path: Path) -> None:
     path = tmp_path / "replica.toml"
     path.write_text(render_replica_config(config))
     assert load_replica_config(path) == config
+
+
+def test_admission_limits_read_back_default_when_absent_and_must_be_positive(tmp_path: Path) -> None:
+    path = tmp_path / "replica.toml"
+    limited = dataclasses.replace(_config(tmp_path), admission=AdmissionLimits(pending_requests_max=10, pending_bytes_max=4096))
+    path.write_text(render_replica_config(limited))
+    assert load_replica_config(path) == limited
+    text = render_replica_config(_config(tmp_path))
+    start = text.index("[admission]")
+    path.write_text(text[:start] + text[text.index("[triton]"):])  # a config written before the table existed
+    assert load_replica_config(path).admission == AdmissionLimits()
+    for bad, words in [("pending_requests_max = 0", "must be 1 or more"), ('pending_bytes_max = "1 GiB"', "pending_bytes_max must be an integer")]:
+        name = bad.split(" ")[0]
+        path.write_text(text.replace(f"{name} = {getattr(AdmissionLimits(), name)}", bad))
+        with pytest.raises(ReplicaConfigError, match=words):
+            load_replica_config(path)
 
 
 def test_spare_models_default_to_one_and_cannot_be_negative(tmp_path: Path) -> None:

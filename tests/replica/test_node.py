@@ -28,11 +28,14 @@ from consensus.messages import Commit, Proposal, ProposalEntry, VoteRef
 from consensus.ready import CommittedBatch, Ready, ViewRecord
 from marketplace.local import LocalGroup
 from marketplace.models import held_out_digits
-from replica.config import load_replica_config
+from certs.wire import request_to_proto
+from replica.config import AdmissionLimits, load_replica_config
 from protos import replica_api_pb2 as api
+from protos import replica_api_pb2_grpc as api_grpc
 from replica import node as node_module
 from replica.archive import ArchiveBusyError
-from replica.node import Certified, ReplicaError, ReplicaNode
+from replica.node import Certified, ReplicaError, ReplicaNode, ReplicaOverloadedError
+from replica.service import ReplicaService
 from replica.storage import CertificateRow
 from tests.certs.helpers import Group, certify, header_for, sign_commit
 from tests.replica.load import digits_request
@@ -348,6 +351,83 @@ async def _peer_server(address: str, method: str, handler: Callable[[bytes, grpc
     server.add_insecure_port(address)
     await server.start()
     return server
+
+
+def test_past_its_admission_limits_a_replica_refuses_new_requests_at_once_with_a_retry_hint(
+    tmp_path: Path, digits_packages: list[Path]
+) -> None:
+    """A replica holding [admission] pending_requests_max requests (or pending_bytes_max bytes
+    of inputs) not yet executed refuses the next new one: ReplicaOverloadedError in the node,
+    OVERLOADED on the submit streams and RESOURCE_EXHAUSTED with the pushback trailer on unary
+    Submit. A client asking again for ids the replica holds is still answered (it adds nothing),
+    and the refusals are counted."""
+    group = LocalGroup(tmp_path / "group", model_packages=digits_packages)
+    config = group.prepare()
+    X, _ = held_out_digits(0)
+    requests = [digits_request(config, "client", f"r-{i}", X[i]) for i in range(5)]
+    base = load_replica_config(group.data_dir / "replica-2.toml")
+
+    async def by_count() -> tuple[list[object], int]:
+        node = ReplicaNode(dataclasses.replace(base, admission=AdmissionLimits(pending_requests_max=3)))
+        outcomes: list[object] = []
+        try:
+            for request in requests[:4] + [requests[0]]:
+                try:
+                    outcome, future = node.submit(request, fanout=True)
+                    future.add_done_callback(lambda f: f.cancelled() or f.exception())  # failed by stop()
+                    outcomes.append(outcome.status)
+                except ReplicaOverloadedError as exc:
+                    outcomes.append(exc)
+            return outcomes, int(node.metrics.labels(node.metrics.requests, outcome="overloaded")._value.get())
+        finally:
+            await node.stop()
+
+    outcomes, counted = asyncio.run(by_count())
+    assert outcomes[:3] == ["accepted"] * 3 and outcomes[4] == "pending"  # the retry of r-0 is let in
+    refused = outcomes[3]
+    assert isinstance(refused, ReplicaOverloadedError) and counted == 1
+    assert "holds 3 requests" in str(refused) and "limit is 3 requests" in str(refused)
+    assert node_module.RETRY_AFTER_MIN_MS <= refused.retry_after_ms <= node_module.RETRY_AFTER_MAX_MS
+
+    async def by_bytes_over_the_wire() -> tuple[list[api.SubmitReply], grpc.aio.AioRpcError]:
+        size = requests[0].size_bytes
+        node = ReplicaNode(dataclasses.replace(base, admission=AdmissionLimits(pending_bytes_max=2 * size)))
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((ReplicaService(node).handler(),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = api_grpc.ReplicaStub(channel)
+                batch = api.SubmitBatchRequest(requests=[api.SubmitRequest(request=request_to_proto(r), fanout=1, timeout_ms=300) for r in requests[:3]])
+                replies = (await stub.SubmitBatch(batch, timeout=10)).replies
+                try:
+                    await stub.Submit(api.SubmitRequest(request=request_to_proto(requests[3]), fanout=1), timeout=10)
+                except grpc.aio.AioRpcError as exc:
+                    return list(replies), exc
+                raise AssertionError("a unary Submit past the limit was taken")
+        finally:
+            await server.stop(None)
+            await node.stop()
+
+    replies, error = asyncio.run(by_bytes_over_the_wire())
+    assert [r.status for r in replies] == [api.TIMEOUT, api.TIMEOUT, api.OVERLOADED]  # two held (no peers: never certified)
+    assert replies[2].retry_after_ms > 0 and "bytes" in replies[2].error and replies[2].request_id == "r-2"
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "overloaded" in (error.details() or "")
+    assert any(key == "grpc-retry-pushback-ms" and int(value) > 0 for key, value in error.trailing_metadata() or ())
+
+
+def test_retry_hint_is_the_time_to_execute_a_tenth_of_what_is_held_within_bounds() -> None:
+    rate = node_module.DrainRate()
+    assert rate.per_s(0.0) == 0.0 and node_module.retry_after_ms(1000, 0.0) == 1000  # nothing executed lately
+    for second in range(11):
+        rate.add(200, float(second))  # 200 requests a second
+    assert rate.per_s(10.0) == pytest.approx(200.0)
+    assert node_module.retry_after_ms(4000, rate.per_s(10.0)) == 2000  # 400 requests at 200/s
+    assert node_module.retry_after_ms(10, 200.0) == node_module.RETRY_AFTER_MIN_MS
+    assert node_module.retry_after_ms(10**6, 200.0) == node_module.RETRY_AFTER_MAX_MS
+    rate.add(0, 30.0)  # a stall: the window forgets the old rate
+    assert rate.per_s(30.0) < 50
 
 
 def test_certificate_look_ups_beyond_the_cap_are_refused_at_once_and_the_rest_answered(

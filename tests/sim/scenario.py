@@ -218,6 +218,11 @@ def _check(world: World) -> None:
         # reported as executed within a snapshot (the runtime then sends the client elsewhere)
         if world.waiting[r]:
             _fail(world, f"liveness: replica {r} leaves clients waiting on {len(world.waiting[r])} executed requests, e.g. {sorted(world.waiting[r])[:3]}")
+        # what the admission limits read counts exactly the requests still held: a drift would
+        # make an idle replica refuse clients (or a loaded one take without bound)
+        held = [p.request for p in node.pending.values() if p.request is not None]
+        if (node.held_requests, node.held_request_bytes) != (len(held), sum(q.size_bytes for q in held)):
+            _fail(world, f"replica {r} counts {node.held_requests} requests ({node.held_request_bytes} bytes) held, holds {len(held)} ({sum(q.size_bytes for q in held)} bytes)")
 
 
 def _check_model_versions(world: World) -> None:
