@@ -79,10 +79,12 @@ class ReplicaOverloadedError(ReplicaError):
 
 
 class DrainRate:
-    """Requests executed per second over the last WINDOW_S: how soon an overloaded replica
-    expects room again (the retry hint it gives the clients it refuses)."""
+    """Requests executed per second over the last WINDOW_S: how long what a replica holds will
+    keep a new request waiting, and how soon an overloaded replica expects room again. Short,
+    so that when load jumps the rate soon shows what the replica does busy, not what it did
+    while it had little to do."""
 
-    WINDOW_S = 5.0
+    WINDOW_S = 2.0
 
     def __init__(self) -> None:
         self._executed = 0
@@ -106,6 +108,8 @@ class DrainRate:
 RETRY_AFTER_MIN_MS = 50
 RETRY_AFTER_MAX_MS = 5000
 RETRY_AFTER_BACKLOG_SHARE = 0.1  # ask again once about this share of what is held has executed
+# below this many held requests the wait is never estimated: a few batches' worth always fit
+WAIT_ESTIMATE_HELD_MIN = 256
 
 
 def retry_after_ms(held_requests: int, executed_per_s: float) -> int:
@@ -413,15 +417,19 @@ class ReplicaNode:
             self.log_rate[reason] = now
             log.warning("replica %d rejected a message (%s): %s", self.replica_id, reason, detail)
 
-    def submit(self, request: InferenceRequest, *, fanout: bool) -> tuple[SubmitOutcome, asyncio.Future[Certified]]:
+    def submit(
+        self, request: InferenceRequest, *, fanout: bool, timeout_s: float | None = None
+    ) -> tuple[SubmitOutcome, asyncio.Future[Certified]]:
         """Hand a client request to consensus; the future resolves with its certificate.
-        Raises RequestRejectedError for a request the group will not take."""
+        Raises RequestRejectedError for a request the group will not take, and
+        ReplicaOverloadedError for one it does not take now (`timeout_s`: how long its client
+        waits, see _admit)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Certified] = loop.create_future()
         traced = trace.request_key(request.client_id, request.request_id)
         if traced is not None:
             trace.event("received", traced)
-        self._admit(request)
+        self._admit(request, timeout_s)
         self._wake_core()
         outcome = self.core.submit(request, disseminate=not fanout)
         self.metrics.labels(self.metrics.requests, outcome=outcome.status).inc()
@@ -434,26 +442,47 @@ class ReplicaNode:
         self._drain()
         return outcome, future
 
-    def _admit(self, request: InferenceRequest) -> None:
+    def _admit(self, request: InferenceRequest, timeout_s: float | None) -> None:
         """Refuse a new request (ReplicaOverloadedError) while the core holds as many as the
-        admission limits allow. Only client requests pass here: requests relayed by peers and
-        those in proposals are always taken (they are the group's work already, and a relay is
-        how a request this replica refused still gets its vote), and a client asking again for
-        ids the replica holds adds nothing, so it gets its answer."""
+        admission limits allow, or when, at the rate this replica executed requests lately, the
+        ones it holds would keep this one waiting longer than its client waits (`timeout_s`).
+        The second rule is what keeps an overloaded group useful: without it a backlog past the
+        clients' timeouts makes every request time out while the group certifies requests
+        nobody waits for any more (a congestion collapse; `bench_overload` measures both).
+
+        Only client requests pass here: requests relayed by peers and those in proposals are
+        always taken (they are the group's work already, and a relay is how a request this
+        replica refused still gets its vote), and a client asking again for ids the replica
+        holds adds nothing, so it gets its answer."""
         core = self.core
+        held = core.held_requests
         limits = self.config.admission
-        if core.held_requests < limits.pending_requests_max and core.held_request_bytes < limits.pending_bytes_max:
+        over_limit = held >= limits.pending_requests_max or core.held_request_bytes >= limits.pending_bytes_max
+        if not over_limit and (timeout_s is None or held < WAIT_ESTIMATE_HELD_MIN):
             return
         if core.knows_request(request):
             return
+        executed_per_s = self._drain_rate.per_s(time.monotonic())
+        hint_ms = retry_after_ms(held, executed_per_s)
+        if over_limit:
+            reason = (
+                f"it holds {held} requests ({core.held_request_bytes} bytes) not yet executed, its limit is "
+                f"{limits.pending_requests_max} requests or {limits.pending_bytes_max} bytes"
+            )
+        else:
+            # no estimate without a recent rate: a replica that executed nothing lately (idle,
+            # or in a view change) cannot tell how long the wait is
+            wait_s = held / executed_per_s if executed_per_s > 0 else 0.0
+            if timeout_s is None or wait_s <= timeout_s:
+                return
+            reason = (
+                f"the {held} requests it holds would keep this one waiting about {wait_s:.1f} s at the "
+                f"{executed_per_s:.0f} requests/s it executes, longer than the request's {timeout_s:.1f} s timeout"
+            )
+            hint_ms = min(RETRY_AFTER_MAX_MS, max(hint_ms, round(1000 * (wait_s - timeout_s))))
         self.metrics.labels(self.metrics.requests, outcome="overloaded").inc()
-        now_s = time.monotonic()
-        wait_ms = retry_after_ms(core.held_requests, self._drain_rate.per_s(now_s))
         raise ReplicaOverloadedError(
-            f"replica {self.replica_id} is overloaded: it holds {core.held_requests} requests "
-            f"({core.held_request_bytes} bytes) not yet executed, its limit is {limits.pending_requests_max} "
-            f"requests or {limits.pending_bytes_max} bytes; retry with the same ids in about {wait_ms} ms",
-            wait_ms,
+            f"replica {self.replica_id} is overloaded: {reason}; retry with the same ids in about {hint_ms} ms", hint_ms
         )
 
     def _resolve_executed(self, client_id: str, request_id: str, futures: Sequence[asyncio.Future[Certified]]) -> None:

@@ -100,9 +100,10 @@ class ReplicaService:
         load a stream carries thousands of requests in flight, and a task plus a wait_for each
         cost more than the rest of the replica's work on a request."""
         ids = {"client_id": message.request.client_id, "request_id": message.request.request_id, "replica_id": self.node.replica_id}
+        timeout_s = message.timeout_ms / 1000 if message.timeout_ms else self.node.config.request_timeout_s
         try:
             request = request_from_proto(message.request)
-            _, future = self.node.submit(request, fanout=bool(message.fanout))
+            _, future = self.node.submit(request, fanout=bool(message.fanout), timeout_s=timeout_s)
         except (CertificateError, RequestRejectedError) as exc:
             self.node.metrics.labels(self.node.metrics.requests, outcome="rejected").inc()
             deliver(api.SubmitReply(status=api.REJECTED, error=str(exc), **ids))
@@ -110,7 +111,6 @@ class ReplicaService:
         except ReplicaOverloadedError as exc:  # counted by the node
             deliver(api.SubmitReply(status=api.OVERLOADED, error=str(exc), retry_after_ms=exc.retry_after_ms, **ids))
             return
-        timeout_s = message.timeout_ms / 1000 if message.timeout_ms else self.node.config.request_timeout_s
         delivered = False
 
         def once(reply: api.SubmitReply) -> None:

@@ -417,11 +417,56 @@ def test_past_its_admission_limits_a_replica_refuses_new_requests_at_once_with_a
     assert any(key == "grpc-retry-pushback-ms" and int(value) > 0 for key, value in error.trailing_metadata() or ())
 
 
+def test_a_request_that_would_outwait_its_timeout_behind_the_backlog_is_refused_one_that_would_not_is_taken(
+    tmp_path: Path, digits_packages: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under the hard limits too, a replica refuses a new request when what it holds, at the
+    rate it executed lately, would keep the request waiting past its client's timeout: the
+    client hears at once rather than when it gives up. Without a recent rate it does not guess."""
+    monkeypatch.setattr(node_module, "WAIT_ESTIMATE_HELD_MIN", 4)
+    group = LocalGroup(tmp_path / "group", model_packages=digits_packages)
+    config = group.prepare()
+    X, _ = held_out_digits(0)
+    requests = [digits_request(config, "client", f"w-{i}", X[i]) for i in range(8)]
+
+    async def scenario() -> list[object]:
+        node = ReplicaNode(load_replica_config(group.data_dir / "replica-1.toml"))
+        outcomes: list[object] = []
+
+        def submit(request: InferenceRequest, timeout_s: float) -> None:
+            try:
+                outcome, future = node.submit(request, fanout=True, timeout_s=timeout_s)
+                future.add_done_callback(lambda f: f.cancelled() or f.exception())  # failed by stop()
+                outcomes.append(outcome.status)
+            except ReplicaOverloadedError as exc:
+                outcomes.append(exc)
+
+        try:
+            for request in requests[:5]:
+                submit(request, 1.0)  # 4 held and no rate yet: taken
+            now_s = time.monotonic()
+            node._drain_rate.add(0, now_s - 1.0)
+            node._drain_rate.add(2, now_s)  # 2 requests/s: the 5 held keep a new one 2.5 s
+            submit(requests[5], 1.0)
+            submit(requests[6], 10.0)
+            submit(requests[0], 1.0)  # held already: answered, whatever the wait
+            return outcomes
+        finally:
+            await node.stop()
+
+    outcomes = asyncio.run(scenario())
+    assert outcomes[:5] == ["accepted"] * 5 and outcomes[6:] == ["accepted", "pending"]
+    refused = outcomes[5]
+    assert isinstance(refused, ReplicaOverloadedError)
+    assert "waiting about 2.5 s" in str(refused) and "1.0 s timeout" in str(refused)
+    assert refused.retry_after_ms >= 1500  # until the backlog would fit its timeout
+
+
 def test_retry_hint_is_the_time_to_execute_a_tenth_of_what_is_held_within_bounds() -> None:
     rate = node_module.DrainRate()
     assert rate.per_s(0.0) == 0.0 and node_module.retry_after_ms(1000, 0.0) == 1000  # nothing executed lately
-    for second in range(11):
-        rate.add(200, float(second))  # 200 requests a second
+    for tick in range(21):
+        rate.add(100, tick / 2)  # 200 requests a second
     assert rate.per_s(10.0) == pytest.approx(200.0)
     assert node_module.retry_after_ms(4000, rate.per_s(10.0)) == 2000  # 400 requests at 200/s
     assert node_module.retry_after_ms(10, 200.0) == node_module.RETRY_AFTER_MIN_MS
