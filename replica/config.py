@@ -21,6 +21,9 @@ Example:
     pending_requests_max = 4096          #   with a retry hint) while the replica holds this many
     pending_bytes_max = 1073741824       #   requests, or this many bytes of their inputs, not
                                          #   yet executed; a request it holds already is let in
+    wait_share_max = 0.5                 # ... or when what it holds would keep the new one
+                                         #   waiting more than this share of its timeout
+                                         #   (at the recent execution rate); 0: never
 
     [triton]
     grpc_port = 8101
@@ -64,6 +67,7 @@ class TritonPorts:
 
 PENDING_REQUESTS_MAX = 4096
 PENDING_BYTES_MAX = 1 << 30
+WAIT_SHARE_MAX = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,10 @@ class AdmissionLimits:
 
     pending_requests_max: int = PENDING_REQUESTS_MAX
     pending_bytes_max: int = PENDING_BYTES_MAX
+    # refuse a request the backlog would keep waiting longer than this share of its timeout: the
+    # wait is a rough estimate (a rate over a couple of seconds), and after it come the
+    # request's own inference, ordering and way back, all before the client's deadline
+    wait_share_max: float = WAIT_SHARE_MAX
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +155,13 @@ def load_replica_config(path: str | os.PathLike[str]) -> ReplicaConfig:
         if spare_models < 0:
             raise ReplicaConfigError("triton.spare_models must be 0 or more")
         admission_table = data.get("admission", {})
+        wait_share = admission_table.get("wait_share_max", WAIT_SHARE_MAX)
+        if isinstance(wait_share, bool) or not isinstance(wait_share, (int, float)) or not 0 <= wait_share <= 1:
+            raise ReplicaConfigError("admission.wait_share_max must be a number from 0 to 1")
         admission = AdmissionLimits(
             pending_requests_max=_int(admission_table, "pending_requests_max", PENDING_REQUESTS_MAX),
             pending_bytes_max=_int(admission_table, "pending_bytes_max", PENDING_BYTES_MAX),
+            wait_share_max=float(wait_share),
         )
         if admission.pending_requests_max < 1 or admission.pending_bytes_max < 1:
             raise ReplicaConfigError("admission.pending_requests_max and admission.pending_bytes_max must be 1 or more")
@@ -209,6 +221,7 @@ def render_replica_config(config: ReplicaConfig) -> str:
             "[admission]",
             f"pending_requests_max = {config.admission.pending_requests_max}",
             f"pending_bytes_max = {config.admission.pending_bytes_max}",
+            f"wait_share_max = {config.admission.wait_share_max}",
             "",
             "[triton]",
             f"grpc_port = {config.triton.grpc_port}",

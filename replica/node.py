@@ -458,7 +458,7 @@ class ReplicaNode:
         held = core.held_requests
         limits = self.config.admission
         over_limit = held >= limits.pending_requests_max or core.held_request_bytes >= limits.pending_bytes_max
-        if not over_limit and (timeout_s is None or held < WAIT_ESTIMATE_HELD_MIN):
+        if not over_limit and (timeout_s is None or held < WAIT_ESTIMATE_HELD_MIN or not limits.wait_share_max):
             return
         if core.knows_request(request):
             return
@@ -473,13 +473,14 @@ class ReplicaNode:
             # no estimate without a recent rate: a replica that executed nothing lately (idle,
             # or in a view change) cannot tell how long the wait is
             wait_s = held / executed_per_s if executed_per_s > 0 else 0.0
-            if timeout_s is None or wait_s <= timeout_s:
+            allowed_s = limits.wait_share_max * (timeout_s or 0.0)
+            if timeout_s is None or wait_s <= allowed_s:
                 return
             reason = (
                 f"the {held} requests it holds would keep this one waiting about {wait_s:.1f} s at the "
-                f"{executed_per_s:.0f} requests/s it executes, longer than the request's {timeout_s:.1f} s timeout"
+                f"{executed_per_s:.0f} requests/s it executes, more than {allowed_s:.1f} s of the request's {timeout_s:.1f} s timeout"
             )
-            hint_ms = min(RETRY_AFTER_MAX_MS, max(hint_ms, round(1000 * (wait_s - timeout_s))))
+            hint_ms = min(RETRY_AFTER_MAX_MS, max(hint_ms, round(1000 * (wait_s - allowed_s))))
         self.metrics.labels(self.metrics.requests, outcome="overloaded").inc()
         raise ReplicaOverloadedError(
             f"replica {self.replica_id} is overloaded: {reason}; retry with the same ids in about {hint_ms} ms", hint_ms

@@ -719,11 +719,11 @@ def replica_breakdown(before: dict[str, float], after: dict[str, float], certifi
 @contextlib.contextmanager
 def running_group(
     directory: Path, packages: Sequence[Path], *, f: int = 1, label: str = "group", gateway_args: Sequence[str] = (),
-    storage_sync: str = "full", params: Any = None, spare_models: int = 1, task: Any = None,
+    storage_sync: str = "full", params: Any = None, spare_models: int = 1, task: Any = None, admission: Any = None,
 ) -> Iterator[BenchGroup]:
     """Start 3f+1 replicas (each with its own Triton) and a gateway; always stop them all.
     `params`: the group's ProtocolParams (the defaults when None); `task`: its TaskSchema (the
-    digits task when None)."""
+    digits task when None); `admission`: each replica's AdmissionLimits (the defaults when None)."""
     from marketplace.commands import start_gateway_process
     from marketplace.local import LocalGroup
 
@@ -734,6 +734,8 @@ def running_group(
     )
     if params is not None:
         group.params = params
+    if admission is not None:
+        group.admission = admission
     gateway = None
     try:
         started = time.monotonic()

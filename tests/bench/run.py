@@ -1,6 +1,6 @@
 """`make bench`: every benchmark of tests/bench/ in one run, one report.
 
-    python -m tests.bench.run [--quick] [--only certs,replication,ordering,latency,recovery,update,core]
+    python -m tests.bench.run [--quick] [--only certs,replication,ordering,latency,recovery,update,overload,core]
                               [--out-dir results] [--data-dir DIR]
 
 Writes <out-dir>/REPORT.md (one table of every figure next to its target and its same-run
@@ -9,10 +9,11 @@ the report is. --quick shortens every window and drops some points (a few minute
 full run repeats points in rounds.
 
 One 4-replica group (four digits models, or four ResNet-50s with --model resnet50, which leaves
-the update benchmark out) is shared, in this order, by replication, latency, update and recovery
-(recovery kills the primary, so it comes last), and stopped before ordering starts its own groups
-with the null model; certs and core need no group. A benchmark that crashes is reported as crashed and
-the others still run; every group and gateway is stopped whatever happens. Benchmarks measure: no
+the update and overload benchmarks out) is shared, in this order, by replication, latency, update
+and recovery (recovery kills the primary, so it comes last), and stopped before ordering and
+overload start groups of their own (ordering: the null model; overload: digits models, admission
+limits on and off); certs and core need no group. A benchmark that crashes is reported as
+crashed and the others still run; every group and gateway is stopped whatever happens. Benchmarks measure: no
 figure makes this command fail.
 """
 
@@ -26,7 +27,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from tests.bench import bench_core, bench_latency, bench_ordering, bench_recovery, bench_replication, bench_update
+from tests.bench import bench_core, bench_latency, bench_ordering, bench_overload, bench_recovery, bench_replication, bench_update
 from tests.bench.common import (
     BenchGroup,
     BenchResult,
@@ -94,9 +95,10 @@ BENCHES: dict[str, tuple[str, Runner, bool]] = {
     "update": (bench_update.TITLE, bench_update.run, True),
     "recovery": (bench_recovery.TITLE, bench_recovery.run, True),
     "ordering": (bench_ordering.TITLE, bench_ordering.run, False),
+    "overload": (bench_overload.TITLE, bench_overload.run, False),
     "core": (bench_core.TITLE, bench_core.run, False),
 }
-REPORT_ORDER = ("replication", "ordering", "latency", "recovery", "update", "certs", "core")
+REPORT_ORDER = ("replication", "ordering", "latency", "recovery", "update", "certs", "overload", "core")
 
 
 class SharedGroup:
@@ -130,8 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHES)}")
     args = parser.parse_args(argv)
     options = options_from(args)
-    # the update benchmark swaps in other digits models: with another model it is left out
-    chosen = [b.strip() for b in args.only.split(",")] if args.only else [b for b in BENCHES if options.model == "digits" or b != "update"]
+    # the update benchmark swaps in other digits models, the overload one starts digits groups:
+    # with another model they are left out
+    chosen = [b.strip() for b in args.only.split(",")] if args.only else [
+        b for b in BENCHES if options.model == "digits" or b not in ("update", "overload")
+    ]
     unknown = [b for b in chosen if b not in BENCHES]
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHES)}")

@@ -27,14 +27,18 @@ def test_a_rendered_config_reads_back_unchanged(tmp_path: Path) -> None:
 
 def test_admission_limits_read_back_default_when_absent_and_must_be_positive(tmp_path: Path) -> None:
     path = tmp_path / "replica.toml"
-    limited = dataclasses.replace(_config(tmp_path), admission=AdmissionLimits(pending_requests_max=10, pending_bytes_max=4096))
+    limited = dataclasses.replace(_config(tmp_path), admission=AdmissionLimits(pending_requests_max=10, pending_bytes_max=4096, wait_share_max=0.0))
     path.write_text(render_replica_config(limited))
     assert load_replica_config(path) == limited
     text = render_replica_config(_config(tmp_path))
     start = text.index("[admission]")
     path.write_text(text[:start] + text[text.index("[triton]"):])  # a config written before the table existed
     assert load_replica_config(path).admission == AdmissionLimits()
-    for bad, words in [("pending_requests_max = 0", "must be 1 or more"), ('pending_bytes_max = "1 GiB"', "pending_bytes_max must be an integer")]:
+    for bad, words in [
+        ("pending_requests_max = 0", "must be 1 or more"),
+        ('pending_bytes_max = "1 GiB"', "pending_bytes_max must be an integer"),
+        ("wait_share_max = 1.5", "from 0 to 1"),
+    ]:
         name = bad.split(" ")[0]
         path.write_text(text.replace(f"{name} = {getattr(AdmissionLimits(), name)}", bad))
         with pytest.raises(ReplicaConfigError, match=words):

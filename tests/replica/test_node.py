@@ -421,8 +421,9 @@ def test_a_request_that_would_outwait_its_timeout_behind_the_backlog_is_refused_
     tmp_path: Path, digits_packages: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Under the hard limits too, a replica refuses a new request when what it holds, at the
-    rate it executed lately, would keep the request waiting past its client's timeout: the
-    client hears at once rather than when it gives up. Without a recent rate it does not guess."""
+    rate it executed lately, would keep the request waiting more than half its client's
+    timeout: the client hears at once rather than when it gives up. Without a recent rate it
+    does not guess."""
     monkeypatch.setattr(node_module, "WAIT_ESTIMATE_HELD_MIN", 4)
     group = LocalGroup(tmp_path / "group", model_packages=digits_packages)
     config = group.prepare()
@@ -447,8 +448,8 @@ def test_a_request_that_would_outwait_its_timeout_behind_the_backlog_is_refused_
             now_s = time.monotonic()
             node._drain_rate.add(0, now_s - 1.0)
             node._drain_rate.add(2, now_s)  # 2 requests/s: the 5 held keep a new one 2.5 s
-            submit(requests[5], 1.0)
-            submit(requests[6], 10.0)
+            submit(requests[5], 4.0)
+            submit(requests[6], 6.0)
             submit(requests[0], 1.0)  # held already: answered, whatever the wait
             return outcomes
         finally:
@@ -458,8 +459,8 @@ def test_a_request_that_would_outwait_its_timeout_behind_the_backlog_is_refused_
     assert outcomes[:5] == ["accepted"] * 5 and outcomes[6:] == ["accepted", "pending"]
     refused = outcomes[5]
     assert isinstance(refused, ReplicaOverloadedError)
-    assert "waiting about 2.5 s" in str(refused) and "1.0 s timeout" in str(refused)
-    assert refused.retry_after_ms >= 1500  # until the backlog would fit its timeout
+    assert "waiting about 2.5 s" in str(refused) and "more than 2.0 s of the request's 4.0 s timeout" in str(refused)
+    assert refused.retry_after_ms >= 400  # until the backlog would fit half its timeout
 
 
 def test_retry_hint_is_the_time_to_execute_a_tenth_of_what_is_held_within_bounds() -> None:
