@@ -33,6 +33,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from replica.config import PENDING_BYTES_MAX, PENDING_REQUESTS_MAX, WAIT_SHARE_MAX, AdmissionLimits
+
 log = logging.getLogger("quorumserve.commands")
 
 GATEWAY_START_TIMEOUT_S = 60.0
@@ -67,6 +69,19 @@ def register(subparsers: Any) -> None:
     gateway.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (default 0: off)")
     gateway.add_argument("--rows-max", type=int, default=1024, help="rows per request at most (default 1024)")
     gateway.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a certificate (default 30)")
+    gateway.add_argument(
+        "--admission-rows-max", type=int, default=PENDING_REQUESTS_MAX,
+        help=f"refuse new calls to a group while this many of its rows are in flight (default {PENDING_REQUESTS_MAX})",
+    )
+    gateway.add_argument(
+        "--admission-bytes-max", type=int, default=PENDING_BYTES_MAX,
+        help=f"... or this many bytes of their inputs (default {PENDING_BYTES_MAX})",
+    )
+    gateway.add_argument(
+        "--admission-wait-share", type=float, default=WAIT_SHARE_MAX,
+        help="... or when the rows in flight would keep a new call waiting more than this share of its "
+        f"timeout, at the rate the group certified lately (default {WAIT_SHARE_MAX}; 0: never)",
+    )
     gateway.add_argument("--log-level", default="INFO")
     gateway.set_defaults(handler=run_gateway)
 
@@ -121,6 +136,9 @@ def run_gateway(args: argparse.Namespace) -> int:
     from replica.cli import configure_logging, settle_heap
 
     configure_logging(args.log_level, prefix="[gateway] ")
+    if args.admission_rows_max < 1 or args.admission_bytes_max < 1 or not 0 <= args.admission_wait_share <= 1:
+        return _fail("gateway", "--admission-rows-max and --admission-bytes-max must be 1 or more, --admission-wait-share from 0 to 1")
+    admission = AdmissionLimits(args.admission_rows_max, args.admission_bytes_max, args.admission_wait_share)
     trace.start("gateway")
     try:
         registry = Registry.from_configs(args.config)
@@ -141,7 +159,7 @@ def run_gateway(args: argparse.Namespace) -> int:
         uvloop.run(
             serve(
                 registry, f"{args.host}:{args.port}", metrics_port=args.metrics_port, rows_max=args.rows_max,
-                request_timeout_s=args.timeout, on_started=started,
+                request_timeout_s=args.timeout, on_started=started, admission=admission,
             )
         )
     except OSError as exc:

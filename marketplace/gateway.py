@@ -80,8 +80,8 @@ import json
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -119,7 +119,9 @@ from marketplace.sdk import (
 from protos import marketplace_pb2 as mpb
 from protos import replica_api_pb2 as api
 from replica import trace
+from replica.admission import DrainRate, refusal
 from replica.archive import pushback_trailer
+from replica.config import AdmissionLimits
 
 log = logging.getLogger("quorumserve.gateway")
 
@@ -311,6 +313,17 @@ class _Group:
     fanout: ReplicaFanout
 
 
+@dataclass
+class _GroupLoad:
+    """The rows this gateway has in flight to one group and the rate the group certifies them:
+    what its admission decision reads (replica/admission.py). Kept per group id, across the
+    group's epochs."""
+
+    rows: int = 0
+    input_bytes: int = 0
+    certified: DrainRate = field(default_factory=DrainRate)
+
+
 class Gateway:
     """A gateway for the groups of `registry`; `start()` it inside a running event loop."""
 
@@ -321,11 +334,14 @@ class Gateway:
         rows_max: int = ROWS_MAX,
         request_timeout_s: float = REQUEST_TIMEOUT_S,
         metrics: GatewayMetrics | None = None,
+        admission: AdmissionLimits = AdmissionLimits(),
     ) -> None:
         if rows_max < 1:
             raise ValueError("rows_max must be at least 1")
         self.registry = registry
         self.rows_max = rows_max
+        self.admission = admission
+        self._loads: dict[str, _GroupLoad] = {}
         self.request_timeout_s = request_timeout_s
         self.metrics = metrics or GatewayMetrics()
         self.server: grpc.aio.Server | None = None
@@ -392,6 +408,41 @@ class Gateway:
         )
         group = self._groups[group_id] = _Group(entry, fanout)
         return group
+
+    async def _submit_rows(
+        self, group: _Group, requests: Sequence[InferenceRequest], timeout_s: float, *, stream: bool = False
+    ) -> list[RowOutcome]:
+        """Send rows to the group (over the shared stream when `stream`), after the admission
+        rules (replica/admission.py) let them in: this gateway refuses, with _Abort
+        RESOURCE_EXHAUSTED and a retry hint, rows that its rows in flight to the group would
+        keep waiting too long of `timeout_s` at the rate the group certified lately, or past
+        the hard limits. One decision for the whole call, before any replica sees it: replicas
+        deciding each for itself near their limits take some rows and refuse others, and a
+        row only some took is still certified, later, perhaps for nobody."""
+        group_id = group.entry.group_id
+        load = self._loads.setdefault(group_id, _GroupLoad())
+        refused = refusal(self.admission, load.rows, load.input_bytes, load.certified.per_s(time.monotonic()), timeout_s, what="rows")
+        if refused is not None:
+            self.metrics.rows.labels(group_id, OVERLOADED).inc(len(requests))
+            raise _Abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"group {group_id} is overloaded (at this gateway: {refused.reason}); retry with the same id in about "
+                f"{refused.retry_after_ms} ms",
+                retry_after_ms=refused.retry_after_ms,
+            )
+        size = sum(r.size_bytes for r in requests)
+        load.rows += len(requests)
+        load.input_bytes += size
+        try:
+            if stream:
+                outcomes = [await group.fanout.stream().submit(r, timeout_s=timeout_s) for r in requests]
+            else:
+                outcomes = await group.fanout.submit(requests, timeout_s=timeout_s)
+        finally:
+            load.rows -= len(requests)
+            load.input_bytes -= size
+        load.certified.add(sum(1 for o in outcomes if o.status == CERTIFIED), time.monotonic())
+        return outcomes
 
     def _on_new_configs(self, group_id: str, chain: list[GroupConfig]) -> None:
         """The group moved to a later epoch (its link verified): serve that epoch from now on."""
@@ -585,12 +636,9 @@ class Gateway:
         for key in traced:
             trace.event("in", key, at_s=started)
         timeout_s = self._timeout_s(context, requested_s)
-        if len(requests) == 1:
-            # One row: over the long-lived SubmitBatchStream to each replica rather than one unary
-            # SubmitBatch per replica per call, which costs every replica a whole RPC per request.
-            outcomes = [await group.fanout.stream().submit(requests[0], timeout_s=timeout_s)]
-        else:
-            outcomes = await group.fanout.submit(requests, timeout_s=timeout_s)
+        # One row: over the long-lived SubmitBatchStream to each replica rather than one unary
+        # SubmitBatch per replica per call, which costs every replica a whole RPC per request.
+        outcomes = await self._submit_rows(group, requests, timeout_s, stream=len(requests) == 1)
         invalid = sum(o.invalid_certificates for o in outcomes)
         self._count_rows(config.group_id, outcomes)
         failed = [(i, o) for i, o in enumerate(outcomes) if o.status != CERTIFIED]
@@ -675,8 +723,16 @@ class Gateway:
             indexes.append(i)
             requests.append(request)
         timeout_s = self._timeout_s(context, max(requested) if requested else None)
-        results = await asyncio.gather(*(g.fanout.submit(reqs, timeout_s=timeout_s) for g, _, reqs in by_group.values()))
-        for (group, indexes, _), outcomes in zip(by_group.values(), results):
+        results = await asyncio.gather(
+            *(self._submit_rows(g, reqs, timeout_s) for g, _, reqs in by_group.values()), return_exceptions=True
+        )
+        for (group, indexes, requests), outcomes in zip(by_group.values(), results):
+            if isinstance(outcomes, _Abort):  # this group's rows were refused as a whole
+                for i, request in zip(indexes, requests):
+                    replies[i] = _failed_reply(request, outcomes.code, outcomes.message, outcomes.retry_after_ms)
+                continue
+            if isinstance(outcomes, BaseException):
+                raise outcomes
             self._count_rows(group.entry.group_id, outcomes)
             for i, outcome in zip(indexes, outcomes):
                 replies[i] = _native_reply(outcome)
@@ -699,9 +755,9 @@ class Gateway:
                 return _failed_reply(None, grpc.StatusCode.INVALID_ARGUMENT, f"malformed InferRequest: {exc}")
             try:
                 group, request, timeout_s = self._native_request(message)
+                outcome = (await self._submit_rows(group, [request], self._timeout_s(context, timeout_s), stream=True))[0]
             except _Abort as exc:
-                return _failed_reply(message.request, exc.code, exc.message)
-            outcome = await group.fanout.stream().submit(request, timeout_s=self._timeout_s(context, timeout_s))
+                return _failed_reply(message.request, exc.code, exc.message, exc.retry_after_ms)
             self._count_rows(group.entry.group_id, [outcome])
             if outcome.status != CERTIFIED:
                 log.info("Infer group=%s %s/%s: %s", request.group_id, request.client_id, request.request_id, outcome.error)
@@ -901,12 +957,13 @@ def _native_reply(outcome: RowOutcome) -> Any:
     return reply
 
 
-def _failed_reply(request: Any, code: grpc.StatusCode, error: str) -> Any:
+def _failed_reply(request: Any, code: grpc.StatusCode, error: str, retry_after_ms: int = 0) -> Any:
+    """A row the gateway answers itself; `retry_after_ms` > 0: refused for now (overloaded)."""
     status = {
         grpc.StatusCode.UNAVAILABLE: mpb.INFER_UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED: mpb.INFER_TIMEOUT,
-    }.get(code, mpb.INFER_REJECTED)
-    reply = mpb.InferReply(status=status, error=error, error_code=code.value[0])
+    }.get(code, mpb.INFER_OVERLOADED if retry_after_ms > 0 else mpb.INFER_REJECTED)
+    reply = mpb.InferReply(status=status, error=error, error_code=code.value[0], retry_after_ms=retry_after_ms)
     if request is not None:
         reply.group_id, reply.client_id, reply.request_id = request.group_id, request.client_id, request.request_id
     return reply
@@ -943,11 +1000,12 @@ async def serve(
     rows_max: int = ROWS_MAX,
     request_timeout_s: float = REQUEST_TIMEOUT_S,
     on_started: Callable[[Gateway], None] | None = None,
+    admission: AdmissionLimits = AdmissionLimits(),
 ) -> None:
     """Run a gateway until SIGINT or SIGTERM, then stop it cleanly."""
     metrics = GatewayMetrics()
     metrics.serve(metrics_port)
-    gateway = Gateway(registry, rows_max=rows_max, request_timeout_s=request_timeout_s, metrics=metrics)
+    gateway = Gateway(registry, rows_max=rows_max, request_timeout_s=request_timeout_s, metrics=metrics, admission=admission)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

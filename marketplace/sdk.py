@@ -597,8 +597,8 @@ class _Row:
             first = min(self.overloads)
             return RowOutcome(
                 request, OVERLOADED,
-                f"the group is overloaded: {len(self.overloads)} of {len(self.replica_ids)} replicas hold as many requests "
-                f"as they take (replica {first}: {self.overloads[first][0]}); retry with the same ids in about {wait_ms} ms",
+                f"the group is overloaded: {len(self.overloads)} of {len(self.replica_ids)} replicas refused it for now "
+                f"({self.overloads[first][0]}); retry with the same ids in about {wait_ms} ms",
                 invalid_certificates=invalid, retry_after_ms=wait_ms,
             )
         details = "; ".join(

@@ -55,6 +55,7 @@ from replica.config import ReplicaConfig
 from replica.metrics import ReplicaMetrics
 from replica.storage import CertificateRow, ReplicaStore
 from replica import trace
+from replica.admission import DrainRate, refusal
 from replica.archive import ArchiveBusyError, ArchiveGate
 from replica.transport import PeerTransport
 
@@ -76,51 +77,6 @@ class ReplicaOverloadedError(ReplicaError):
     def __init__(self, message: str, retry_after_ms: int) -> None:
         super().__init__(message)
         self.retry_after_ms = retry_after_ms
-
-
-class DrainRate:
-    """Requests executed per second over the last WINDOW_S: how long what a replica holds will
-    keep a new request waiting, and how soon an overloaded replica expects room again. Short,
-    so that when load jumps the rate soon shows what the replica does busy, not what it did
-    while it had little to do."""
-
-    WINDOW_S = 2.0
-
-    def __init__(self) -> None:
-        self._executed = 0
-        self._marks: deque[tuple[float, int]] = deque()  # (monotonic s, executed so far)
-
-    def add(self, count: int, now_s: float) -> None:
-        self._executed += count
-        marks = self._marks
-        marks.append((now_s, self._executed))
-        while len(marks) > 2 and now_s - marks[1][0] >= self.WINDOW_S:
-            marks.popleft()
-
-    def per_s(self, now_s: float) -> float:
-        if not self._marks:
-            return 0.0
-        since_s, executed = self._marks[0]
-        elapsed_s = now_s - since_s
-        return (self._executed - executed) / elapsed_s if elapsed_s > 0 else 0.0
-
-
-RETRY_AFTER_MIN_MS = 50
-RETRY_AFTER_MAX_MS = 5000
-RETRY_AFTER_BACKLOG_SHARE = 0.1  # ask again once about this share of what is held has executed
-# below this many held requests the wait is never estimated: a few batches' worth always fit
-WAIT_ESTIMATE_HELD_MIN = 256
-
-
-def retry_after_ms(held_requests: int, executed_per_s: float) -> int:
-    """The retry hint for a refused client: the time the replica takes to execute a tenth of
-    what it holds at its recent rate (not all of it: by then the clients refused meanwhile would
-    all come back at once), within [RETRY_AFTER_MIN_MS, RETRY_AFTER_MAX_MS]; a replica that
-    executed nothing lately says a second."""
-    if executed_per_s <= 0:
-        return 1000
-    wait_ms = 1000 * RETRY_AFTER_BACKLOG_SHARE * held_requests / executed_per_s
-    return int(min(RETRY_AFTER_MAX_MS, max(RETRY_AFTER_MIN_MS, wait_ms)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,47 +399,24 @@ class ReplicaNode:
         return outcome, future
 
     def _admit(self, request: InferenceRequest, timeout_s: float | None) -> None:
-        """Refuse a new request (ReplicaOverloadedError) while the core holds as many as the
-        admission limits allow, or when, at the rate this replica executed requests lately, the
-        ones it holds would keep this one waiting longer than its client waits (`timeout_s`).
-        The second rule is what keeps an overloaded group useful: without it a backlog past the
-        clients' timeouts makes every request time out while the group certifies requests
-        nobody waits for any more (a congestion collapse; `bench_overload` measures both).
+        """Refuse a new request (ReplicaOverloadedError) by the admission rules
+        (replica/admission.py): past the hard limits, or when what the replica holds would keep
+        it waiting too long of its client's `timeout_s` at the rate it executed lately.
 
         Only client requests pass here: requests relayed by peers and those in proposals are
         always taken (they are the group's work already, and a relay is how a request this
         replica refused still gets its vote), and a client asking again for ids the replica
         holds adds nothing, so it gets its answer."""
         core = self.core
-        held = core.held_requests
-        limits = self.config.admission
-        over_limit = held >= limits.pending_requests_max or core.held_request_bytes >= limits.pending_bytes_max
-        if not over_limit and (timeout_s is None or held < WAIT_ESTIMATE_HELD_MIN or not limits.wait_share_max):
+        refused = refusal(
+            self.config.admission, core.held_requests, core.held_request_bytes, self._drain_rate.per_s(time.monotonic()), timeout_s
+        )
+        if refused is None or core.knows_request(request):
             return
-        if core.knows_request(request):
-            return
-        executed_per_s = self._drain_rate.per_s(time.monotonic())
-        hint_ms = retry_after_ms(held, executed_per_s)
-        if over_limit:
-            reason = (
-                f"it holds {held} requests ({core.held_request_bytes} bytes) not yet executed, its limit is "
-                f"{limits.pending_requests_max} requests or {limits.pending_bytes_max} bytes"
-            )
-        else:
-            # no estimate without a recent rate: a replica that executed nothing lately (idle,
-            # or in a view change) cannot tell how long the wait is
-            wait_s = held / executed_per_s if executed_per_s > 0 else 0.0
-            allowed_s = limits.wait_share_max * (timeout_s or 0.0)
-            if timeout_s is None or wait_s <= allowed_s:
-                return
-            reason = (
-                f"the {held} requests it holds would keep this one waiting about {wait_s:.1f} s at the "
-                f"{executed_per_s:.0f} requests/s it executes, more than {allowed_s:.1f} s of the request's {timeout_s:.1f} s timeout"
-            )
-            hint_ms = min(RETRY_AFTER_MAX_MS, max(hint_ms, round(1000 * (wait_s - allowed_s))))
         self.metrics.labels(self.metrics.requests, outcome="overloaded").inc()
         raise ReplicaOverloadedError(
-            f"replica {self.replica_id} is overloaded: {reason}; retry with the same ids in about {hint_ms} ms", hint_ms
+            f"replica {self.replica_id} is overloaded: {refused.reason}; retry with the same ids in about {refused.retry_after_ms} ms",
+            refused.retry_after_ms,
         )
 
     def _resolve_executed(self, client_id: str, request_id: str, futures: Sequence[asyncio.Future[Certified]]) -> None:

@@ -6,10 +6,11 @@ call's deadline DEADLINE_S) at OVERLOAD_FACTOR times what the group certifies, m
 before by a closed loop of CAPACITY_CONCURRENCY calls (the same-run baseline). Two groups of
 four digits replicas take the same load, one after the other:
 
-- admission: the replicas' [admission] defaults (replica/config.py): a new request is refused
-  at once (RESOURCE_EXHAUSTED with a retry hint) when the backlog would keep it waiting more
-  than half its deadline, or past the hard limits;
-- unbounded: limits too large to matter, as before admission existed: every request is taken.
+- admission: the default admission rules (replica/admission.py) at the gateway and at the
+  replicas: a new call is refused at once (RESOURCE_EXHAUSTED with a retry hint) when the rows
+  in flight would keep it waiting more than half its deadline, or past the hard limits;
+- unbounded: no admission anywhere (limits too large to matter, the wait rule off), as before
+  admission existed: every request is taken.
 
 Reported per group: goodput (calls certified within their deadline, per second) as a share of
 the capacity, the refusals and deadline misses, p50/p99 of the certified calls, the most
@@ -83,11 +84,13 @@ class OpenLoopRun:
         return sorted((done - sent) * 1000 for sent, done, outcome in self.calls if outcome == "certified")
 
     def timeline(self, outcome: str) -> tuple[list[float], list[float]]:
-        count = int(np.ceil(self.wall_s / BIN_S)) or 1
+        """Per second of sending, the calls sent then that ended with `outcome`: what became of
+        the load at each moment (by the time they ended, a backlog's misses bunch up late)."""
+        count = int(np.ceil(self.duration_s / BIN_S)) or 1
         rates = [0.0] * count
-        for _, done, got in self.calls:
-            if got == outcome and 0 <= int(done // BIN_S) < count:
-                rates[int(done // BIN_S)] += 1 / BIN_S
+        for sent, _, got in self.calls:
+            if got == outcome and 0 <= int(sent // BIN_S) < count:
+                rates[int(sent // BIN_S)] += 1 / BIN_S
         return [i * BIN_S for i in range(count)], rates
 
 
@@ -171,14 +174,20 @@ def run(options: Options, result: BenchResult, shared: BenchGroup | None = None)
     load_s = options.pick(12.0, 30.0)
     capacity_s = options.pick(5.0, 10.0)
     inputs, _ = held_out_digits(0)
-    variants = {"admission": AdmissionLimits(), "unbounded": AdmissionLimits(UNBOUNDED, UNBOUNDED, wait_share_max=0.0)}
+    off = ["--admission-rows-max", str(UNBOUNDED), "--admission-bytes-max", str(UNBOUNDED), "--admission-wait-share", "0"]
+    variants = {
+        "admission": (AdmissionLimits(), []),
+        "unbounded": (AdmissionLimits(UNBOUNDED, UNBOUNDED, wait_share_max=0.0), off),
+    }
     runs: dict[str, OpenLoopRun] = {}
     capacities: dict[str, float] = {}
     rate_per_s = 0.0
     with data_dir(options, NAME) as directory:
         packages = digits_packages(directory / "models")
-        for name, limits in variants.items():
-            with running_group(directory, packages, label=f"overload-{name}", storage_sync=options.storage_sync, admission=limits) as bench:
+        for name, (limits, gateway_args) in variants.items():
+            with running_group(
+                directory, packages, label=f"overload-{name}", storage_sync=options.storage_sync, admission=limits, gateway_args=gateway_args,
+            ) as bench:
                 asyncio.run(warm_up(bench, inputs))
                 capacity = asyncio.run(measure(
                     lambda: GatewayCaller(bench.gateway.address, bench.config.group_id, inputs, run_id=f"cap-{name}-{time.time_ns()}"),
@@ -264,16 +273,16 @@ def plot(runs: dict[str, OpenLoopRun], capacity_per_s: float, load_s: float, opt
     colours = {"admission": "tab:blue", "unbounded": "tab:red"}
     for name, run_ in runs.items():
         times, rates = run_.timeline("certified")
-        axes[0].step(times, rates, where="post", color=colours[name], label=f"{name}: certified in time / s")
+        axes[0].step(times, rates, where="post", color=colours[name], label=f"{name}: certified in time")
         times, missed = run_.timeline("missed deadline")
-        axes[0].step(times, missed, where="post", color=colours[name], linestyle=":", label=f"{name}: missed deadline / s")
+        axes[0].step(times, missed, where="post", color=colours[name], linestyle=":", label=f"{name}: missed their deadline")
         if run_.held_timeline:
             axes[1].plot([t for t, _ in run_.held_timeline], [h for _, h in run_.held_timeline], color=colours[name], label=name)
     axes[0].axhline(capacity_per_s, color="grey", linestyle="--", label="capacity")
     for axis in axes:
         axis.axvline(load_s, color="black", linewidth=0.8)
         axis.grid(alpha=0.3)
-    axes[0].set(ylabel="calls / s", title=f"clients sending {OVERLOAD_FACTOR:g}x capacity, {DEADLINE_S:g} s deadlines (load ends at the line)")
+    axes[0].set(ylabel="calls sent / s that ...", title=f"clients sending {OVERLOAD_FACTOR:g}x capacity, {DEADLINE_S:g} s deadlines (load ends at the line)")
     axes[1].set(xlabel="seconds from the start of the load", ylabel="requests held per replica")
     axes[0].legend(fontsize=8, loc="upper right")
     axes[1].legend(fontsize=8)

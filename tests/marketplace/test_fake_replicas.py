@@ -3,6 +3,7 @@ changes nothing, more than f faulty ones get the right error, and no lie gets th
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -21,6 +22,7 @@ from certs.request import InferenceRequest, TensorData
 from certs.verify import verify
 from marketplace.gateway import Gateway
 from marketplace.registry import GroupEntry, Registry
+from replica.config import AdmissionLimits
 from marketplace.sdk import (
     AsyncClient,
     AsyncReplicaClient,
@@ -62,7 +64,9 @@ class FakeGroup:
 async def make_fakes() -> AsyncIterator[object]:
     started: list[FakeGroup] = []
 
-    async def make(behaviours: Sequence[str], *, honest_delay_s: float = 0.0, timeout_s: float = 5.0) -> FakeGroup:
+    async def make(
+        behaviours: Sequence[str], *, honest_delay_s: float = 0.0, timeout_s: float = 5.0, admission: AdmissionLimits = AdmissionLimits()
+    ) -> FakeGroup:
         group = make_group(1)
         replicas = [
             FakeReplica(group, i, b, delay_s=honest_delay_s if b == "honest" else 0.0) for i, b in enumerate(behaviours)
@@ -70,7 +74,7 @@ async def make_fakes() -> AsyncIterator[object]:
         for replica in replicas:
             await replica.start()
         entry = GroupEntry.of(group.config, {r.replica_id: r.address for r in replicas})
-        gateway = Gateway(Registry([entry]), request_timeout_s=timeout_s)
+        gateway = Gateway(Registry([entry]), request_timeout_s=timeout_s, admission=admission)
         await gateway.start("127.0.0.1:0")
         fakes = FakeGroup(group, replicas, gateway)
         started.append(fakes)
@@ -193,6 +197,42 @@ async def test_more_than_f_overloaded_replicas_tell_every_client_when_to_come_ba
             await direct.infer(images(1)[0])
     assert through_gateway.value.retry_after_s == straight.value.retry_after_s == OVERLOADED_RETRY_MS / 1000
     assert through_gateway.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_the_gateway_refuses_calls_past_its_admission_limits_before_any_replica_sees_them(make_fakes: object) -> None:
+    """With as many rows in flight to a group as its admission limits allow, the gateway
+    refuses the next call itself (RESOURCE_EXHAUSTED, the pushback trailer, a message naming
+    the limit; INFER_OVERLOADED rows on the native API): one decision for the whole call, so no
+    replica is left holding rows the others refused. The calls let in are certified."""
+    fakes = await make_fakes(["honest"] * 4, honest_delay_s=0.5, admission=AdmissionLimits(pending_requests_max=3))  # type: ignore[operator]
+    async with grpc.aio.insecure_channel(fakes.address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+        async def call(i: int) -> object:
+            request = service_pb2.ModelInferRequest(model_name=fakes.config.group_id, id=f"adm-{i}")
+            request.inputs.add(name="image", datatype="FP32", shape=[1, 8, 8])
+            request.raw_input_contents.append(images(1, seed=i).tobytes())
+            try:
+                return await stub.ModelInfer(request, timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                return exc
+
+        first = [asyncio.ensure_future(call(i)) for i in range(3)]
+        await asyncio.sleep(0.2)  # the three are in flight
+        refused = await call(3)
+        answered = await asyncio.gather(*first)
+    assert all(isinstance(a, service_pb2.ModelInferResponse) for a in answered), answered
+    assert isinstance(refused, grpc.aio.AioRpcError) and refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "at this gateway: 3 rows (768 bytes) wait" in (refused.details() or "") and "limit is 3 requests" in (refused.details() or "")
+    assert any(k == "grpc-retry-pushback-ms" and int(v) > 0 for k, v in refused.trailing_metadata() or ())
+    assert [r.requests_seen for r in fakes.replicas] == [3] * 4  # the refused row reached no replica
+    async with AsyncClient(fakes.address, fakes.config) as client:
+        taken = [asyncio.ensure_future(client.infer(images(1, seed=10 + i)[0])) for i in range(3)]
+        await asyncio.sleep(0.2)
+        with pytest.raises(GroupOverloadedError, match="at this gateway") as over:
+            await client.infer(images(1, seed=20)[0])
+        assert over.value.retry_after_s > 0
+        assert len(await asyncio.gather(*taken)) == 3
 
 
 async def test_the_sdk_refuses_certificates_that_do_not_match_its_pinned_config(make_fakes: object) -> None:

@@ -32,6 +32,7 @@ from certs.wire import request_to_proto
 from replica.config import AdmissionLimits, load_replica_config
 from protos import replica_api_pb2 as api
 from protos import replica_api_pb2_grpc as api_grpc
+from replica import admission
 from replica import node as node_module
 from replica.archive import ArchiveBusyError
 from replica.node import Certified, ReplicaError, ReplicaNode, ReplicaOverloadedError
@@ -386,8 +387,8 @@ def test_past_its_admission_limits_a_replica_refuses_new_requests_at_once_with_a
     assert outcomes[:3] == ["accepted"] * 3 and outcomes[4] == "pending"  # the retry of r-0 is let in
     refused = outcomes[3]
     assert isinstance(refused, ReplicaOverloadedError) and counted == 1
-    assert "holds 3 requests" in str(refused) and "limit is 3 requests" in str(refused)
-    assert node_module.RETRY_AFTER_MIN_MS <= refused.retry_after_ms <= node_module.RETRY_AFTER_MAX_MS
+    assert "3 requests" in str(refused) and "wait to be executed; the limit is 3 requests" in str(refused)
+    assert admission.RETRY_AFTER_MIN_MS <= refused.retry_after_ms <= admission.RETRY_AFTER_MAX_MS
 
     async def by_bytes_over_the_wire() -> tuple[list[api.SubmitReply], grpc.aio.AioRpcError]:
         size = requests[0].size_bytes
@@ -424,7 +425,7 @@ def test_a_request_that_would_outwait_its_timeout_behind_the_backlog_is_refused_
     rate it executed lately, would keep the request waiting more than half its client's
     timeout: the client hears at once rather than when it gives up. Without a recent rate it
     does not guess."""
-    monkeypatch.setattr(node_module, "WAIT_ESTIMATE_HELD_MIN", 4)
+    monkeypatch.setattr(admission, "WAIT_ESTIMATE_HELD_MIN", 4)
     group = LocalGroup(tmp_path / "group", model_packages=digits_packages)
     config = group.prepare()
     X, _ = held_out_digits(0)
@@ -461,19 +462,6 @@ def test_a_request_that_would_outwait_its_timeout_behind_the_backlog_is_refused_
     assert isinstance(refused, ReplicaOverloadedError)
     assert "waiting about 2.5 s" in str(refused) and "more than 2.0 s of the request's 4.0 s timeout" in str(refused)
     assert refused.retry_after_ms >= 400  # until the backlog would fit half its timeout
-
-
-def test_retry_hint_is_the_time_to_execute_a_tenth_of_what_is_held_within_bounds() -> None:
-    rate = node_module.DrainRate()
-    assert rate.per_s(0.0) == 0.0 and node_module.retry_after_ms(1000, 0.0) == 1000  # nothing executed lately
-    for tick in range(21):
-        rate.add(100, tick / 2)  # 200 requests a second
-    assert rate.per_s(10.0) == pytest.approx(200.0)
-    assert node_module.retry_after_ms(4000, rate.per_s(10.0)) == 2000  # 400 requests at 200/s
-    assert node_module.retry_after_ms(10, 200.0) == node_module.RETRY_AFTER_MIN_MS
-    assert node_module.retry_after_ms(10**6, 200.0) == node_module.RETRY_AFTER_MAX_MS
-    rate.add(0, 30.0)  # a stall: the window forgets the old rate
-    assert rate.per_s(30.0) < 50
 
 
 def test_certificate_look_ups_beyond_the_cap_are_refused_at_once_and_the_rest_answered(
