@@ -61,9 +61,10 @@ fails (rows certified meanwhile come back on a retry with the same id).
 
 Status codes: unknown group -> NOT_FOUND; wrong input name, shape, datatype or data size ->
 INVALID_ARGUMENT naming the input; too many rows or a message over the size limit ->
-RESOURCE_EXHAUSTED; more than f replicas at their admission limits (replica/config.py,
-[admission]) -> RESOURCE_EXHAUSTED with the `grpc-retry-pushback-ms` trailer saying when to
-retry (with the same id: rows admitted meanwhile are certified once); replicas unreachable ->
+RESOURCE_EXHAUSTED; the group overloaded (the gateway's admission rules, replica/admission.py,
+or more than f replicas refusing by theirs) -> RESOURCE_EXHAUSTED with the
+`grpc-retry-pushback-ms` trailer saying when to retry (with the same id: rows taken meanwhile
+are certified once); replicas unreachable ->
 UNAVAILABLE; not certified in time -> DEADLINE_EXCEEDED; request ids reused for a different
 request -> ALREADY_EXISTS. Requests are parsed from raw bytes, so garbage gets INVALID_ARGUMENT
 and nothing escapes into gRPC.

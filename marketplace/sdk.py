@@ -56,6 +56,7 @@ from certs.wire import repeated_field, request_to_proto
 from marketplace.membership import ConfigChain, Ledger, LedgerError, UnknownEpochError, best_ledger, links_from_chain_reply, links_from_group_reply
 from protos import marketplace_pb2 as mpb
 from protos import replica_api_pb2 as api
+from replica.admission import RETRY_AFTER_MAX_MS  # a hint above it (a faulty replica's) is not believed
 from replica.archive import PUSHBACK_TRAILER
 
 log = logging.getLogger("quorumserve.sdk")
@@ -145,8 +146,9 @@ class CertificationTimeoutError(ClientError, TimeoutError):
 
 
 class GroupOverloadedError(ClientError):
-    """More than f replicas hold as many requests as they take: ask again, with the same ids,
-    after `retry_after_s` (the request may be certified meanwhile; a retry then returns it)."""
+    """The group refused the request for now (its gateway, or more than f replicas, by the
+    admission rules of replica/admission.py): ask again, with the same ids, after
+    `retry_after_s` (the request may be certified meanwhile; a retry then returns it)."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -471,7 +473,6 @@ REJECTED = "rejected"
 UNAVAILABLE = "unavailable"
 TIMEOUT = "timeout"
 OVERLOADED = "overloaded"
-RETRY_AFTER_MAX_MS = 5000  # a hint above this (a faulty replica's) is not believed
 
 
 @dataclass

@@ -52,7 +52,7 @@ from tests.bench.common import (
 )
 
 NAME = "overload"
-TITLE = "7. Overload: clients sending twice what the group certifies"
+TITLE = "8. Overload: clients sending twice what the group certifies"
 DEADLINE_S = 2.0
 OVERLOAD_FACTOR = 2.0
 CAPACITY_CONCURRENCY = 64

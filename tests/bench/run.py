@@ -98,7 +98,7 @@ BENCHES: dict[str, tuple[str, Runner, bool]] = {
     "overload": (bench_overload.TITLE, bench_overload.run, False),
     "core": (bench_core.TITLE, bench_core.run, False),
 }
-REPORT_ORDER = ("replication", "ordering", "latency", "recovery", "update", "certs", "overload", "core")
+REPORT_ORDER = ("replication", "ordering", "latency", "recovery", "update", "certs", "core", "overload")
 
 
 class SharedGroup:
