@@ -95,6 +95,29 @@ NUMPY_DTYPES: dict[str, str] = {
     "UINT64": "uint64", "INT64": "int64", "FP64": "float64",
 }
 REQUEST_CACHE_SIZE = 10_000
+# ModelInfer calls the group refused for now (RESOURCE_EXHAUSTED) are tried again by gRPC itself
+# after the wait the gateway's grpc-retry-pushback-ms trailer names (gRFC A6), up to 5 tries
+RETRY_ATTEMPTS_MAX = 5
+
+
+def retrying_channel_args(attempts_max: int = RETRY_ATTEMPTS_MAX) -> list[tuple[str, Any]]:
+    """Channel arguments for the stock Triton client (`tritonclient.grpc` or its asyncio
+    twin, `channel_args=`) that make gRPC retry a ModelInfer the group refused for now, after
+    the wait the gateway asks for, with the same request id (so nothing is certified twice):
+
+        InferenceServerClient(address, channel_args=retrying_channel_args())
+
+    A refusal about the call itself (too many rows, too large) is retried too and refused
+    again; the last refusal is what the caller sees."""
+    policy = {
+        "maxAttempts": attempts_max,
+        "initialBackoff": "0.1s",
+        "maxBackoff": f"{RETRY_AFTER_MAX_MS / 1000:g}s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["RESOURCE_EXHAUSTED"],
+    }
+    config = {"methodConfig": [{"name": [{"service": "inference.GRPCInferenceService", "method": "ModelInfer"}], "retryPolicy": policy}]}
+    return [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(config))]
 
 
 # =========================================================================================
@@ -1505,16 +1528,33 @@ class _GatewayCalls:
         client_id: str,
         timeout_s: float,
         label_mapping: Mapping[str, str] | None,
+        retry_overloaded: bool = True,
     ) -> None:
         self.configs = _load_config(group_config)
         self.client_id = client_id
         self.timeout_s = timeout_s
         self.label_mapping = label_mapping
+        self.retry_overloaded = retry_overloaded
         self._requests: collections.OrderedDict[tuple[str, str], InferenceRequest] = collections.OrderedDict()
 
     @property
     def config(self) -> GroupConfig:
         return self.configs.current
+
+    @staticmethod
+    def remaining_s(deadline_s: float) -> float:
+        """The gRPC deadline of one try of a call due by `deadline_s` (monotonic)."""
+        return max(0.05, deadline_s - time.monotonic()) + 2 * REPLY_MARGIN_S
+
+    def retry_wait_s(self, refused: GroupOverloadedError, deadline_s: float) -> float:
+        """How long to wait before asking again, with the same ids, for a batch the group
+        refused for now; re-raises `refused` when retrying is off or the wait would pass the
+        call's deadline (the caller then decides)."""
+        wait_s = refused.retry_after_s
+        if not self.retry_overloaded or time.monotonic() + wait_s >= deadline_s:
+            raise refused
+        log.info("the group is overloaded: asking again in %.2f s (%s)", wait_s, refused)
+        return wait_s
 
     def batch_request(
         self,
@@ -1597,7 +1637,10 @@ def _method(service: str, name: str) -> str:
 
 class Client:
     """Certified inference through a gateway (synchronous). Every certificate is verified here
-    against `group_config` (a GroupConfig or the path of its JSON) before a result is returned."""
+    against `group_config` (a GroupConfig or the path of its JSON) before a result is returned.
+    A batch the group refuses for now (overloaded) is asked for again, with the same ids, after
+    the wait the refusal names, while the call's timeout allows (`retry_overloaded=False`: raise
+    GroupOverloadedError at once)."""
 
     def __init__(
         self,
@@ -1607,9 +1650,10 @@ class Client:
         client_id: str = DEFAULT_CLIENT_ID,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         label_mapping: Mapping[str, str] | None = None,
+        retry_overloaded: bool = True,
     ) -> None:
         self.address = address
-        self._calls = _GatewayCalls(group_config, client_id, timeout_s, label_mapping)
+        self._calls = _GatewayCalls(group_config, client_id, timeout_s, label_mapping, retry_overloaded)
         self._channel = grpc.insecure_channel(address, options=list(CHANNEL_OPTIONS))
 
     @property
@@ -1644,12 +1688,17 @@ class Client:
         requests, message = self._calls.batch_request(arrays, request_ids, label_mapping, timeout)
         if not requests:
             return []
-        reply = self._unary("InferBatch", message, mpb.InferBatchReply, timeout + 2 * REPLY_MARGIN_S)
-        try:
-            return self._calls.results(requests, reply)
-        except LaterEpochError:
-            self.follow_chain()  # the group moved to a later epoch: learn its config, check again
-            return self._calls.results(requests, reply)
+        deadline_s = time.monotonic() + timeout
+        while True:
+            try:
+                reply = self._unary("InferBatch", message, mpb.InferBatchReply, self._calls.remaining_s(deadline_s))
+                try:
+                    return self._calls.results(requests, reply)
+                except LaterEpochError:
+                    self.follow_chain()  # the group moved to a later epoch: learn its config, check again
+                    return self._calls.results(requests, reply)
+            except GroupOverloadedError as exc:
+                time.sleep(self._calls.retry_wait_s(exc, deadline_s))
 
     def get_certificate(self, request_id: str, *, client_id: str | None = None, timeout_s: float = 10.0) -> InferenceResult:
         cid = client_id or self.client_id
@@ -1691,7 +1740,9 @@ class Client:
 
 class AsyncClient:
     """Certified inference through a gateway, for asyncio code; `infer_stream` pipelines many
-    requests over the gateway's streaming Infer and yields results as they commit."""
+    requests over the gateway's streaming Infer and yields results as they commit (a row the
+    group refused for now comes back as GroupOverloadedError; infer and infer_batch ask again
+    as Client does)."""
 
     def __init__(
         self,
@@ -1701,9 +1752,10 @@ class AsyncClient:
         client_id: str = DEFAULT_CLIENT_ID,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         label_mapping: Mapping[str, str] | None = None,
+        retry_overloaded: bool = True,
     ) -> None:
         self.address = address
-        self._calls = _GatewayCalls(group_config, client_id, timeout_s, label_mapping)
+        self._calls = _GatewayCalls(group_config, client_id, timeout_s, label_mapping, retry_overloaded)
         self._channel: grpc.aio.Channel | None = None
 
     @property
@@ -1744,12 +1796,17 @@ class AsyncClient:
         requests, message = self._calls.batch_request(arrays, request_ids, label_mapping, timeout)
         if not requests:
             return []
-        reply = await self._unary("InferBatch", message, mpb.InferBatchReply, timeout + 2 * REPLY_MARGIN_S)
-        try:
-            return self._calls.results(requests, reply)
-        except LaterEpochError:
-            await self.follow_chain()  # the group moved to a later epoch: learn its config, check again
-            return self._calls.results(requests, reply)
+        deadline_s = time.monotonic() + timeout
+        while True:
+            try:
+                reply = await self._unary("InferBatch", message, mpb.InferBatchReply, self._calls.remaining_s(deadline_s))
+                try:
+                    return self._calls.results(requests, reply)
+                except LaterEpochError:
+                    await self.follow_chain()  # the group moved to a later epoch: learn its config, check again
+                    return self._calls.results(requests, reply)
+            except GroupOverloadedError as exc:
+                await asyncio.sleep(self._calls.retry_wait_s(exc, deadline_s))
 
     async def infer_stream(
         self,

@@ -25,12 +25,15 @@ from marketplace.registry import GroupEntry, Registry
 from replica.config import AdmissionLimits
 from marketplace.sdk import (
     AsyncClient,
+    Client,
     AsyncReplicaClient,
     CertificationTimeoutError,
+    OVERLOADED,
     GroupOverloadedError,
     InvalidCertificateError,
     RequestRejectedError,
     UnavailableError,
+    retrying_channel_args,
 )
 from tests.certs.helpers import Group, make_group
 from tests.marketplace.fakes import OVERLOADED_RETRY_MS, FakeReplica, true_label
@@ -187,7 +190,7 @@ async def test_more_than_f_overloaded_replicas_tell_every_client_when_to_come_ba
     assert (("grpc-retry-pushback-ms", str(OVERLOADED_RETRY_MS)),) == tuple(
         (k, v) for k, v in refused.value.trailing_metadata() or () if k == "grpc-retry-pushback-ms"
     )
-    async with AsyncClient(fakes.address, fakes.config) as client:
+    async with AsyncClient(fakes.address, fakes.config, retry_overloaded=False) as client:
         with pytest.raises(GroupOverloadedError, match="2 of 4 replicas") as through_gateway:
             await client.infer(images(1)[0])
         with pytest.raises(GroupOverloadedError):
@@ -226,13 +229,56 @@ async def test_the_gateway_refuses_calls_past_its_admission_limits_before_any_re
     assert "at this gateway: 3 rows (768 bytes) wait" in (refused.details() or "") and "limit is 3 requests" in (refused.details() or "")
     assert any(k == "grpc-retry-pushback-ms" and int(v) > 0 for k, v in refused.trailing_metadata() or ())
     assert [r.requests_seen for r in fakes.replicas] == [3] * 4  # the refused row reached no replica
-    async with AsyncClient(fakes.address, fakes.config) as client:
+    async with AsyncClient(fakes.address, fakes.config, retry_overloaded=False) as client:
         taken = [asyncio.ensure_future(client.infer(images(1, seed=10 + i)[0])) for i in range(3)]
         await asyncio.sleep(0.2)
         with pytest.raises(GroupOverloadedError, match="at this gateway") as over:
             await client.infer(images(1, seed=20)[0])
         assert over.value.retry_after_s > 0
         assert len(await asyncio.gather(*taken)) == 3
+
+
+async def test_the_stock_client_with_the_retry_policy_comes_back_after_the_pushback_and_is_certified(make_fakes: object) -> None:
+    """tritonclient with retrying_channel_args(): a call the gateway refuses for now is tried
+    again by gRPC itself after the wait the refusal names, and certified; the caller sees no
+    error. (Without the policy the same call fails: the test above.)"""
+    fakes = await make_fakes(["honest"] * 4, honest_delay_s=0.3, admission=AdmissionLimits(pending_requests_max=1))  # type: ignore[operator]
+    async with triton_aio.InferenceServerClient(fakes.address, channel_args=retrying_channel_args()) as client:
+        calls = [
+            asyncio.ensure_future(client.infer(fakes.config.group_id, [pixels_input(images(1, seed=i), name="image")], request_id=f"retry-{i}"))
+            for i in range(2)
+        ]
+        results = await asyncio.gather(*calls)
+    assert [r.get_response().parameters["rows"].int64_param for r in results] == [1, 1]
+    refused = fakes.gateway.metrics.registry.get_sample_value(
+        "quorumserve_gateway_requests_total", {"group": fakes.config.group_id, "outcome": OVERLOADED}
+    )
+    assert refused is not None and refused >= 1  # one of them was refused first, then let in
+
+
+async def test_the_sdk_asks_again_after_the_wait_a_refusal_names_and_gives_up_at_its_timeout(make_fakes: object) -> None:
+    """By default Client and AsyncClient ask again, with the same ids, for a batch the group
+    refused for now, after the wait the refusal names: the caller gets its certified results.
+    When the next wait would pass the call's timeout, GroupOverloadedError is raised."""
+    fakes = await make_fakes(["honest"] * 4, honest_delay_s=0.3, admission=AdmissionLimits(pending_requests_max=1))  # type: ignore[operator]
+    async with AsyncClient(fakes.address, fakes.config) as client:
+        results = await asyncio.gather(*(client.infer(images(1, seed=30 + i)[0]) for i in range(2)))
+    assert all(r.verified.request_checked for r in results)
+    refused = fakes.gateway.metrics.registry.get_sample_value(
+        "quorumserve_gateway_requests_total", {"group": fakes.config.group_id, "outcome": OVERLOADED}
+    )
+    assert refused is not None and refused >= 1
+
+    def sync_calls() -> list[object]:
+        with Client(fakes.address, fakes.config) as sync_client:
+            return [sync_client.infer(images(1, seed=40)[0])]
+
+    assert len(await asyncio.to_thread(sync_calls)) == 1
+    overloaded = await make_fakes(["overloaded"] * 4)  # type: ignore[operator]
+    async with AsyncClient(overloaded.address, overloaded.config, timeout_s=1.0) as client:
+        with pytest.raises(GroupOverloadedError):
+            await client.infer(images(1)[0])
+    assert sum(r.requests_seen for r in overloaded.replicas) >= 8  # asked again (each try reaches all four)
 
 
 async def test_the_sdk_refuses_certificates_that_do_not_match_its_pinned_config(make_fakes: object) -> None:
