@@ -1291,7 +1291,10 @@ def _outcome_result(outcome: RowOutcome, configs: PinnedConfigs) -> InferenceRes
 
 
 class AsyncReplicaClient:
-    """Certified inference straight from the replicas (no gateway), for asyncio code."""
+    """Certified inference straight from the replicas (no gateway), for asyncio code. Rows that
+    more than f replicas refused for now (overloaded) are asked for again, with the same ids,
+    after the wait they named, while the call's timeout allows (`retry_overloaded=False`:
+    GroupOverloadedError at once)."""
 
     def __init__(
         self,
@@ -1301,12 +1304,14 @@ class AsyncReplicaClient:
         client_id: str = DEFAULT_CLIENT_ID,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         label_mapping: Mapping[str, str] | None = None,
+        retry_overloaded: bool = True,
     ) -> None:
         self.configs = _load_config(group_config)
         self.fanout = ReplicaFanout(self.configs, addresses, on_invalid=self._log_invalid)
         self.client_id = client_id
         self.timeout_s = timeout_s
         self.label_mapping = label_mapping
+        self.retry_overloaded = retry_overloaded
         self._requests: collections.OrderedDict[tuple[str, str], InferenceRequest] = collections.OrderedDict()
 
     @property
@@ -1349,7 +1354,19 @@ class AsyncReplicaClient:
         requests = _build_requests(self.config, arrays, self.client_id, request_ids, label_mapping or self.label_mapping)
         for request in requests:
             self._remember(request)
-        outcomes = await self.fanout.submit(requests, timeout_s=timeout_s or self.timeout_s)
+        timeout = timeout_s or self.timeout_s
+        deadline_s = time.monotonic() + timeout
+        outcomes = await self.fanout.submit(requests, timeout_s=timeout)
+        while self.retry_overloaded:
+            refused = [i for i, o in enumerate(outcomes) if o.status == OVERLOADED]
+            wait_s = max((outcomes[i].retry_after_ms for i in refused), default=0) / 1000
+            if not refused or time.monotonic() + wait_s >= deadline_s:
+                break
+            log.info("the group is overloaded: asking again for %d rows in %.2f s", len(refused), wait_s)
+            await asyncio.sleep(wait_s)
+            again = await self.fanout.submit([requests[i] for i in refused], timeout_s=max(0.05, deadline_s - time.monotonic()))
+            for i, outcome in zip(refused, again):
+                outcomes[i] = outcome
         return [_outcome_result(o, self.configs) for o in outcomes]
 
     async def get_certificate(self, request_id: str, *, client_id: str | None = None, timeout_s: float = 10.0) -> InferenceResult:
@@ -1433,9 +1450,12 @@ class ReplicaClient:
         client_id: str = DEFAULT_CLIENT_ID,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         label_mapping: Mapping[str, str] | None = None,
+        retry_overloaded: bool = True,
     ) -> None:
         self._thread = _LoopThread("quorumserve-replica-client")
-        self._client = AsyncReplicaClient(addresses, group_config, client_id=client_id, timeout_s=timeout_s, label_mapping=label_mapping)
+        self._client = AsyncReplicaClient(
+            addresses, group_config, client_id=client_id, timeout_s=timeout_s, label_mapping=label_mapping, retry_overloaded=retry_overloaded
+        )
 
     @property
     def config(self) -> GroupConfig:

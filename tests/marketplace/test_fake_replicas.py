@@ -195,7 +195,7 @@ async def test_more_than_f_overloaded_replicas_tell_every_client_when_to_come_ba
             await client.infer(images(1)[0])
         with pytest.raises(GroupOverloadedError):
             await client.infer_batch(images(2))
-    async with AsyncReplicaClient([r.address for r in fakes.replicas], fakes.config) as direct:
+    async with AsyncReplicaClient([r.address for r in fakes.replicas], fakes.config, retry_overloaded=False) as direct:
         with pytest.raises(GroupOverloadedError) as straight:
             await direct.infer(images(1)[0])
     assert through_gateway.value.retry_after_s == straight.value.retry_after_s == OVERLOADED_RETRY_MS / 1000
@@ -279,6 +279,11 @@ async def test_the_sdk_asks_again_after_the_wait_a_refusal_names_and_gives_up_at
         with pytest.raises(GroupOverloadedError):
             await client.infer(images(1)[0])
     assert sum(r.requests_seen for r in overloaded.replicas) >= 8  # asked again (each try reaches all four)
+    seen = sum(r.requests_seen for r in overloaded.replicas)
+    async with AsyncReplicaClient([r.address for r in overloaded.replicas], overloaded.config, timeout_s=1.0) as direct:
+        with pytest.raises(GroupOverloadedError):
+            await direct.infer(images(1)[0])
+    assert sum(r.requests_seen for r in overloaded.replicas) - seen >= 8  # straight to the replicas too
 
 
 async def test_the_sdk_refuses_certificates_that_do_not_match_its_pinned_config(make_fakes: object) -> None:
