@@ -327,3 +327,26 @@ async def test_typed_contents_are_accepted_like_raw_bytes(make_fakes: object) ->
     labels = np.frombuffer(response.raw_output_contents[0], dtype="<i8")
     expected = [true_label(row_request(fakes.config, "anonymous", f"typed/{i}", row), 10) for i, row in enumerate(rows)]
     assert labels.tolist() == expected
+
+
+def test_an_overloaded_row_waits_the_earliest_hint_of_the_refusals_so_a_faulty_replica_cannot_hold_it_back() -> None:
+    """f+1 refusals decide a row as OVERLOADED; its retry hint is the earliest of theirs (no
+    later than a correct replica's) and never above RETRY_AFTER_MAX_MS. One refusal decides
+    nothing: the other replicas may still certify it."""
+    from marketplace.sdk import _Row
+    from replica.admission import RETRY_AFTER_MAX_MS
+
+    group = make_group(1)
+    request = row_request(group.config, "client", "r-1", images(1)[0])
+    row = _Row(request, [0, 1, 2, 3], f=1)
+    row.overload(0, "replica 0 is overloaded (lying)", 3_600_000)
+    assert not row.done
+    row.overload(2, "replica 2 is overloaded", 120)
+    assert row.done
+    outcome = row.outcome()
+    assert outcome.status == OVERLOADED and outcome.retry_after_ms == 120 and outcome.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "2 of 4 replicas refused it for now" in outcome.error and "retry with the same ids in about 120 ms" in outcome.error
+    lying = _Row(request, [0, 1, 2, 3], f=1)
+    lying.overload(0, "lie", 3_600_000)
+    lying.overload(1, "lie", 3_600_000)  # f+1 = 2 liars cannot exist with f = 1, but the cap holds anyway
+    assert lying.outcome().retry_after_ms == RETRY_AFTER_MAX_MS
