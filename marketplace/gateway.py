@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import json
 import logging
 import signal
@@ -323,6 +324,28 @@ class _GroupLoad:
     rows: int = 0
     input_bytes: int = 0
     certified: DrainRate = field(default_factory=DrainRate)
+    by_client: dict[str, int] = field(default_factory=dict)  # rows in flight per client id
+
+    def fair(self, client_rows: collections.Counter[str]) -> bool:
+        """Whether, with other clients' rows in flight, every client of a call stays within an
+        equal share of the rows in flight with the call's rows added: such a call is let in
+        past the wait rule, so a client sending little is not refused because another floods
+        the group. A client alone is never within it: the wait rule is what holds it back."""
+        active = len(self.by_client.keys() | client_rows.keys())
+        if active < 2:
+            return False
+        share = (self.rows + sum(client_rows.values())) / active
+        return all(self.by_client.get(client, 0) + rows <= share for client, rows in client_rows.items())
+
+    def take(self, client_rows: collections.Counter[str], size: int, sign: int) -> None:
+        self.rows += sign * sum(client_rows.values())
+        self.input_bytes += sign * size
+        for client, rows in client_rows.items():
+            left = self.by_client.get(client, 0) + sign * rows
+            if left > 0:
+                self.by_client[client] = left
+            else:
+                self.by_client.pop(client, None)
 
 
 class Gateway:
@@ -419,10 +442,16 @@ class Gateway:
         keep waiting too long of `timeout_s` at the rate the group certified lately, or past
         the hard limits. One decision for the whole call, before any replica sees it: replicas
         deciding each for itself near their limits take some rows and refuse others, and a
-        row only some took is still certified, later, perhaps for nobody."""
+        row only some took is still certified, later, perhaps for nobody. Past the wait rule
+        (not the hard limits) a call whose clients each keep within an equal share of the rows
+        in flight is still let in: one client flooding the group does not shut out the others
+        (shares are by client id, the account that pays for the requests)."""
         group_id = group.entry.group_id
         load = self._loads.setdefault(group_id, _GroupLoad())
+        client_rows = collections.Counter(r.client_id for r in requests)
         refused = refusal(self.admission, load.rows, load.input_bytes, load.certified.per_s(time.monotonic()), timeout_s, what="rows")
+        if refused is not None and not refused.hard_limit and load.fair(client_rows):
+            refused = None
         if refused is not None:
             self.metrics.rows.labels(group_id, OVERLOADED).inc(len(requests))
             raise _Abort(
@@ -432,16 +461,14 @@ class Gateway:
                 retry_after_ms=refused.retry_after_ms,
             )
         size = sum(r.size_bytes for r in requests)
-        load.rows += len(requests)
-        load.input_bytes += size
+        load.take(client_rows, size, +1)
         try:
             if stream:
                 outcomes = [await group.fanout.stream().submit(r, timeout_s=timeout_s) for r in requests]
             else:
                 outcomes = await group.fanout.submit(requests, timeout_s=timeout_s)
         finally:
-            load.rows -= len(requests)
-            load.input_bytes -= size
+            load.take(client_rows, size, -1)
         load.certified.add(sum(1 for o in outcomes if o.status == CERTIFIED), time.monotonic())
         return outcomes
 

@@ -73,6 +73,7 @@ def retry_after_ms(held_requests: int, executed_per_s: float) -> int:
 class Refusal:
     reason: str  # why, in words a client can act on
     retry_after_ms: int
+    hard_limit: bool = False  # past a hard limit (else: the wait rule)
 
 
 def refusal(
@@ -87,6 +88,7 @@ def refusal(
             f"{held} {what} ({held_bytes} bytes) wait to be executed; the limit is "
             f"{limits.pending_requests_max} requests or {limits.pending_bytes_max} bytes",
             hint_ms,
+            hard_limit=True,
         )
     if timeout_s is None or not limits.wait_share_max or held < WAIT_ESTIMATE_HELD_MIN or executed_per_s <= 0:
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from certs.certificate import decode_certificate
 from certs.config import GroupConfig
 from certs.request import InferenceRequest, TensorData
 from certs.verify import verify
+from marketplace import gateway as gateway_module
 from marketplace.gateway import Gateway
 from marketplace.registry import GroupEntry, Registry
 from replica.config import AdmissionLimits
@@ -350,3 +352,32 @@ def test_an_overloaded_row_waits_the_earliest_hint_of_the_refusals_so_a_faulty_r
     lying.overload(0, "lie", 3_600_000)
     lying.overload(1, "lie", 3_600_000)  # f+1 = 2 liars cannot exist with f = 1, but the cap holds anyway
     assert lying.outcome().retry_after_ms == RETRY_AFTER_MAX_MS
+
+
+async def test_past_the_wait_rule_a_client_sending_little_is_let_in_while_the_one_flooding_is_refused(
+    make_fakes: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway's wait rule refuses calls once the rows in flight would keep a new one
+    waiting too long; a client holding less than an equal share of those rows is still let in,
+    so one client flooding the group does not shut the others out. A client alone is held
+    back by the wait rule as before."""
+    from replica import admission
+
+    monkeypatch.setattr(admission, "WAIT_ESTIMATE_HELD_MIN", 2)
+    fakes = await make_fakes(["honest"] * 4, honest_delay_s=0.5)  # type: ignore[operator]
+    gateway = fakes.gateway
+    now = time.monotonic()
+    load = gateway._loads.setdefault(fakes.config.group_id, gateway_module._GroupLoad())
+    load.certified.add(0, now - 1.0)
+    load.certified.add(2, now)  # 2 rows/s lately: 2 rows in flight keep a new one 1 s, over half its 2 s timeout
+    async with AsyncClient(fakes.address, fakes.config, client_id="flooder", timeout_s=2.0, retry_overloaded=False) as flooder, \
+            AsyncClient(fakes.address, fakes.config, client_id="modest", timeout_s=2.0, retry_overloaded=False) as modest:
+        flood = [asyncio.ensure_future(flooder.infer(images(1, seed=50 + i)[0])) for i in range(2)]
+        await asyncio.sleep(0.2)
+        with pytest.raises(GroupOverloadedError):
+            await flooder.infer(images(1, seed=60)[0])  # alone past the wait rule: refused
+        mine = await modest.infer(images(1, seed=61)[0])  # under an equal share: let in
+        outcomes = await asyncio.gather(*flood, return_exceptions=True)
+    assert mine.verified.request_checked
+    assert all(not isinstance(o, BaseException) for o in outcomes), outcomes
+    assert (load.rows, load.input_bytes, load.by_client) == (0, 0, {})  # nothing left counted in flight
