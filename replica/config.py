@@ -72,9 +72,10 @@ WAIT_SHARE_MAX = 0.5
 
 @dataclass(frozen=True, slots=True)
 class AdmissionLimits:
-    """How much client work a replica holds before it refuses more: without a bound, clients
-    sending faster than the group certifies grow every replica's backlog, its memory and every
-    request's wait without end, until each request times out before it is ordered. 4,096 is
+    """How much client work a replica holds (or a gateway keeps in flight to one group) before
+    it refuses more (the rules: replica/admission.py). Without a bound, clients sending faster
+    than the group certifies grow every replica's backlog, its memory and every request's wait
+    without end, until each request times out before it is ordered. 4,096 is
     5-20 s of work at the 200-900 requests/s a group of four reaches on a 2-core machine, so
     what is let in is certified within the default 30 s request timeout, and it is twice what
     the benchmarks keep in flight. The bytes bound is what holds large inputs: 1 GiB is about

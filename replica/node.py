@@ -71,8 +71,8 @@ class RequestTimeoutError(ReplicaError, TimeoutError):
 
 
 class ReplicaOverloadedError(ReplicaError):
-    """The replica holds as many requests as its admission limits allow and took no new one;
-    the client may ask again, with the same ids, after `retry_after_ms`."""
+    """The admission rules (replica/admission.py) refused a new request for now; the client may
+    ask again, with the same ids, after `retry_after_ms`."""
 
     def __init__(self, message: str, retry_after_ms: int) -> None:
         super().__init__(message)
