@@ -57,7 +57,7 @@ from marketplace.membership import ConfigChain, Ledger, LedgerError, UnknownEpoc
 from protos import marketplace_pb2 as mpb
 from protos import replica_api_pb2 as api
 from replica.admission import RETRY_AFTER_MAX_MS  # a hint above it (a faulty replica's) is not believed
-from replica.archive import PUSHBACK_TRAILER
+from replica.archive import pushback_ms
 
 log = logging.getLogger("quorumserve.sdk")
 
@@ -1632,23 +1632,12 @@ def _fetch_ledger(configs: PinnedConfigs, addresses: Mapping[int, str], timeout_
 def _rpc_error(exc: grpc.RpcError) -> ClientError:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and (wait_ms := pushback_ms(exc)) is not None:
-        return GroupOverloadedError(f"gateway: {details}", retry_after_s=wait_ms / 1000)
+    # a wait named with RESOURCE_EXHAUSTED means "not now"; without one the refusal is about
+    # the request itself (too large, too many rows), and asking again will not help
+    wait_ms = pushback_ms(exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and wait_ms is not None:
+        return GroupOverloadedError(f"gateway: {details}", retry_after_s=min(max(wait_ms, 1), RETRY_AFTER_MAX_MS) / 1000)
     return error_for_code(code, f"gateway: {details}")
-
-
-def pushback_ms(exc: grpc.RpcError) -> int | None:
-    """The wait a RESOURCE_EXHAUSTED reply asks for (its PUSHBACK_TRAILER, at most
-    RETRY_AFTER_MAX_MS); None when it names none, or garbage. Without one the refusal is about
-    the request itself (too large, too many rows), and asking again will not help."""
-    trailers = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
-    for key, value in trailers or ():
-        if key == PUSHBACK_TRAILER:
-            try:
-                return min(max(int(value), 1), RETRY_AFTER_MAX_MS)
-            except (TypeError, ValueError):
-                return None
-    return None
 
 
 def _method(service: str, name: str) -> str:

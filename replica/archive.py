@@ -24,6 +24,7 @@ not a queue, is the point).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 ARCHIVE_READS_MAX = 4  # pages being read or waiting to be, per replica
@@ -39,6 +40,18 @@ PUSHBACK_TRAILER = "grpc-retry-pushback-ms"
 def pushback_trailer(wait_s: float) -> tuple[tuple[str, str]]:
     """A RESOURCE_EXHAUSTED reply's trailing metadata: the wait, in whole milliseconds."""
     return ((PUSHBACK_TRAILER, str(max(1, round(wait_s * 1000)))),)
+
+
+def pushback_ms(trailers: Iterable[tuple[str, str | bytes]] | None) -> int | None:
+    """The wait, in milliseconds (0 or more), a reply's trailing metadata asks for; None when
+    it names none, or garbage (callers cap it: the sender may be faulty)."""
+    for key, value in trailers or ():
+        if key == PUSHBACK_TRAILER:
+            try:
+                return max(int(value), 0)
+            except (TypeError, ValueError):
+                return None
+    return None
 
 
 class ArchiveBusyError(Exception):

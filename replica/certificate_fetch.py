@@ -27,7 +27,7 @@ from certs.config import GroupConfig
 from certs.errors import CertificateError
 from certs.verify import verify
 from protos import replica_api_pb2 as api
-from replica.archive import PUSHBACK_TRAILER
+from replica.archive import pushback_ms
 from replica.transport import RECONNECT_OPTIONS
 
 log = logging.getLogger("quorumserve.replica")
@@ -180,12 +180,6 @@ class PeerCertificates:
 
 
 def _pushback_s(error: grpc.aio.AioRpcError) -> float | None:
-    """The wait an error reply asks for (its PUSHBACK_TRAILER), capped; None when it names none
-    (or garbage)."""
-    for key, value in error.trailing_metadata() or ():
-        if key == PUSHBACK_TRAILER:
-            try:
-                return min(max(int(value), 0) / 1000, BUSY_PUSHBACK_MAX_S)
-            except (TypeError, ValueError):
-                return None
-    return None
+    """The wait an error reply asks for, capped; None when it names none (or garbage)."""
+    wait_ms = pushback_ms(error.trailing_metadata())
+    return None if wait_ms is None else min(wait_ms / 1000, BUSY_PUSHBACK_MAX_S)
