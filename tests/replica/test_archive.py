@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from replica.archive import ArchiveBusyError, ArchiveGate
+from replica.archive import ArchiveBusyError, ArchiveGate, pushback_ms, pushback_trailer
 
 
 def test_a_burst_is_served_then_pages_come_at_the_sustained_rate() -> None:
@@ -51,3 +51,10 @@ def test_a_refused_page_takes_no_token_and_no_place() -> None:
     assert gate.in_progress == 0
     gate.admit(1.0)
     assert gate.in_progress == 1
+
+
+def test_the_pushback_a_reply_names_is_read_back_and_garbage_names_none() -> None:
+    assert pushback_ms(pushback_trailer(0.25)) == 250
+    assert pushback_ms((("other", "1"), ("grpc-retry-pushback-ms", "-5"))) == 0
+    assert pushback_ms((("grpc-retry-pushback-ms", "soon"),)) is None
+    assert pushback_ms((("other", "1"),)) is None and pushback_ms(None) is None
