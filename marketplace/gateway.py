@@ -436,7 +436,7 @@ class Gateway:
     async def _submit_rows(
         self, group: _Group, requests: Sequence[InferenceRequest], timeout_s: float, *, stream: bool = False
     ) -> list[RowOutcome]:
-        """Send rows to the group (over the shared stream when `stream`), after the admission
+        """Send rows to the group (a lone row over the shared stream when `stream`), after the admission
         rules (replica/admission.py) let them in: this gateway refuses, with _Abort
         RESOURCE_EXHAUSTED and a retry hint, rows that its rows in flight to the group would
         keep waiting too long of `timeout_s` at the rate the group certified lately, or past
@@ -463,8 +463,8 @@ class Gateway:
         size = sum(r.size_bytes for r in requests)
         load.take(client_rows, size, +1)
         try:
-            if stream:
-                outcomes = [await group.fanout.stream().submit(r, timeout_s=timeout_s) for r in requests]
+            if stream and len(requests) == 1:
+                outcomes = [await group.fanout.stream().submit(requests[0], timeout_s=timeout_s)]
             else:
                 outcomes = await group.fanout.submit(requests, timeout_s=timeout_s)
         finally:

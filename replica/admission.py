@@ -82,12 +82,11 @@ def refusal(
     """Why a new request is refused, or None when it is taken. `held`/`held_bytes`: what waits
     already (`what` names it in the reason); `executed_per_s`: the recent rate; `timeout_s`: how
     long the new request's client waits (None: unknown, the wait rule does not apply)."""
-    hint_ms = retry_after_ms(held, executed_per_s)
     if held >= limits.pending_requests_max or held_bytes >= limits.pending_bytes_max:
         return Refusal(
             f"{held} {what} ({held_bytes} bytes) wait to be executed; the limit is "
             f"{limits.pending_requests_max} requests or {limits.pending_bytes_max} bytes",
-            hint_ms,
+            retry_after_ms(held, executed_per_s),
             hard_limit=True,
         )
     if timeout_s is None or not limits.wait_share_max or held < WAIT_ESTIMATE_HELD_MIN or executed_per_s <= 0:
@@ -99,5 +98,5 @@ def refusal(
     return Refusal(
         f"the {held} {what} waiting would keep this one waiting about {wait_s:.1f} s at the "
         f"{executed_per_s:.0f} requests/s executed lately, more than {allowed_s:.1f} s of the request's {timeout_s:.1f} s timeout",
-        min(RETRY_AFTER_MAX_MS, max(hint_ms, round(1000 * (wait_s - allowed_s)))),
+        min(RETRY_AFTER_MAX_MS, max(retry_after_ms(held, executed_per_s), round(1000 * (wait_s - allowed_s)))),
     )
