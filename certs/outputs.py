@@ -9,14 +9,13 @@ vote with and keep a vote to a few bytes per class, so certificates stay small.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-
 import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import starmap
 
 import numpy as np
 
-from certs.encoding import Encodable
 
 PROB_SCALE = 10_000
 
@@ -26,6 +25,9 @@ class ModelOutput:
     """One model's answer to one request: (class index, quantised probability) pairs."""
 
     top: tuple[tuple[int, int], ...]
+    # its canonical bytes, made on first use: one output is hashed in its vote entry, again as a
+    # vote in the leaf the primary builds, and in the certificates' vote proofs
+    _packed: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def label(self) -> int:
@@ -37,8 +39,12 @@ class ModelOutput:
                 return q
         return 0
 
-    def canonical(self) -> Encodable:
-        return pack_pairs(self.top)
+    def canonical(self) -> bytes:
+        packed = self._packed
+        if packed is None:
+            packed = pack_pairs(self.top)
+            object.__setattr__(self, "_packed", packed)
+        return packed
 
     def check(self, num_classes: int, top_k: int) -> None:
         """Raise ValueError unless this is a well-formed output for the label space."""
@@ -81,7 +87,7 @@ def pack_pairs(pairs: tuple[tuple[int, int], ...]) -> bytes:
     every vote and decision is hashed several times on its way to a certificate. Only hashed,
     never sent: certificate sizes are unaffected."""
     try:
-        return b"".join([_PAIR.pack(cls, q) for cls, q in pairs])
+        return b"".join(starmap(_PAIR.pack, pairs))
     except struct.error as exc:
         raise ValueError(f"class or probability out of range: {exc}") from exc
 

@@ -17,11 +17,12 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from certs.encoding import Encodable
+from certs.encoding import Encodable, bytes_item, int_item, ints_item, list_head
 from certs.errors import PolicyError
 from certs.outputs import ModelOutput, pack_pairs
 
 NO_AGREEMENT = -1
+_THREE_ITEMS = list_head(3)
 
 
 class PolicyKind(str, enum.Enum):
@@ -58,6 +59,10 @@ class Vote:
     def canonical(self) -> Encodable:
         return (self.replica_id, self.model_version, self.output.canonical())
 
+    def canonical_item(self) -> bytes:
+        """The bytes `encode` writes for canonical(), made directly (a leaf hashes every vote)."""
+        return _THREE_ITEMS + int_item(self.replica_id) + int_item(self.model_version) + bytes_item(self.output.canonical())
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -73,6 +78,10 @@ class Decision:
 
     def canonical(self) -> Encodable:
         return (self.label, pack_pairs(self.probabilities), tuple(self.support))
+
+    def canonical_item(self) -> bytes:
+        """The bytes `encode` writes for canonical(), made directly."""
+        return _THREE_ITEMS + int_item(self.label) + bytes_item(pack_pairs(self.probabilities)) + ints_item(self.support)
 
 
 def _canonical_top(weights: dict[int, int], top_k: int) -> tuple[tuple[int, int], ...]:
