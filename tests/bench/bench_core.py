@@ -273,7 +273,7 @@ def run(options: Options, result: BenchResult, shared: Any = None, *, with_profi
     runs: list[CoreRun] = []
     for n, rows, requests in configurations(options.quick):
         step(f"core: n={n}, {rows} row(s) per wave, {requests} requests, in one process")
-        run_ = measure(n, rows, requests)
+        run_ = measure(n, rows, requests, params=options.protocol_params())
         runs.append(run_)
         step(
             f"core: n={n}, {rows} row(s): {run_.cpu_us_per_request:.0f} us CPU per certified request, "

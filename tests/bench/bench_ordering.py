@@ -79,7 +79,9 @@ def run(options: Options, result: BenchResult, shared: BenchGroup | None = None)
         for f in faults:
             n = 3 * f + 1
             rows[n] = []
-            with running_group(directory, [package] * n, f=f, label=f"ordering n={n}", storage_sync=options.storage_sync) as bench:
+            with running_group(
+                directory, [package] * n, f=f, label=f"ordering n={n}", storage_sync=options.storage_sync, params=options.protocol_params(),
+            ) as bench:
                 asyncio.run(warm_up(bench, inputs))
                 target = bench.triton_target(0)
                 run_id = f"ord{n}-{time.time_ns()}"

@@ -187,6 +187,7 @@ def run(options: Options, result: BenchResult, shared: BenchGroup | None = None)
         for name, (limits, gateway_args) in variants.items():
             with running_group(
                 directory, packages, label=f"overload-{name}", storage_sync=options.storage_sync, admission=limits, gateway_args=gateway_args,
+                params=options.protocol_params(),
             ) as bench:
                 asyncio.run(warm_up(bench, inputs))
                 capacity = asyncio.run(measure(

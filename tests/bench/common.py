@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -60,9 +61,41 @@ class Options:
     storage_sync: str = "full"  # the replicas' [storage] sync
     spare_models: int = 1  # the replicas' [triton] spare_models
     model: str = "digits"  # what the digits-group benchmarks serve: "digits" or "resnet50" (for a GPU)
+    # ProtocolParams fields set otherwise than their defaults in every group the benchmarks
+    # start (`--param NAME=VALUE`): to measure a trade-off a group would choose, such as
+    # proposing sooner rather than waiting for every owner's vote
+    params: tuple[tuple[str, int], ...] = ()
 
     def pick(self, quick: Any, full: Any) -> Any:
         return quick if self.quick else full
+
+    def protocol_params(self) -> Any:
+        """The groups' ProtocolParams, or None for the defaults."""
+        if not self.params:
+            return None
+        from certs.config import ProtocolParams
+
+        return dataclasses.replace(ProtocolParams(), **dict(self.params))
+
+    def describe_params(self) -> str:
+        return ", ".join(f"{name}={value}" for name, value in self.params) if self.params else "defaults"
+
+
+def protocol_param(text: str) -> tuple[str, int]:
+    """argparse type of `--param NAME=VALUE`: a ProtocolParams field and a positive integer."""
+    from certs.config import ProtocolParams
+
+    name, sep, value = text.partition("=")
+    names = [f.name for f in dataclasses.fields(ProtocolParams)]
+    if not sep or name not in names:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=VALUE with NAME one of {', '.join(names)}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: {name} takes an integer") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: protocol parameters are positive")
+    return name, number
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +116,11 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         help="what replication, latency and recovery serve: four trained digits models (default) or four "
         "random-weight ResNet-50s on 3x224x224 images (marketplace/resnet.py; for a GPU machine)",
     )
+    parser.add_argument(
+        "--param", type=protocol_param, action="append", default=[], metavar="NAME=VALUE",
+        help="a protocol parameter (certs.config.ProtocolParams) for every group the benchmarks start, "
+        "e.g. --param vote_timeout_ticks=1 --param vote_wait_max_ticks=1 (repeatable; default: the defaults)",
+    )
 
 
 def options_from(args: argparse.Namespace) -> Options:
@@ -94,6 +132,7 @@ def options_from(args: argparse.Namespace) -> Options:
         storage_sync=args.storage_sync,
         spare_models=args.spare_models,
         model=args.model,
+        params=tuple(args.param),
     )
 
 
@@ -793,7 +832,7 @@ def model_group(options: Options, shared: BenchGroup | None, name: str) -> Itera
             packages = digits_packages(directory / "models")
         with running_group(
             directory, packages, label=f"{name} group", storage_sync=options.storage_sync, spare_models=options.spare_models,
-            task=task,
+            task=task, params=options.protocol_params(),
         ) as bench:
             yield bench
 
@@ -964,7 +1003,7 @@ def write_report(results: Sequence[BenchResult], options: Options, started_s: fl
         "",
         f"{'Quick' if options.quick else 'Full'} run of {time.strftime('%Y-%m-%d %H:%M')}, "
         f"{(time.monotonic() - started_s) / 60:.1f} min; {info['cpus']} CPU cores shared with other work "
-        f"({info['platform']}, Python {info['python']}); replica storage sync: {options.storage_sync}. Every ratio is against a baseline measured in the same run "
+        f"({info['platform']}, Python {info['python']}); replica storage sync: {options.storage_sync}; protocol parameters: {options.describe_params()}. Every ratio is against a baseline measured in the same run "
         "on the same machine; the absolute figures move with the machine's load, the ratios much less.",
         "",
         *figures_table(results),
