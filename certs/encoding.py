@@ -132,7 +132,7 @@ def encode(domain: Domain, *fields: Encodable) -> bytes:
 # every replica, and `encode` walking their nested tuples (a dispatch per item) was a tenth of the
 # protocol's CPU. These return the exact bytes `encode` writes for one item, so a fixed structure
 # can be joined from them directly; anything but the exact expected type goes through the general
-# encoder (same bytes, same errors). tests/certs/test_encoding.py checks both agree.
+# encoder (same bytes, same errors). tests/certs/test_batch.py checks both agree.
 
 
 def _item(value: Encodable) -> bytes:
