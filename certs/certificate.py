@@ -38,9 +38,14 @@ from certs.wire import (
     header_from_proto,
     header_to_proto,
     leaf_from_proto,
+    bytes_field,
+    bytes_field_item,
     leaf_to_proto,
+    leaf_wire,
+    message_field,
     parse_canonical,
     serialize,
+    uint_field,
 )
 from protos import certificate_pb2 as cpb
 
@@ -129,10 +134,17 @@ class SignedVoteBatch:
     # the entries themselves, in order, when the builder has them: a vote is then found by its
     # content instead of by hashing its entry again (one SHA-256 per vote per certificate)
     entries: tuple[VoteEntry, ...] = field(default=(), repr=False, compare=False)
-    entries_root: bytes = field(init=False, repr=False, compare=False)
+    # computed when first asked for: a replica certifying a batch proves votes from a tree of
+    # the entry hashes it builds anyway, and never asks
+    _entries_root: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "entries_root", root_of_hashes(self.entry_hashes))
+    @property
+    def entries_root(self) -> bytes:
+        root = self._entries_root
+        if root is None:
+            root = root_of_hashes(self.entry_hashes)
+            object.__setattr__(self, "_entries_root", root)
+        return root
 
     def statement(self, group_id: str, epoch: int) -> Statement:
         content = vote_batch_content(self.model_version, self.entries_root, len(self.entry_hashes))
@@ -152,6 +164,23 @@ def build_certificates(
     batches is proved from the lowest batch number. Raises ValueError when the inputs do not
     belong together (a root that does not match the leaves, a duplicate signer, a missing vote).
     """
+    tree, signatures = _tree_and_quorum(header, leaves, quorum)
+    locator = None if vote_batches is None else _VoteLocator(vote_batches)
+    certificates = []
+    for index, leaf in enumerate(leaves):
+        vote_proofs: tuple[VoteProof, ...] = ()
+        if locator is not None:
+            vote_proofs = tuple(_vote_proof(leaf, vote, locator) for vote in leaf.votes)
+        certificates.append(
+            Certificate(header, signatures, leaf, index, tree.proof(index), vote_proofs)
+        )
+    return certificates
+
+
+def _tree_and_quorum(
+    header: BatchHeader, leaves: Sequence[Leaf], quorum: Iterable[QuorumSignature]
+) -> tuple[MerkleTree, tuple[QuorumSignature, ...]]:
+    """The decisions tree, checked against the header, and the quorum in ascending replica ids."""
     tree = MerkleTree([leaf.hash for leaf in leaves])
     if tree.root != header.decisions_root or tree.size != header.leaf_count:
         raise ValueError("the leaves do not hash to the header's decisions_root and leaf_count")
@@ -159,55 +188,59 @@ def build_certificates(
     ids = [q.replica_id for q in signatures]
     if len(set(ids)) != len(ids):
         raise ValueError("the quorum names a replica twice")
+    return tree, signatures
 
-    located: dict[tuple[int, bytes], tuple[SignedVoteBatch, int]] = {}
-    known: dict[tuple[Any, ...], bytes] = {}  # (voter, entry content) -> entry hash
-    if vote_batches is not None:
+
+class _VoteLocator:
+    """Where each vote sits among its voter's signed vote batches: the lowest-numbered batch
+    holding its entry, and the entry's first place in it. A vote is found by its content among
+    the entries the builder was given (looked up by voter and request ids, whose hashes Python
+    keeps, then compared field by field), else by hashing its entry again."""
+
+    __slots__ = ("located", "by_request", "trees")
+
+    def __init__(self, vote_batches: Iterable[SignedVoteBatch]) -> None:
+        self.located: dict[tuple[int, bytes], tuple[SignedVoteBatch, int]] = {}
+        self.by_request: dict[tuple[int, str, str], list[tuple[VoteEntry, bytes]]] = {}
+        self.trees: dict[tuple[int, int], MerkleTree] = {}
         for batch in sorted(vote_batches, key=lambda b: (b.voter, b.batch_no)):
+            voter = batch.voter
             for index, entry_hash in enumerate(batch.entry_hashes):
-                located.setdefault((batch.voter, entry_hash), (batch, index))
+                self.located.setdefault((voter, entry_hash), (batch, index))
             if len(batch.entries) == len(batch.entry_hashes):
                 for entry, entry_hash in zip(batch.entries, batch.entry_hashes):
-                    key = (batch.voter, entry.client_id, entry.request_id, entry.request_digest, entry.label_space, entry.output)
-                    known[key] = entry_hash
-    entry_trees: dict[tuple[int, int], MerkleTree] = {}
+                    self.by_request.setdefault((voter, entry.client_id, entry.request_id), []).append((entry, entry_hash))
 
-    certificates = []
-    for index, leaf in enumerate(leaves):
-        vote_proofs: tuple[VoteProof, ...] = ()
-        if vote_batches is not None:
-            vote_proofs = tuple(_vote_proof(leaf, vote, located, known, entry_trees) for vote in leaf.votes)
-        certificates.append(
-            Certificate(header, signatures, leaf, index, tree.proof(index), vote_proofs)
-        )
-    return certificates
+    def find(self, leaf: Leaf, vote: Vote) -> tuple[SignedVoteBatch, int, MerkleTree]:
+        """The vote's batch, its entry's index there and the batch's entry tree; ValueError
+        when no batch of the voter holds it, or the batch is for another model version."""
+        entry_hash = None
+        for entry, candidate in self.by_request.get((vote.replica_id, leaf.client_id, leaf.request_id), ()):
+            if entry.output == vote.output and entry.request_digest == leaf.request_digest and entry.label_space == leaf.label_space:
+                entry_hash = candidate
+                break
+        if entry_hash is None:
+            entry_hash = vote_entry(leaf, vote).hash
+        found = self.located.get((vote.replica_id, entry_hash))
+        if found is None:
+            raise ValueError(
+                f"no vote batch of replica {vote.replica_id} holds its vote for request "
+                f"{leaf.client_id}/{leaf.request_id}"
+            )
+        batch, entry_index = found
+        if batch.model_version != vote.model_version:
+            raise ValueError(
+                f"replica {vote.replica_id}'s vote batch {batch.batch_no} is for model version "
+                f"{batch.model_version}, the leaf says {vote.model_version}"
+            )
+        tree = self.trees.get((batch.voter, batch.batch_no))
+        if tree is None:
+            tree = self.trees[(batch.voter, batch.batch_no)] = MerkleTree(batch.entry_hashes)
+        return batch, entry_index, tree
 
 
-def _vote_proof(
-    leaf: Leaf,
-    vote: Vote,
-    located: Mapping[tuple[int, bytes], tuple[SignedVoteBatch, int]],
-    known: Mapping[tuple[Any, ...], bytes],
-    entry_trees: dict[tuple[int, int], MerkleTree],
-) -> VoteProof:
-    entry_hash = known.get((vote.replica_id, leaf.client_id, leaf.request_id, leaf.request_digest, leaf.label_space, vote.output))
-    if entry_hash is None:
-        entry_hash = vote_entry(leaf, vote).hash
-    found = located.get((vote.replica_id, entry_hash))
-    if found is None:
-        raise ValueError(
-            f"no vote batch of replica {vote.replica_id} holds its vote for request "
-            f"{leaf.client_id}/{leaf.request_id}"
-        )
-    batch, entry_index = found
-    if batch.model_version != vote.model_version:
-        raise ValueError(
-            f"replica {vote.replica_id}'s vote batch {batch.batch_no} is for model version "
-            f"{batch.model_version}, the leaf says {vote.model_version}"
-        )
-    tree = entry_trees.get((batch.voter, batch.batch_no))
-    if tree is None:
-        tree = entry_trees[(batch.voter, batch.batch_no)] = MerkleTree(batch.entry_hashes)
+def _vote_proof(leaf: Leaf, vote: Vote, locator: _VoteLocator) -> VoteProof:
+    batch, entry_index, tree = locator.find(leaf, vote)
     return VoteProof(
         voter=batch.voter,
         batch_no=batch.batch_no,
@@ -218,6 +251,84 @@ def _vote_proof(
         entry_path=tree.proof(entry_index),
         signature=batch.signature,
     )
+
+
+# -- building, straight to bytes ---------------------------------------------------------
+
+
+# what precedes a 32-byte node of a path: Certificate.proof is field 6, VoteProof.entry_path 7
+_PROOF_NODE = bytes_field_item(6, bytes(DIGEST_SIZE))[:-DIGEST_SIZE]
+_ENTRY_PATH_NODE = bytes_field_item(7, bytes(DIGEST_SIZE))[:-DIGEST_SIZE]
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedCertificate:
+    """One request's certificate as a replica stores and serves it: `full`, with a vote proof
+    per vote when the builder had the vote batches (else the compact form again), and
+    `compact`, what a client is answered with."""
+
+    full: bytes
+    compact: bytes
+
+
+def encode_batch_certificates(
+    header: BatchHeader,
+    leaves: Sequence[Leaf],
+    quorum: Iterable[QuorumSignature],
+    vote_batches: Iterable[SignedVoteBatch] | None = None,
+) -> list[EncodedCertificate]:
+    """`encode_certificate(c)` and `encode_certificate(c.compact())` for every certificate
+    `build_certificates` would return, byte for byte (a property test holds it to that), and
+    the same ValueErrors, without building them.
+
+    A replica does this for every request it certifies, and serving needs only bytes. Composed
+    from the protobuf encoding's parts, a batch's header and quorum are encoded once rather than
+    once per request, and a vote batch's fixed fields once rather than once per vote: the
+    messages are fixed (protos/certificate.proto) and the helpers write exactly what protobuf
+    writes (certs.wire.uint_field and its siblings), as the PeerBatch framing does."""
+    tree, signatures = _tree_and_quorum(header, leaves, quorum)
+    head = message_field(1, serialize(header_to_proto(header))) + b"".join(
+        [message_field(2, uint_field(1, q.replica_id) + bytes_field(2, q.signature)) for q in signatures]
+    )
+    locator = None if vote_batches is None else _VoteLocator(vote_batches)
+    # a vote proof's fields before entry_index (voter .. entry_count) and after entry_path
+    # (signature), per vote batch
+    around: dict[tuple[int, int], tuple[bytes, bytes]] = {}
+    encoded: list[EncodedCertificate] = []
+    for index, leaf in enumerate(leaves):
+        compact = b"".join([
+            head,
+            message_field(3, leaf_wire(leaf)),
+            uint_field(4, index),
+            *[_PROOF_NODE + node if len(node) == DIGEST_SIZE else bytes_field_item(6, node) for node in tree.proof(index)],
+        ])
+        if locator is None:
+            encoded.append(EncodedCertificate(compact, compact))
+            continue
+        proofs = [compact]
+        for vote in leaf.votes:
+            batch, entry_index, entry_tree = locator.find(leaf, vote)
+            key = (batch.voter, batch.batch_no)
+            fixed = around.get(key)
+            if fixed is None:
+                fixed = around[key] = (
+                    b"".join([
+                        uint_field(1, batch.voter),
+                        uint_field(2, batch.batch_no),
+                        uint_field(3, batch.model_version),
+                        bytes_field(4, entry_tree.root),
+                        uint_field(5, entry_tree.size),
+                    ]),
+                    bytes_field(8, batch.signature),
+                )
+            proofs.append(message_field(7, b"".join([
+                fixed[0],
+                uint_field(6, entry_index),
+                *[_ENTRY_PATH_NODE + node if len(node) == DIGEST_SIZE else bytes_field_item(7, node) for node in entry_tree.proof(entry_index)],
+                fixed[1],
+            ])))
+        encoded.append(EncodedCertificate(b"".join(proofs), compact))
+    return encoded
 
 
 # -- protobuf ----------------------------------------------------------------------------

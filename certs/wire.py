@@ -50,8 +50,13 @@ def serialize(message: Message) -> bytes:
     return message.SerializeToString(deterministic=True)
 
 
+_ONE_BYTE_VARINTS = tuple(bytes((value,)) for value in range(0x80))
+
+
 def varint(value: int) -> bytes:
     """Protobuf's base-128 varint of a non-negative integer."""
+    if 0 <= value < 0x80:
+        return _ONE_BYTE_VARINTS[value]  # tags, lengths and most counts: no loop, no new object
     out = bytearray()
     while True:
         byte = value & 0x7F
@@ -69,6 +74,37 @@ def repeated_field(field_number: int, encoded_items: Sequence[bytes]) -> bytes:
     encoded once, without copying each into a container message and serializing again."""
     tag = varint(field_number << 3 | 2)  # wire type 2: length-delimited
     return b"".join([tag + varint(len(item)) + item for item in encoded_items])
+
+
+# Fields of a message composed from bytes, each exactly as protobuf (proto3) writes it: fields in
+# ascending number, a scalar or bytes field left out when it holds its default (0, b""), every
+# item of a repeated field and every set sub-message written. For messages built once per request
+# on a replica's hot path (certs.certificate.encode_batch_certificates), whose parts repeat.
+
+_UINT64_LIMIT = 1 << 64
+
+
+def uint_field(field_number: int, value: int) -> bytes:
+    """A uint32/uint64 field (wire type 0); b"" for 0. ValueError outside 0..2**64-1, as
+    protobuf raises (the bound of a uint32 field is left to its callers)."""
+    if not 0 <= value < _UINT64_LIMIT:
+        raise ValueError(f"value {value} is out of range for field {field_number}")
+    return varint(field_number << 3) + varint(value) if value else b""
+
+
+def bytes_field(field_number: int, value: bytes) -> bytes:
+    """A singular bytes field (wire type 2); b"" when empty."""
+    return varint(field_number << 3 | 2) + varint(len(value)) + value if value else b""
+
+
+def bytes_field_item(field_number: int, value: bytes) -> bytes:
+    """One item of a repeated bytes field: written even when empty."""
+    return varint(field_number << 3 | 2) + varint(len(value)) + value
+
+
+def message_field(field_number: int, encoded: bytes) -> bytes:
+    """A set sub-message from its encoding: written even when empty."""
+    return varint(field_number << 3 | 2) + varint(len(encoded)) + encoded
 
 
 def check_int(value: int, what: str, minimum: int = 0) -> int:
@@ -173,6 +209,15 @@ def leaf_to_proto(leaf: Leaf, out: pb.Leaf | None = None) -> pb.Leaf:
     message = pb.Leaf() if out is None else out
     message.MergeFromString(encoded)
     return message
+
+
+def leaf_wire(leaf: Leaf) -> bytes:
+    """The leaf's protobuf encoding, made once and kept on it (`Leaf.wire`)."""
+    encoded = leaf.wire
+    if encoded is None:
+        encoded = serialize(_leaf_message(leaf))
+        object.__setattr__(leaf, "wire", encoded)
+    return encoded
 
 
 def _leaf_message(leaf: Leaf) -> pb.Leaf:

@@ -31,10 +31,10 @@ import numpy as np
 
 from certs.certificate import (
     Certificate,
+    EncodedCertificate,
     QuorumSignature,
     SignedVoteBatch,
-    build_certificates,
-    decode_certificate,
+    encode_batch_certificates,
     encode_certificate,
 )
 from certs.config import GroupConfig, load_group_config
@@ -44,6 +44,7 @@ from certs.keys import Ed25519Verifier, load_private_key
 from certs.outputs import ModelOutput, map_probabilities, quantise
 from certs.policy import NO_AGREEMENT
 from certs.request import InferenceRequest
+from certs.wire import serialize
 from consensus.errors import ByzantineMessageError, ConsensusError
 from consensus.messages import Commit, ModelUpdate, PeerMessage, PrePrepare, VoteBatch
 from consensus.node import ConsensusNode, SubmitOutcome
@@ -58,6 +59,7 @@ from replica import trace
 from replica.admission import DrainRate, refusal
 from replica.archive import ArchiveBusyError, ArchiveGate
 from replica.transport import PeerTransport
+from protos import certificate_pb2 as cpb
 
 log = logging.getLogger("quorumserve.replica")
 
@@ -605,7 +607,7 @@ class ReplicaNode:
 
     def _load_certified(self, client_id: str, request_id: str) -> Certified | None:
         full = self.store.get_certificate(client_id, request_id)
-        return None if full is None else _certified(client_id, request_id, decode_certificate(full), full)
+        return None if full is None else _stored_certified(client_id, request_id, full)
 
     # =====================================================================================
     # out of the core
@@ -872,18 +874,18 @@ class ReplicaNode:
         entries = batch.proposal.entries
         if not entries:
             return None
-        leaves = [e.leaf for e in entries]
-        certificates = batch_certificates(batch)
+        seq = batch.header.seq
+        encoded = batch_encoded_certificates(batch)
         duplicates = set(batch.duplicate_entries)
         rows: list[CertificateRow] = []
         certified: list[Certified] = []
         votes_by_voter: dict[int, int] = {}
-        for index, (leaf, certificate) in enumerate(zip(leaves, certificates)):
+        for index, (entry, certificate) in enumerate(zip(entries, encoded)):
             if index in duplicates:
                 continue
-            full = encode_certificate(certificate)
-            rows.append(CertificateRow(leaf.client_id, leaf.request_id, leaf.request_digest, full))
-            certified.append(_certified(leaf.client_id, leaf.request_id, certificate, full))
+            leaf = entry.leaf
+            rows.append(CertificateRow(leaf.client_id, leaf.request_id, leaf.request_digest, certificate.full))
+            certified.append(Certified(leaf.client_id, leaf.request_id, seq, certificate.full, certificate.compact))
             for vote in leaf.votes:
                 votes_by_voter[vote.replica_id] = votes_by_voter.get(vote.replica_id, 0) + 1
                 if leaf.decision.label != NO_AGREEMENT and vote.output.label != leaf.decision.label:
@@ -952,9 +954,10 @@ class ReplicaNode:
         }
 
 
-def batch_certificates(batch: CommittedBatch) -> list[Certificate]:
-    """One certificate per leaf of a committed batch, each with its voters' signed votes; compact
-    only when a vote batch is missing (the batch arrived by state transfer)."""
+def batch_encoded_certificates(batch: CommittedBatch) -> list[EncodedCertificate]:
+    """One certificate per leaf of a committed batch, as bytes: the stored form, with each
+    voter's signed vote, and the compact one a client is sent; compact only when a vote batch is
+    missing (the batch arrived by state transfer)."""
     leaves = [e.leaf for e in batch.proposal.entries]
     quorum = [QuorumSignature(c.sender, c.signature) for c in batch.commits]
     vote_batches = [
@@ -962,9 +965,19 @@ def batch_certificates(batch: CommittedBatch) -> list[Certificate]:
         for vb in batch.vote_batches
     ]
     try:
-        return build_certificates(batch.header, leaves, quorum, vote_batches)
+        return encode_batch_certificates(batch.header, leaves, quorum, vote_batches)
     except ValueError:
-        return build_certificates(batch.header, leaves, quorum)
+        return encode_batch_certificates(batch.header, leaves, quorum)
+
+
+def _stored_certified(client_id: str, request_id: str, full: bytes) -> Certified:
+    """A certificate this replica stored (its own encoding, so protobuf's parser is enough: the
+    strict decoder and a re-encode cost a look-up about five times as much), with its compact form."""
+    message = cpb.Certificate.FromString(full)
+    if not message.vote_proofs:
+        return Certified(client_id, request_id, message.header.seq, full, full)
+    message.ClearField("vote_proofs")
+    return Certified(client_id, request_id, message.header.seq, full, serialize(message))
 
 
 def _certified(client_id: str, request_id: str, certificate: Certificate, encoded: bytes) -> Certified:

@@ -8,7 +8,7 @@ outgoing message once and decode it at every receiver (`encode_peer_message`, a 
 frame, `decode_peer_batch`: the strict codec a peer's bytes go through), run inference with a
 deterministic stand-in model (the simulator's `honest_output`: the model is not what is
 measured here), and build and encode a certificate for every request of every committed batch
-(`replica.node.batch_certificates`, `encode_certificate`: the stored form with each voter's
+(`replica.node.batch_encoded_certificates`: the stored form with each voter's
 signed vote, and the compact one a client is sent), as `ReplicaNode` does. A client then decodes
 and verifies one compact certificate per request, as the gateway and the SDK do.
 
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from certs.certificate import decode_certificate, encode_certificate
+from certs.certificate import decode_certificate
 from certs.config import GroupConfig, ProtocolParams
 from certs.keys import Ed25519Verifier
 from certs.policy import AgreementPolicy
@@ -47,7 +47,7 @@ from certs.verify import verify
 from consensus.node import ConsensusNode
 from consensus.ready import CommittedBatch
 from replica.codec import decode_peer_batch, encode_peer_message, encode_record
-from replica.node import batch_certificates
+from replica.node import batch_encoded_certificates
 from replica.transport import frame
 from tests.bench.common import BenchResult, Figure, Options, pyplot, run_alone, save_figure, step
 from tests.consensus.cluster import make_request
@@ -126,15 +126,14 @@ class CoreGroup:
         parts["certificates"] += clock() - sent_at
 
     def _certify(self, r: int, batch: CommittedBatch) -> None:
-        """What ReplicaNode._build_certificates does for a committed batch."""
+        """What ReplicaNode._build_certificates does for a committed batch: both encodings of
+        every request's certificate (the stored one, with each voter's signed vote, and the
+        compact one a client is sent)."""
         if not batch.proposal.entries:
             return
-        for entry, certificate in zip(batch.proposal.entries, batch_certificates(batch)):
-            leaf = entry.leaf
-            encode_certificate(certificate)  # the stored one, with each voter's signed vote
-            compact = encode_certificate(certificate.compact())  # what a client is sent (replica.node._certified)
+        for entry, certificate in zip(batch.proposal.entries, batch_encoded_certificates(batch)):
             if r == 0:
-                self.certified[(leaf.client_id, leaf.request_id)] = compact
+                self.certified[(entry.leaf.client_id, entry.leaf.request_id)] = certificate.compact
 
     def submit(self, requests: Sequence[InferenceRequest]) -> None:
         clock = time.perf_counter

@@ -17,12 +17,14 @@ from certs.certificate import (
     certificate_from_json,
     certificate_to_json,
     decode_certificate,
+    encode_batch_certificates,
     encode_certificate,
     vote_entry,
 )
 from certs.errors import CertificateError, DecodeError
-from certs.merkle import verify_inclusion
+from certs.merkle import MerkleTree, verify_inclusion
 from certs.verify import verify
+from protos import certificate_pb2 as cpb
 from tests.certs.helpers import ANIMALS, SignedBatch, cached_batch, make_batch, make_group
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -337,3 +339,69 @@ def test_quorum_signature_objects_are_plain_values() -> None:
     assert QuorumSignature(1, b"x" * 64) == QuorumSignature(1, b"x" * 64)
     with pytest.raises(dataclasses.FrozenInstanceError):
         QuorumSignature(1, b"").replica_id = 2  # type: ignore[misc]
+
+
+# -- building straight to bytes --------------------------------------------------------------
+
+
+def encoded_as_built(header: Any, leaves: Any, quorum: Any, vote_batches: Any = None) -> list[tuple[bytes, bytes]]:
+    """What a replica stored and served before it composed certificates from bytes."""
+    return [(encode_certificate(c), encode_certificate(c.compact())) for c in build_certificates(header, leaves, quorum, vote_batches)]
+
+
+def encoded(header: Any, leaves: Any, quorum: Any, vote_batches: Any = None) -> list[tuple[bytes, bytes]]:
+    return [(e.full, e.compact) for e in encode_batch_certificates(header, leaves, quorum, vote_batches)]
+
+
+@given(f=st.sampled_from([1, 2]), size=st.integers(min_value=1, max_value=17), seed=st.integers(min_value=0, max_value=3))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_certificates_composed_from_bytes_are_the_built_ones_encoded(f: int, size: int, seed: int) -> None:
+    b = cached_batch(f, size, seed)
+    with_entries = [dataclasses.replace(vb, entries=entries_of(b, vb.voter)) for vb in b.vote_batches]
+    for vote_batches in (b.vote_batches, with_entries):
+        made = encoded(b.header, b.leaves, b.quorum, vote_batches)
+        assert made == encoded_as_built(b.header, b.leaves, b.quorum, vote_batches)
+        for (full, compact), certificate in zip(made, b.accountable):
+            assert decode_certificate(full) == certificate and decode_certificate(compact) == certificate.compact()
+    assert encoded(b.header, b.leaves, b.quorum) == [(c, c) for c in (encode_certificate(x) for x in b.certificates)]
+
+
+def entries_of(b: SignedBatch, voter: int) -> tuple[Any, ...]:
+    return tuple(vote_entry(leaf, vote) for leaf in b.leaves for vote in leaf.votes if vote.replica_id == voter)
+
+
+def test_composed_certificates_write_zero_and_odd_fields_as_protobuf_does(batch: SignedBatch) -> None:
+    """Fields protobuf leaves out when zero or empty (voter 0, vote batch 0, model version 0, an
+    empty signature), a path node that is not 32 bytes, and vote batches offered twice."""
+    odd = []
+    for vb in batch.vote_batches:
+        if vb.voter == 1:
+            # an entry (for no vote here) whose hash is another length: some path holds it
+            vb = dataclasses.replace(vb, entry_hashes=vb.entry_hashes + (b"\x07" * 5,), signature=b"")
+        odd.append(dataclasses.replace(vb, batch_no=0))
+    leaves = [dataclasses.replace(leaf, votes=tuple(dataclasses.replace(v, model_version=0) if v.replica_id == 2 else v for v in leaf.votes)) for leaf in batch.leaves]
+    odd = [dataclasses.replace(vb, model_version=0) if vb.voter == 2 else vb for vb in odd]
+    odd += [dataclasses.replace(vb, batch_no=5) for vb in odd]  # proved from the lowest batch number
+    header = dataclasses.replace(batch.header, decisions_root=MerkleTree([leaf.hash for leaf in leaves]).root)
+    quorum = (QuorumSignature(0, b""),) + batch.quorum[1:]
+    assert encoded(header, leaves, quorum, odd) == encoded_as_built(header, leaves, quorum, odd)
+    # parsed by protobuf alone: the strict decoder refuses the empty signature and the odd node
+    certificates = [cpb.Certificate.FromString(full) for full, _ in encoded(header, leaves, quorum, odd)]
+    assert certificates[0].quorum[0].replica_id == 0 and certificates[0].quorum[0].signature == b""
+    assert {p.batch_no for c in certificates for p in c.vote_proofs} == {0}
+    assert any(len(node) == 5 for c in certificates for p in c.vote_proofs for node in p.entry_path)
+
+
+def test_composing_from_bytes_refuses_what_the_builder_refuses(batch: SignedBatch) -> None:
+    cases = [
+        ((batch.header, batch.leaves[:-1], batch.quorum), "decisions_root"),
+        ((batch.header, batch.leaves, batch.quorum + batch.quorum[:1]), "twice"),
+        ((batch.header, batch.leaves, batch.quorum, batch.vote_batches[:3]), "no vote batch of replica 3"),
+        ((batch.header, batch.leaves, batch.quorum, [dataclasses.replace(vb, model_version=9) for vb in batch.vote_batches]), "model version 9"),
+    ]
+    for arguments, message in cases:
+        with pytest.raises(ValueError, match=message) as built:
+            build_certificates(*arguments)
+        with pytest.raises(ValueError, match=message) as composed:
+            encode_batch_certificates(*arguments)
+        assert str(composed.value) == str(built.value)
