@@ -351,6 +351,40 @@ def test_a_store_of_another_schema_version_is_refused(tmp_path: Path) -> None:
         ReplicaStore(path)
 
 
+def test_a_version_4_store_is_migrated_keeping_every_certificate_and_batch(tmp_path: Path) -> None:
+    """Version 4 kept certificates in a WITHOUT ROWID table; opening such a store moves them to
+    the rowid table of version 5, and nothing else changes."""
+    path = tmp_path / "replica.db"
+    with ReplicaStore(path) as store:
+        store.persist([CommittedRecord(committed(seq)) for seq in (3, 4)])
+        store.put_certificates(3, [certificate("r1"), certificate("r2")])
+        store.put_certificates(4, [certificate("r3")])
+    with sqlite3.connect(path) as db:  # as version 4 left it
+        db.execute("ALTER TABLE certificates RENAME TO new_certificates")
+        db.execute("DROP INDEX certificates_by_seq")
+        db.execute(
+            "CREATE TABLE certificates (client_id TEXT NOT NULL, request_id TEXT NOT NULL, seq INTEGER NOT NULL, "
+            "request_digest BLOB NOT NULL, certificate BLOB NOT NULL, PRIMARY KEY (client_id, request_id)) WITHOUT ROWID"
+        )
+        db.execute("CREATE INDEX certificates_by_seq ON certificates (seq)")
+        db.execute("INSERT INTO certificates SELECT client_id, request_id, seq, request_digest, certificate FROM new_certificates")
+        db.execute("DROP TABLE new_certificates")
+        db.execute("UPDATE schema_version SET version = 4")
+    with ReplicaStore(path) as store:
+        assert store.get_certificate("alice", "r2") == b"cert:r2"
+        assert store.certificates_between(0, 10, 10) == ([(3, b"cert:r1"), (3, b"cert:r2"), (4, b"cert:r3")], 10, False)
+        assert store.last_certified_seq() == 4 and store.last_committed_seq() == 4
+        with pytest.raises(SlotConflictError):  # still one certificate per request
+            store.put_certificates(5, [certificate("r1")])
+        store.put_certificates(5, [certificate("r4")])
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(5,)]
+        (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'certificates'").fetchone()
+        assert "WITHOUT ROWID" not in sql
+        assert {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'certificates'")} >= {"certificates", "certificates_by_seq"}
+        assert db.execute("SELECT count(*) FROM certificates").fetchone() == (4,)
+
+
 def test_the_store_runs_in_wal_mode_with_full_sync(store: ReplicaStore, tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "replica.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
