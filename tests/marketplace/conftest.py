@@ -66,6 +66,24 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     return held_out_digits(0)
 
 
+@pytest.fixture(scope="session")
+def unanimous_digits(digits_packages: list[Path], digits: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Indexes of held-out images that every honest replica's model labels right, so the group
+    certifies their true label whatever the liar says. A test about one image takes it from
+    here: the models are trained where the tests run, and a build of torch on another CPU trains
+    slightly different ones, whose rare mistakes (one honest model erring with the liar ties the
+    vote 2-2, NO_AGREEMENT) fall on other images."""
+    from marketplace.models import predict
+    from replica.model_spec import load_model_package
+
+    features, labels = digits
+    right = np.ones(len(labels), dtype=bool)
+    for replica_id, package in enumerate(digits_packages):
+        if replica_id != LIAR:
+            right &= predict(load_model_package(package), features) == labels
+    return np.flatnonzero(right)
+
+
 @pytest.fixture(scope="module")
 def config(local_group: LocalGroup) -> GroupConfig:
     return load_group_config(local_group.group_config_path)
