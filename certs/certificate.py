@@ -32,14 +32,14 @@ from certs.outputs import PROB_SCALE, ModelOutput
 from certs.policy import NO_AGREEMENT, Decision, Vote
 from certs.statements import Statement, StatementKind
 from certs.wire import (
+    bytes_field,
+    bytes_field_item,
     check_digest,
     check_int,
     check_list,
     header_from_proto,
     header_to_proto,
     leaf_from_proto,
-    bytes_field,
-    bytes_field_item,
     leaf_to_proto,
     leaf_wire,
     message_field,
