@@ -165,10 +165,13 @@ def list_head(count: int) -> bytes:
     return b"l" + _pack_u32(count)
 
 
+_NO_ITEMS = list_head(0)
+
+
 def strs_item(values: tuple[str, ...] | list[str]) -> bytes:
     """A tuple of strings (as `encode` writes `tuple(values)`)."""
     if not values:
-        return b"l\x00\x00\x00\x00"
+        return _NO_ITEMS  # the usual label space: the task's own labels
     return b"l" + _pack_u32(len(values)) + b"".join([str_item(v) for v in values])
 
 

@@ -197,17 +197,10 @@ def decision_from_proto(message: pb.Decision) -> Decision:
 
 
 def leaf_to_proto(leaf: Leaf, out: pb.Leaf | None = None) -> pb.Leaf:
-    """The leaf's message, merged into `out` when given. The encoding is made once per leaf and
-    kept on it (`Leaf.wire`): later calls parse those bytes, which protobuf does in C."""
-    encoded = leaf.wire
-    if encoded is None:
-        made = _leaf_message(leaf)
-        encoded = serialize(made)
-        object.__setattr__(leaf, "wire", encoded)
-        if out is None:
-            return made
+    """The leaf's message, merged into `out` when given, parsed from its kept encoding
+    (`leaf_wire`), which protobuf does in C: a leaf is encoded field by field once."""
     message = pb.Leaf() if out is None else out
-    message.MergeFromString(encoded)
+    message.MergeFromString(leaf_wire(leaf))
     return message
 
 

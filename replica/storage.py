@@ -262,11 +262,14 @@ class ReplicaStore:
     ) -> None:
         self.close()
 
-    def _create_schema(self) -> None:
+    def _run_script(self, script: str) -> None:
         # executescript would COMMIT our transaction first; run the statements one by one instead
-        for statement in _SCHEMA.split(";"):
+        for statement in script.split(";"):
             if statement.strip():
                 self._db.execute(statement)
+
+    def _create_schema(self) -> None:
+        self._run_script(_SCHEMA)
         row = self._db.execute("SELECT version FROM schema_version").fetchall()
         if not row:
             self._db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
@@ -282,9 +285,7 @@ class ReplicaStore:
         db = self._db
         db.execute("ALTER TABLE certificates RENAME TO certificates_v4")
         db.execute("DROP INDEX IF EXISTS certificates_by_seq")  # it moved with the renamed table
-        for statement in _CERTIFICATES_SCHEMA.split(";"):
-            if statement.strip():
-                db.execute(statement)
+        self._run_script(_CERTIFICATES_SCHEMA)
         moved = db.execute(
             "INSERT INTO certificates (client_id, request_id, seq, request_digest, certificate) "
             "SELECT client_id, request_id, seq, request_digest, certificate FROM certificates_v4 ORDER BY seq"
