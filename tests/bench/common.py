@@ -592,7 +592,8 @@ def replicas_line(replicas: dict[str, float]) -> str:
     return (
         f"per replica: {replicas['rows_per_triton_call']:.1f} rows/Triton call, Triton call {replicas['triton_call_mean_ms']:.2f} ms, "
         f"{replicas['requests_per_ordered_batch']:.1f} requests/ordered batch, commit latency {replicas['commit_latency_mean_ms']:.1f} ms, "
-        f"persist {replicas['persist_mean_ms']:.2f} ms, {replicas.get('votes_per_certificate', float('nan')):.2f} votes/certificate"
+        f"persist {replicas['persist_mean_ms']:.2f} ms (the write itself {replicas.get('persist_write_mean_ms', float('nan')):.2f} ms), "
+        f"{replicas.get('votes_per_certificate', float('nan')):.2f} votes/certificate"
     )
 
 
@@ -744,6 +745,11 @@ def replica_breakdown(before: dict[str, float], after: dict[str, float], certifi
         "persist_mean_ms": (
             1000 * d("quorumserve_persist_latency_seconds_sum") / d("quorumserve_persist_latency_seconds_count")
             if d("quorumserve_persist_latency_seconds_count") else float("nan")
+        ),
+        # the store's own time per write (fsync included), against what the ordering waited
+        "persist_write_mean_ms": (
+            1000 * d("quorumserve_persist_write_seconds_sum") / d("quorumserve_persist_write_seconds_count")
+            if d("quorumserve_persist_write_seconds_count") else float("nan")
         ),
         "view_changes": d("quorumserve_view_changes_total"),
         # n when every owner's vote made every certificate (each owner's share of the fees)
