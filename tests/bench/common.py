@@ -592,7 +592,7 @@ def replicas_line(replicas: dict[str, float]) -> str:
     return (
         f"per replica: {replicas['rows_per_triton_call']:.1f} rows/Triton call, Triton call {replicas['triton_call_mean_ms']:.2f} ms, "
         f"{replicas['requests_per_ordered_batch']:.1f} requests/ordered batch, commit latency {replicas['commit_latency_mean_ms']:.1f} ms, "
-        f"persist {replicas['persist_mean_ms']:.2f} ms (the write itself {replicas.get('persist_write_mean_ms', float('nan')):.2f} ms), "
+        f"persist {replicas['persist_mean_ms']:.2f} ms waited (a write {replicas.get('persist_write_mean_ms', float('nan')):.2f} ms), "
         f"{replicas.get('votes_per_certificate', float('nan')):.2f} votes/certificate"
     )
 
