@@ -161,6 +161,41 @@ def output_from_proto(message: pb.ModelOutput) -> ModelOutput:
     return ModelOutput(top)
 
 
+# The outputs of the vote entries decoded lately, by their encoding. A vote reaches a backup
+# twice, in its voter's vote batch and again in the primary's PRE-PREPARE: the second time it is
+# the same (immutable) object, its canonical bytes already packed, instead of a dozen new tuples,
+# and comparing the two (ConsensusNode._vote_matches) is an identity check. Only vote batches
+# fill it, so a process that decodes none (a client checking certificates) never looks in it.
+# Bounded: cleared when full.
+_VOTED_OUTPUTS: dict[bytes, ModelOutput] = {}
+VOTED_OUTPUTS_MAX = 4096
+
+
+def _remember_voted_output(message: pb.ModelOutput) -> ModelOutput:
+    output = output_from_proto(message)
+    if len(_VOTED_OUTPUTS) >= VOTED_OUTPUTS_MAX:
+        _VOTED_OUTPUTS.clear()
+    _VOTED_OUTPUTS[message.SerializeToString()] = output
+    return output
+
+
+def _voted_output(message: pb.ModelOutput) -> ModelOutput:
+    if _VOTED_OUTPUTS:
+        known = _VOTED_OUTPUTS.get(message.SerializeToString())
+        if known is not None:
+            return known
+    return output_from_proto(message)
+
+
+def swap_voted_outputs(memo: dict[bytes, ModelOutput]) -> dict[bytes, ModelOutput]:
+    """Install `memo` as the memo of voted outputs; returns the one it replaces. For measuring
+    several replicas in one process (tests/bench/bench_core.py), each with its own memo as if in
+    its own process: one shared would find every peer's votes already decoded."""
+    global _VOTED_OUTPUTS
+    previous, _VOTED_OUTPUTS = _VOTED_OUTPUTS, memo
+    return previous
+
+
 # -- Vote, Decision, Leaf ----------------------------------------------------------------
 
 
@@ -176,7 +211,7 @@ def vote_from_proto(message: pb.Vote) -> Vote:
     return Vote(
         replica_id=int(message.replica_id),
         model_version=check_int(message.model_version, "model version"),
-        output=output_from_proto(message.output),
+        output=_voted_output(message.output),
     )
 
 
@@ -292,7 +327,7 @@ def vote_entry_from_proto(message: pb.VoteEntry) -> VoteEntry:
         request_id=check_str(message.request_id, "request id"),
         request_digest=check_digest(message.request_digest, "request digest"),
         label_space=tuple(check_str(s, "label") for s in check_list(message.label_space, "label space", 1 << 16)),
-        output=output_from_proto(message.output),
+        output=_remember_voted_output(message.output),
     )
 
 

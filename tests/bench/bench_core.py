@@ -1,8 +1,9 @@
 """What the protocol logic alone costs per certified request, with no processes, gRPC, asyncio,
 SQLite or Triton in the way (`python -m tests.bench.bench_core [--quick] [--profile]`).
 
-n real `ConsensusNode`s in one process, each with its own Ed25519 key and its own verifier (so
-no replica profits from another's signature cache), do what a replica's runtime does with what
+n real `ConsensusNode`s in one process, each with its own Ed25519 key, its own verifier and its
+own memo of voted outputs (`certs.wire.swap_voted_outputs`; so no replica profits from another's
+signature cache or decoding), do what a replica's runtime does with what
 `ready()` hands back: encode every persist record (`replica.codec.encode_record`), encode each
 outgoing message once and decode it at every receiver (`encode_peer_message`, a `PeerBatch`
 frame, `decode_peer_batch`: the strict codec a peer's bytes go through), run inference with a
@@ -44,6 +45,7 @@ from certs.keys import Ed25519Verifier
 from certs.policy import AgreementPolicy
 from certs.request import InferenceRequest
 from certs.verify import verify
+from certs.wire import swap_voted_outputs
 from consensus.node import ConsensusNode
 from consensus.ready import CommittedBatch
 from replica.codec import decode_peer_batch, encode_peer_message, encode_record
@@ -103,6 +105,9 @@ class CoreGroup:
         self.certified: dict[tuple[str, str], bytes] = {}  # one replica's certificate per request
         self.parts = {part: 0.0 for part in PARTS}
         self.deliveries = 0
+        # each replica (and the client) decodes with its own memo of voted outputs, as in a
+        # process of its own (certs.wire.swap_voted_outputs)
+        self.output_memos: dict[int | None, dict[bytes, Any]] = {r: {} for r in self.nodes} | {None: {}}
 
     def drain(self, r: int) -> None:
         """ready() handled in the runtime's order: persist, send, infer, certify."""
@@ -146,6 +151,7 @@ class CoreGroup:
 
     def _deliver(self, via: int, to: int, encoded: bytes) -> None:
         clock = time.perf_counter
+        swap_voted_outputs(self.output_memos[to])
         started = clock()
         sender, messages = decode_peer_batch(frame(via, [encoded]))
         decoded_at = clock()
@@ -192,6 +198,7 @@ class CoreGroup:
 
     def client_check(self, requests: Sequence[InferenceRequest]) -> None:
         """What the gateway or the SDK does with each answer: decode and verify its certificate."""
+        swap_voted_outputs(self.output_memos[None])
         started = time.perf_counter()
         for request in requests:
             verify(decode_certificate(self.certified[request.key]), self.config, request, verifier=self.client_verifier)
@@ -209,20 +216,24 @@ def measure(n: int, rows: int, requests: int, *, warm_up_waves: int = 2, params:
     """Certify `requests` requests (rounded up to whole waves of `rows`) in a fresh group of n."""
     group = CoreGroup(n, params or ProtocolParams())
     waves = max(1, -(-requests // rows))
-    for wave in _waves(rows, warm_up_waves, "warm-up"):
-        group.submit(wave)
-        group.settle([r.key for r in wave])
-        group.client_check(wave)
-    group.parts = {part: 0.0 for part in PARTS}
-    group.deliveries = 0
-    run = CoreRun(n, rows)
-    started_cpu = time.process_time()
-    for wave in _waves(rows, waves, "measured"):
-        group.submit(wave)
-        group.settle([r.key for r in wave])
-        group.client_check(wave)
-        run.requests += len(wave)
-    run.cpu_s = time.process_time() - started_cpu
+    process_memo = swap_voted_outputs({})
+    try:
+        for wave in _waves(rows, warm_up_waves, "warm-up"):
+            group.submit(wave)
+            group.settle([r.key for r in wave])
+            group.client_check(wave)
+        group.parts = {part: 0.0 for part in PARTS}
+        group.deliveries = 0
+        run = CoreRun(n, rows)
+        started_cpu = time.process_time()
+        for wave in _waves(rows, waves, "measured"):
+            group.submit(wave)
+            group.settle([r.key for r in wave])
+            group.client_check(wave)
+            run.requests += len(wave)
+        run.cpu_s = time.process_time() - started_cpu
+    finally:
+        swap_voted_outputs(process_memo)
     run.parts_s = dict(group.parts)
     run.peer_messages = group.deliveries
     return run

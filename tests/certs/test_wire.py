@@ -4,13 +4,17 @@ fields composed from bytes are exactly what protobuf writes."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from certs.batch import Leaf
+from certs.batch import Leaf, VoteEntry
+from certs.errors import DecodeError
+from certs.outputs import ModelOutput
 from certs.wire import (
+    VOTED_OUTPUTS_MAX,
     bytes_field,
     bytes_field_item,
     leaf_from_proto,
@@ -19,8 +23,11 @@ from certs.wire import (
     message_field,
     parse_canonical,
     serialize,
+    swap_voted_outputs,
     uint_field,
     varint,
+    vote_entry_from_proto,
+    vote_entry_to_proto,
 )
 from protos import certificate_pb2 as cpb
 from protos import common_pb2 as pb
@@ -105,3 +112,87 @@ def test_an_integer_a_uint64_cannot_hold_is_refused(value: int) -> None:
 def test_varint_is_protobufs(value: int) -> None:
     assert uint_field(5, value) == serialize(cpb.VoteProof(entry_count=value))
     assert varint(value) == (uint_field(5, value)[1:] if value else b"\x00")
+
+
+# -- voted outputs decoded once ---------------------------------------------------------------
+
+
+@pytest.fixture
+def voted_outputs() -> Iterator[dict[bytes, ModelOutput]]:
+    """An empty memo of voted outputs for the test, the process's own put back afterwards."""
+    memo: dict[bytes, ModelOutput] = {}
+    previous = swap_voted_outputs(memo)
+    try:
+        yield memo
+    finally:
+        swap_voted_outputs(previous)
+
+
+def read_entry(leaf: Leaf, output: ModelOutput) -> VoteEntry:
+    """A vote entry for `leaf`'s request as a peer's vote batch carries it, decoded from bytes."""
+    entry = VoteEntry(leaf.client_id, leaf.request_id, leaf.request_digest, leaf.label_space, output)
+    encoded = serialize(vote_entry_to_proto(entry))
+    return vote_entry_from_proto(parse_canonical(pb.VoteEntry, encoded, "vote entry"))
+
+
+def read_leaf(leaf: Leaf) -> Leaf:
+    return leaf_from_proto(parse_canonical(pb.Leaf, leaf_wire(fresh(leaf)), "leaf"))
+
+
+def test_a_vote_read_again_in_a_leaf_is_the_output_its_vote_entry_was_read_as(
+    batch: SignedBatch, voted_outputs: dict[bytes, ModelOutput]
+) -> None:
+    """A backup reads each peer's vote in its vote batch and again in the PRE-PREPARE's leaf: the
+    second reading is the same object (nothing decoded twice, an identity check to compare), and
+    the leaf is the leaf, hash included. Votes whose batch was not read decode afresh."""
+    for leaf in batch.leaves:
+        entries = [read_entry(leaf, vote.output) for vote in leaf.votes[:-1]]  # the last voter's batch never came
+        read = read_leaf(leaf)
+        assert read == leaf and read.hash == leaf.hash
+        for entry, vote in zip(entries, read.votes):
+            assert vote.output is entry.output
+        assert read.votes[-1].output == leaf.votes[-1].output
+        assert all(read.votes[-1].output is not entry.output for entry in entries)
+
+
+def test_reading_leaves_alone_remembers_nothing(batch: SignedBatch, voted_outputs: dict[bytes, ModelOutput]) -> None:
+    """A client checking certificates reads leaves, never vote batches: it keeps no memo."""
+    for leaf in batch.leaves:
+        assert read_leaf(leaf) == leaf
+    assert voted_outputs == {}
+
+
+pairs = st.lists(st.tuples(st.integers(0, 999), st.integers(1, 10_000)), min_size=1, max_size=10).map(tuple)
+
+
+@settings(max_examples=60, deadline=None)
+@given(remembered=pairs, other=pairs)
+def test_a_vote_never_takes_another_outputs_reading(batch: SignedBatch, remembered: tuple[tuple[int, int], ...], other: tuple[tuple[int, int], ...]) -> None:
+    previous = swap_voted_outputs({})
+    try:
+        leaf = batch.leaves[0]
+        kept = read_entry(leaf, ModelOutput(remembered)).output
+        vote = dataclasses.replace(leaf.votes[0], output=ModelOutput(other))
+        changed = dataclasses.replace(leaf, votes=(vote, *leaf.votes[1:]))
+        read = read_leaf(changed)
+        assert read.votes[0].output.top == other
+        assert (read.votes[0].output is kept) == (other == remembered)
+    finally:
+        swap_voted_outputs(previous)
+
+
+def test_the_memo_of_voted_outputs_stays_bounded(batch: SignedBatch, voted_outputs: dict[bytes, ModelOutput]) -> None:
+    leaf = batch.leaves[0]
+    for i in range(VOTED_OUTPUTS_MAX + 10):
+        read_entry(leaf, ModelOutput(((i % 1000, 1 + i // 1000),)))
+        assert len(voted_outputs) <= VOTED_OUTPUTS_MAX
+    assert voted_outputs  # still remembering the latest
+
+
+def test_a_vote_entry_with_an_empty_output_is_refused_and_not_remembered(
+    batch: SignedBatch, voted_outputs: dict[bytes, ModelOutput]
+) -> None:
+    leaf = batch.leaves[0]
+    with pytest.raises(DecodeError, match="lists no classes"):
+        read_entry(leaf, ModelOutput(()))
+    assert voted_outputs == {}
