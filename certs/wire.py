@@ -166,16 +166,21 @@ def output_from_proto(message: pb.ModelOutput) -> ModelOutput:
 # the same (immutable) object, its canonical bytes already packed, instead of a dozen new tuples,
 # and comparing the two (ConsensusNode._vote_matches) is an identity check. Only vote batches
 # fill it, so a process that decodes none (a client checking certificates) never looks in it.
-# Bounded: cleared when full.
+# Bounded in entries (cleared when full) and in their size: outputs are remembered before
+# consensus checks them, and a peer's oversized ones (up to 65,536 classes decode) must not stay
+# in memory. 256 bytes is a top-50 output; a vote lists top_k classes, 5 or 10 for the tasks here.
 _VOTED_OUTPUTS: dict[bytes, ModelOutput] = {}
 VOTED_OUTPUTS_MAX = 4096
+VOTED_OUTPUT_BYTES_MAX = 256
 
 
 def _remember_voted_output(message: pb.ModelOutput) -> ModelOutput:
     output = output_from_proto(message)
-    if len(_VOTED_OUTPUTS) >= VOTED_OUTPUTS_MAX:
-        _VOTED_OUTPUTS.clear()
-    _VOTED_OUTPUTS[message.SerializeToString()] = output
+    key = message.SerializeToString()
+    if len(key) <= VOTED_OUTPUT_BYTES_MAX:
+        if len(_VOTED_OUTPUTS) >= VOTED_OUTPUTS_MAX:
+            _VOTED_OUTPUTS.clear()
+        _VOTED_OUTPUTS[key] = output
     return output
 
 

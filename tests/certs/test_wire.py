@@ -14,6 +14,7 @@ from certs.batch import Leaf, VoteEntry
 from certs.errors import DecodeError
 from certs.outputs import ModelOutput
 from certs.wire import (
+    VOTED_OUTPUT_BYTES_MAX,
     VOTED_OUTPUTS_MAX,
     bytes_field,
     bytes_field_item,
@@ -187,6 +188,17 @@ def test_the_memo_of_voted_outputs_stays_bounded(batch: SignedBatch, voted_outpu
         read_entry(leaf, ModelOutput(((i % 1000, 1 + i // 1000),)))
         assert len(voted_outputs) <= VOTED_OUTPUTS_MAX
     assert voted_outputs  # still remembering the latest
+
+
+def test_an_oversized_output_is_read_but_not_remembered(batch: SignedBatch, voted_outputs: dict[bytes, ModelOutput]) -> None:
+    """A peer's vote batch is read before consensus checks it: outputs longer than any top_k a
+    task uses are not kept, so a peer cannot fill the replica's memory with them."""
+    leaf = batch.leaves[0]
+    small = ModelOutput(tuple((c, 100 - c) for c in range(10)))
+    large = ModelOutput(tuple((c, 10_000 - c) for c in range(1000)))
+    assert read_entry(leaf, small).output == small
+    assert read_entry(leaf, large).output == large
+    assert len(voted_outputs) == 1 and all(len(key) <= VOTED_OUTPUT_BYTES_MAX for key in voted_outputs)
 
 
 def test_a_vote_entry_with_an_empty_output_is_refused_and_not_remembered(
