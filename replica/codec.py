@@ -778,6 +778,9 @@ def committed_batch_from_proto(message: pb.CommittedBatch) -> CommittedBatch:
     _require(message, "proposal", "committed batch")
     if message.origin not in (pb.BATCH_ORIGIN_CONSENSUS, pb.BATCH_ORIGIN_STATE_TRANSFER):
         raise DecodeError(f"committed batch: unknown origin {message.origin}")
+    # the vote batches before the leaves: each vote in a leaf is then the output its vote entry
+    # was read as (certs.wire), not decoded a second time
+    vote_batches = decode_all(message.vote_batches, vote_batch_from_proto, "committed batch votes", VOTE_BATCHES_MAX)
     proposal = proposal_from_proto(message.proposal)
     duplicates = tuple(wire.check_list(message.duplicate_entries, "duplicate entries", PROPOSAL_ENTRIES_MAX))
     for index in duplicates:
@@ -787,7 +790,7 @@ def committed_batch_from_proto(message: pb.CommittedBatch) -> CommittedBatch:
         header=wire.header_from_proto(message.header),
         proposal=proposal,
         commits=decode_all(message.commits, commit_from_proto, "committed batch commits", QUORUM_MAX),
-        vote_batches=decode_all(message.vote_batches, vote_batch_from_proto, "committed batch votes", VOTE_BATCHES_MAX),
+        vote_batches=vote_batches,
         duplicate_entries=duplicates,
         via_state_transfer=message.origin == pb.BATCH_ORIGIN_STATE_TRANSFER,
     )

@@ -15,6 +15,7 @@ from certs.errors import DecodeError
 from certs.outputs import ModelOutput
 from certs.policy import Decision, Vote
 from certs.request import DATATYPE_SIZES, InferenceRequest, TensorData
+from certs.wire import swap_voted_outputs
 from consensus.messages import (
     Checkpoint,
     Commit,
@@ -376,3 +377,28 @@ def test_a_received_vote_batch_is_persisted_from_the_bytes_it_came_in_exactly_as
     assert all(batch.wire is None for batch in afresh)
     assert codec.encode_record(CommittedRecord(CommittedBatch(header, Proposal(()), (), afresh, ()))) == persisted
     assert codec.decode_record(persisted) == CommittedRecord(CommittedBatch(header, Proposal(()), (), tuple(batches), ()))
+
+
+def test_a_stored_committed_batch_reads_each_vote_once() -> None:
+    """A committed batch holds every vote twice, in its voter's vote batch and in its leaf: read
+    back (start-up rebuilds, state transfer), a leaf's vote is the output its vote entry was read
+    as (certs.wire's memo of voted outputs), and the batch is the batch."""
+    digest = b"\x07" * 32
+    outputs = [ModelOutput(((i, 9000), (i + 1, 1000))) for i in range(3)]
+    entries = tuple(VoteEntry("client", f"r{i}", digest, (), output) for i, output in enumerate(outputs))
+    votes = VoteBatch(sender=1, epoch=0, batch_no=4, model_version=2, entries=entries, signature=b"\x05" * 64)
+    leaves = [
+        Leaf(digest, "client", f"r{i}", (), "plurality", (Vote(1, 2, output),), Decision(i, ((i, 9000),), (1,)))
+        for i, output in enumerate(outputs)
+    ]
+    proposal = Proposal(tuple(ProposalEntry(leaf, (VoteRef(1, 4),)) for leaf in leaves))
+    header = BatchHeader("g", 0, b"\x01" * 32, 0, 1, b"\x02" * 32, b"\x03" * 32, b"\x04" * 32, len(leaves))
+    batch = CommittedBatch(header, proposal, (), (votes,), ())
+    previous = swap_voted_outputs({})
+    try:
+        read = codec.decode_committed_batch(codec.encode_committed_batch(batch))
+    finally:
+        swap_voted_outputs(previous)
+    assert read == batch
+    for entry, vote_entry in zip(read.proposal.entries, read.vote_batches[0].entries):
+        assert entry.leaf.votes[0].output is vote_entry.output
