@@ -15,6 +15,7 @@ import signal
 import socket
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,12 +133,18 @@ def test_certified_results_verify_and_ran_in_every_replicas_triton(group: LocalG
         assert len({v.label for v in verified}) == 1, "replicas certified different decisions"
         correct += int(verified[0].label == y[i])
     assert correct >= 36, f"only {correct}/40 certified decisions are right"
+    # the votes the certificates carry, by voter: every certificate holds at least a quorum
+    votes = Counter(vote.replica_id for answers in replies for vote in decode_certificate(answers[0].certificate).leaf.votes)
+    assert sum(votes.values()) >= 40 * group.config.quorum_size
     for replica in group.replicas:
         text = scrape(replica.config.triton.metrics_port)
         rows = metric_sum(text, "nv_inference_count") - before[replica.replica_id]
         calls = metric_sum(text, "nv_inference_request_success") - calls_before[replica.replica_id]
-        # Triton itself counted every request of ours, in fewer calls than requests (batching)
-        assert rows >= 40, f"replica {replica.replica_id}'s Triton ran {rows} inferences for 40 requests"
+        # Triton itself counted every vote of this replica's that a certificate carries, in fewer
+        # calls than rows (batching). Not necessarily all 40: a replica lagging behind the
+        # primary's wait for votes (vote_wait_max_ticks) is left out of a batch, and once the
+        # group has ordered a request it no longer runs it
+        assert rows >= votes[replica.replica_id] >= 1, f"replica {replica.replica_id}'s Triton ran {rows} inferences for {votes[replica.replica_id]} certified votes"
         assert 1 <= calls <= rows
     # what each replica sent, by message type: every one voted, a primary proposed, and enough
     # replicas prepared and committed to make quorums (a replica that lagged may have learnt
