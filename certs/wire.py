@@ -8,7 +8,8 @@ non-minimal varints, a bool written as 3): a flipped byte can never yield the sa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TypeVar
 
 from google.protobuf.message import DecodeError as ProtobufDecodeError
@@ -192,13 +193,19 @@ def _voted_output(message: pb.ModelOutput) -> ModelOutput:
     return output_from_proto(message)
 
 
-def swap_voted_outputs(memo: dict[bytes, ModelOutput]) -> dict[bytes, ModelOutput]:
-    """Install `memo` as the memo of voted outputs; returns the one it replaces. For measuring
-    several replicas in one process (tests/bench/bench_core.py), each with its own memo as if in
-    its own process: one shared would find every peer's votes already decoded."""
+@contextmanager
+def voted_outputs(memo: dict[bytes, ModelOutput] | None = None) -> Iterator[dict[bytes, ModelOutput]]:
+    """Decode with `memo` (a new, empty one when None) as the memo of voted outputs inside the
+    block, then put back the one before. For several replicas in one process
+    (tests/bench/bench_core.py), each with its own memo as if in its own process (one shared would
+    find every peer's votes already decoded), and for tests that start from an empty memo."""
     global _VOTED_OUTPUTS
-    previous, _VOTED_OUTPUTS = _VOTED_OUTPUTS, memo
-    return previous
+    installed = {} if memo is None else memo
+    previous, _VOTED_OUTPUTS = _VOTED_OUTPUTS, installed
+    try:
+        yield installed
+    finally:
+        _VOTED_OUTPUTS = previous
 
 
 # -- Vote, Decision, Leaf ----------------------------------------------------------------

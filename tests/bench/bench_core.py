@@ -2,7 +2,7 @@
 SQLite or Triton in the way (`python -m tests.bench.bench_core [--quick] [--profile]`).
 
 n real `ConsensusNode`s in one process, each with its own Ed25519 key, its own verifier and its
-own memo of voted outputs (`certs.wire.swap_voted_outputs`; so no replica profits from another's
+own memo of voted outputs (`certs.wire.voted_outputs`; so no replica profits from another's
 signature cache or decoding), do what a replica's runtime does with what
 `ready()` hands back: encode every persist record (`replica.codec.encode_record`), encode each
 outgoing message once and decode it at every receiver (`encode_peer_message`, a `PeerBatch`
@@ -45,7 +45,7 @@ from certs.keys import Ed25519Verifier
 from certs.policy import AgreementPolicy
 from certs.request import InferenceRequest
 from certs.verify import verify
-from certs.wire import swap_voted_outputs
+from certs.wire import voted_outputs
 from consensus.node import ConsensusNode
 from consensus.ready import CommittedBatch
 from replica.codec import decode_peer_batch, encode_peer_message, encode_record
@@ -106,7 +106,7 @@ class CoreGroup:
         self.parts = {part: 0.0 for part in PARTS}
         self.deliveries = 0
         # each replica (and the client) decodes with its own memo of voted outputs, as in a
-        # process of its own (certs.wire.swap_voted_outputs)
+        # process of its own (certs.wire.voted_outputs)
         self.output_memos: dict[int | None, dict[bytes, Any]] = {r: {} for r in self.nodes} | {None: {}}
 
     def drain(self, r: int) -> None:
@@ -151,10 +151,10 @@ class CoreGroup:
 
     def _deliver(self, via: int, to: int, encoded: bytes) -> None:
         clock = time.perf_counter
-        swap_voted_outputs(self.output_memos[to])
-        started = clock()
-        sender, messages = decode_peer_batch(frame(via, [encoded]))
-        decoded_at = clock()
+        with voted_outputs(self.output_memos[to]):
+            started = clock()
+            sender, messages = decode_peer_batch(frame(via, [encoded]))
+            decoded_at = clock()
         self.parts["decode peer messages"] += decoded_at - started
         node = self.nodes[to]
         for message in messages:
@@ -198,10 +198,10 @@ class CoreGroup:
 
     def client_check(self, requests: Sequence[InferenceRequest]) -> None:
         """What the gateway or the SDK does with each answer: decode and verify its certificate."""
-        swap_voted_outputs(self.output_memos[None])
         started = time.perf_counter()
-        for request in requests:
-            verify(decode_certificate(self.certified[request.key]), self.config, request, verifier=self.client_verifier)
+        with voted_outputs(self.output_memos[None]):
+            for request in requests:
+                verify(decode_certificate(self.certified[request.key]), self.config, request, verifier=self.client_verifier)
         self.parts["client: decode + verify"] += time.perf_counter() - started
 
 
@@ -216,24 +216,20 @@ def measure(n: int, rows: int, requests: int, *, warm_up_waves: int = 2, params:
     """Certify `requests` requests (rounded up to whole waves of `rows`) in a fresh group of n."""
     group = CoreGroup(n, params or ProtocolParams())
     waves = max(1, -(-requests // rows))
-    process_memo = swap_voted_outputs({})
-    try:
-        for wave in _waves(rows, warm_up_waves, "warm-up"):
-            group.submit(wave)
-            group.settle([r.key for r in wave])
-            group.client_check(wave)
-        group.parts = {part: 0.0 for part in PARTS}
-        group.deliveries = 0
-        run = CoreRun(n, rows)
-        started_cpu = time.process_time()
-        for wave in _waves(rows, waves, "measured"):
-            group.submit(wave)
-            group.settle([r.key for r in wave])
-            group.client_check(wave)
-            run.requests += len(wave)
-        run.cpu_s = time.process_time() - started_cpu
-    finally:
-        swap_voted_outputs(process_memo)
+    for wave in _waves(rows, warm_up_waves, "warm-up"):
+        group.submit(wave)
+        group.settle([r.key for r in wave])
+        group.client_check(wave)
+    group.parts = {part: 0.0 for part in PARTS}
+    group.deliveries = 0
+    run = CoreRun(n, rows)
+    started_cpu = time.process_time()
+    for wave in _waves(rows, waves, "measured"):
+        group.submit(wave)
+        group.settle([r.key for r in wave])
+        group.client_check(wave)
+        run.requests += len(wave)
+    run.cpu_s = time.process_time() - started_cpu
     run.parts_s = dict(group.parts)
     run.peer_messages = group.deliveries
     return run

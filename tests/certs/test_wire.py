@@ -24,7 +24,7 @@ from certs.wire import (
     message_field,
     parse_canonical,
     serialize,
-    swap_voted_outputs,
+    voted_outputs,
     uint_field,
     varint,
     vote_entry_from_proto,
@@ -118,15 +118,11 @@ def test_varint_is_protobufs(value: int) -> None:
 # -- voted outputs decoded once ---------------------------------------------------------------
 
 
-@pytest.fixture
-def voted_outputs() -> Iterator[dict[bytes, ModelOutput]]:
+@pytest.fixture(name="memo")
+def empty_memo() -> Iterator[dict[bytes, ModelOutput]]:
     """An empty memo of voted outputs for the test, the process's own put back afterwards."""
-    memo: dict[bytes, ModelOutput] = {}
-    previous = swap_voted_outputs(memo)
-    try:
+    with voted_outputs() as memo:
         yield memo
-    finally:
-        swap_voted_outputs(previous)
 
 
 def read_entry(leaf: Leaf, output: ModelOutput) -> VoteEntry:
@@ -141,7 +137,7 @@ def read_leaf(leaf: Leaf) -> Leaf:
 
 
 def test_a_vote_read_again_in_a_leaf_is_the_output_its_vote_entry_was_read_as(
-    batch: SignedBatch, voted_outputs: dict[bytes, ModelOutput]
+    batch: SignedBatch, memo: dict[bytes, ModelOutput]
 ) -> None:
     """A backup reads each peer's vote in its vote batch and again in the PRE-PREPARE's leaf: the
     second reading is the same object (nothing decoded twice, an identity check to compare), and
@@ -156,11 +152,11 @@ def test_a_vote_read_again_in_a_leaf_is_the_output_its_vote_entry_was_read_as(
         assert all(read.votes[-1].output is not entry.output for entry in entries)
 
 
-def test_reading_leaves_alone_remembers_nothing(batch: SignedBatch, voted_outputs: dict[bytes, ModelOutput]) -> None:
+def test_reading_leaves_alone_remembers_nothing(batch: SignedBatch, memo: dict[bytes, ModelOutput]) -> None:
     """A client checking certificates reads leaves, never vote batches: it keeps no memo."""
     for leaf in batch.leaves:
         assert read_leaf(leaf) == leaf
-    assert voted_outputs == {}
+    assert memo == {}
 
 
 pairs = st.lists(st.tuples(st.integers(0, 999), st.integers(1, 10_000)), min_size=1, max_size=10).map(tuple)
@@ -169,8 +165,7 @@ pairs = st.lists(st.tuples(st.integers(0, 999), st.integers(1, 10_000)), min_siz
 @settings(max_examples=60, deadline=None)
 @given(remembered=pairs, other=pairs)
 def test_a_vote_never_takes_another_outputs_reading(batch: SignedBatch, remembered: tuple[tuple[int, int], ...], other: tuple[tuple[int, int], ...]) -> None:
-    previous = swap_voted_outputs({})
-    try:
+    with voted_outputs():
         leaf = batch.leaves[0]
         kept = read_entry(leaf, ModelOutput(remembered)).output
         vote = dataclasses.replace(leaf.votes[0], output=ModelOutput(other))
@@ -178,19 +173,17 @@ def test_a_vote_never_takes_another_outputs_reading(batch: SignedBatch, remember
         read = read_leaf(changed)
         assert read.votes[0].output.top == other
         assert (read.votes[0].output is kept) == (other == remembered)
-    finally:
-        swap_voted_outputs(previous)
 
 
-def test_the_memo_of_voted_outputs_stays_bounded(batch: SignedBatch, voted_outputs: dict[bytes, ModelOutput]) -> None:
+def test_the_memo_of_voted_outputs_stays_bounded(batch: SignedBatch, memo: dict[bytes, ModelOutput]) -> None:
     leaf = batch.leaves[0]
     for i in range(VOTED_OUTPUTS_MAX + 10):
         read_entry(leaf, ModelOutput(((i % 1000, 1 + i // 1000),)))
-        assert len(voted_outputs) <= VOTED_OUTPUTS_MAX
-    assert voted_outputs  # still remembering the latest
+        assert len(memo) <= VOTED_OUTPUTS_MAX
+    assert memo  # still remembering the latest
 
 
-def test_an_oversized_output_is_read_but_not_remembered(batch: SignedBatch, voted_outputs: dict[bytes, ModelOutput]) -> None:
+def test_an_oversized_output_is_read_but_not_remembered(batch: SignedBatch, memo: dict[bytes, ModelOutput]) -> None:
     """A peer's vote batch is read before consensus checks it: outputs longer than any top_k a
     task uses are not kept, so a peer cannot fill the replica's memory with them."""
     leaf = batch.leaves[0]
@@ -198,13 +191,13 @@ def test_an_oversized_output_is_read_but_not_remembered(batch: SignedBatch, vote
     large = ModelOutput(tuple((c, 10_000 - c) for c in range(1000)))
     assert read_entry(leaf, small).output == small
     assert read_entry(leaf, large).output == large
-    assert len(voted_outputs) == 1 and all(len(key) <= VOTED_OUTPUT_BYTES_MAX for key in voted_outputs)
+    assert len(memo) == 1 and all(len(key) <= VOTED_OUTPUT_BYTES_MAX for key in memo)
 
 
 def test_a_vote_entry_with_an_empty_output_is_refused_and_not_remembered(
-    batch: SignedBatch, voted_outputs: dict[bytes, ModelOutput]
+    batch: SignedBatch, memo: dict[bytes, ModelOutput]
 ) -> None:
     leaf = batch.leaves[0]
     with pytest.raises(DecodeError, match="lists no classes"):
         read_entry(leaf, ModelOutput(()))
-    assert voted_outputs == {}
+    assert memo == {}

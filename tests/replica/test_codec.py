@@ -15,7 +15,7 @@ from certs.errors import DecodeError
 from certs.outputs import ModelOutput
 from certs.policy import Decision, Vote
 from certs.request import DATATYPE_SIZES, InferenceRequest, TensorData
-from certs.wire import swap_voted_outputs
+from certs.wire import voted_outputs
 from consensus.messages import (
     Checkpoint,
     Commit,
@@ -394,11 +394,8 @@ def test_a_stored_committed_batch_reads_each_vote_once() -> None:
     proposal = Proposal(tuple(ProposalEntry(leaf, (VoteRef(1, 4),)) for leaf in leaves))
     header = BatchHeader("g", 0, b"\x01" * 32, 0, 1, b"\x02" * 32, b"\x03" * 32, b"\x04" * 32, len(leaves))
     batch = CommittedBatch(header, proposal, (), (votes,), ())
-    previous = swap_voted_outputs({})
-    try:
+    with voted_outputs():
         read = codec.decode_committed_batch(codec.encode_committed_batch(batch))
-    finally:
-        swap_voted_outputs(previous)
     assert read == batch
     for entry, vote_entry in zip(read.proposal.entries, read.vote_batches[0].entries):
         assert entry.leaf.votes[0].output is vote_entry.output
