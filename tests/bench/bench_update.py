@@ -181,8 +181,8 @@ def update_two(bench: BenchGroup, packages: list[Path], number: int, rounds: int
 def _wait_in_effect(bench: BenchGroup, witness: int, wanted: set[tuple[int, int]]) -> dict[int, int]:
     """Poll the witness's Status until it executed every (replica, version) activation in
     `wanted`; returns replica id -> the seq each is in effect from. One channel, a call every
-    STATUS_POLL_S: a new channel every 50 ms, as before, cost the group about a tenth of its
-    throughput, which the figure then counted against the update."""
+    STATUS_POLL_S, rather than a new channel (a connection set up at the witness) every 50 ms:
+    whatever the polling costs on the cores that serve is counted against the update."""
     import grpc
 
     from protos import replica_api_pb2 as api
