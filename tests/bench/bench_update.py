@@ -61,7 +61,7 @@ CONCURRENCY = 8
 UPDATED = (0, 1)
 BIN_S = 0.25
 ACTIVATION_TIMEOUT_S = 120.0
-STATUS_POLL_S = 0.1
+STATUS_POLL_S = 0.1  # the witness's Status, each poll on the cores being measured
 SETTLE_S = 1.0  # load running before the first quiet window opens
 
 
@@ -170,40 +170,24 @@ def update_two(bench: BenchGroup, packages: list[Path], number: int, rounds: int
         receipts = {rid: f.result() for rid, f in futures.items()}
     ordered = time.monotonic()
     wanted = {(rid, receipt.version) for rid, receipt in receipts.items()}
-    activations = _wait_in_effect(bench, witness, wanted)
+    deadline = time.monotonic() + ACTIVATION_TIMEOUT_S
+    activations: dict[int, int] = {}
+    while True:
+        status = bench.status(witness)
+        if status is not None:
+            found = {(a.replica_id, a.version): int(a.from_seq) for a in status.activations}
+            if all(k in found and found[k] <= status.executed_seq for k in wanted):
+                activations = {rid: found[(rid, v)] for rid, v in wanted}
+                break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the updates {sorted(wanted)} were not in effect after {ACTIVATION_TIMEOUT_S:.0f} s")
+        time.sleep(STATUS_POLL_S)
     done = time.monotonic()
     for rid, package in zip(UPDATED, packages):
         bench.served[rid] = (package, receipts[rid].version)
     log_line(f"loaded and ordered in {ordered - started:.1f} s, in effect {done - ordered:.1f} s later (from seqs {activations})")
     return {"started": started, "ordered": ordered, "done": done, "activations": activations,
             "versions": {rid: r.version for rid, r in receipts.items()}}
-
-
-def _wait_in_effect(bench: BenchGroup, witness: int, wanted: set[tuple[int, int]]) -> dict[int, int]:
-    """Poll the witness's Status until it executed every (replica, version) activation in
-    `wanted`; returns replica id -> the seq each is in effect from. One channel, a call every
-    STATUS_POLL_S, rather than a new channel (a connection set up at the witness) every 50 ms:
-    whatever the polling costs on the cores that serve is counted against the update."""
-    import grpc
-
-    from protos import replica_api_pb2 as api
-    from protos import replica_api_pb2_grpc as api_grpc
-
-    deadline = time.monotonic() + ACTIVATION_TIMEOUT_S
-    with grpc.insecure_channel(bench.group.replicas[witness].address) as channel:
-        stub = api_grpc.ReplicaStub(channel)
-        while True:
-            try:
-                status = stub.Status(api.StatusRequest(), timeout=2.0)
-            except grpc.RpcError:
-                status = None
-            if status is not None:
-                found = {(a.replica_id, a.version): int(a.from_seq) for a in status.activations}
-                if all(k in found and found[k] <= status.executed_seq for k in wanted):
-                    return {rid: found[(rid, v)] for rid, v in wanted}
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the updates {sorted(wanted)} were not in effect after {ACTIVATION_TIMEOUT_S:.0f} s")
-            time.sleep(STATUS_POLL_S)
 
 
 def report(result: BenchResult, run_: LoadRun, rounds: list[UpdateRound], samples: list[Any], probe: Probe, options: Options) -> None:
