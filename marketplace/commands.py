@@ -33,7 +33,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from replica.config import PENDING_BYTES_MAX, PENDING_REQUESTS_MAX, WAIT_SHARE_MAX, AdmissionLimits
+from replica.config import (
+    PENDING_BYTES_MAX, PENDING_REQUESTS_MAX, STREAM_COALESCE_MAX_S, STREAM_COALESCE_S, WAIT_SHARE_MAX, AdmissionLimits,
+)
 
 log = logging.getLogger("quorumserve.commands")
 
@@ -81,6 +83,11 @@ def register(subparsers: Any) -> None:
         "--admission-wait-share", type=float, default=WAIT_SHARE_MAX,
         help="... or when the rows in flight would keep a new call waiting more than this share of its "
         f"timeout, at the rate the group certified lately (default {WAIT_SHARE_MAX}; 0: never)",
+    )
+    gateway.add_argument(
+        "--coalesce-ms", type=float, default=STREAM_COALESCE_S * 1000,
+        help="while other rows are in flight, a lone row waits this long for company before it is sent to the "
+        f"replicas, so that rows travel and are batched together (default {STREAM_COALESCE_S * 1000:g}; 0: at once)",
     )
     gateway.add_argument("--log-level", default="INFO")
     gateway.set_defaults(handler=run_gateway)
@@ -138,6 +145,8 @@ def run_gateway(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, prefix="[gateway] ")
     if args.admission_rows_max < 1 or args.admission_bytes_max < 1 or not 0 <= args.admission_wait_share <= 1:
         return _fail("gateway", "--admission-rows-max and --admission-bytes-max must be 1 or more, --admission-wait-share from 0 to 1")
+    if not 0 <= args.coalesce_ms <= STREAM_COALESCE_MAX_S * 1000:
+        return _fail("gateway", f"--coalesce-ms must be from 0 to {STREAM_COALESCE_MAX_S * 1000:g}")
     admission = AdmissionLimits(args.admission_rows_max, args.admission_bytes_max, args.admission_wait_share)
     trace.start("gateway")
     try:
@@ -160,6 +169,7 @@ def run_gateway(args: argparse.Namespace) -> int:
             serve(
                 registry, f"{args.host}:{args.port}", metrics_port=args.metrics_port, rows_max=args.rows_max,
                 request_timeout_s=args.timeout, on_started=started, admission=admission,
+                stream_coalesce_s=args.coalesce_ms / 1000,
             )
         )
     except OSError as exc:

@@ -123,7 +123,7 @@ from protos import replica_api_pb2 as api
 from replica import trace
 from replica.admission import DrainRate, refusal
 from replica.archive import pushback_trailer
-from replica.config import AdmissionLimits
+from replica.config import STREAM_COALESCE_S, AdmissionLimits
 
 log = logging.getLogger("quorumserve.gateway")
 
@@ -140,6 +140,7 @@ SEND_SIZE_MAX_BYTES = 64 * 1024 * 1024
 INVALID_LOG_INTERVAL_S = 5.0
 CHAIN_POLL_INTERVAL_S = 10.0  # how often the gateway asks its groups' replicas for new epochs
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_STREAM_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)
 
 # which typed-contents field carries each datatype (when raw_input_contents is not used)
 _TYPED_CONTENTS = {
@@ -185,6 +186,10 @@ class GatewayMetrics:
         )
         self.replica_errors = Counter(
             "quorumserve_gateway_replica_errors_total", "calls to replicas that failed, by kind", ("group", "replica", "kind"), registry=r
+        )
+        self.stream_rows = Histogram(
+            "quorumserve_gateway_stream_rows_per_message", "rows in each message written to a replica's stream (lone rows coalesced)",
+            ("group",), buckets=_STREAM_ROWS_BUCKETS, registry=r,
         )
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
@@ -359,9 +364,13 @@ class Gateway:
         request_timeout_s: float = REQUEST_TIMEOUT_S,
         metrics: GatewayMetrics | None = None,
         admission: AdmissionLimits = AdmissionLimits(),
+        stream_coalesce_s: float = STREAM_COALESCE_S,
     ) -> None:
         if rows_max < 1:
             raise ValueError("rows_max must be at least 1")
+        if not stream_coalesce_s >= 0:
+            raise ValueError(f"stream_coalesce_s must be 0 or more, not {stream_coalesce_s}")
+        self.stream_coalesce_s = stream_coalesce_s
         self.registry = registry
         self.rows_max = rows_max
         self.admission = admission
@@ -429,6 +438,8 @@ class Gateway:
             on_invalid=lambda rid, request, reason: self._on_invalid(group_id, rid, request, reason),
             on_failure=lambda rid, kind: self.metrics.replica_errors.labels(group_id, str(rid), kind).inc(),
             on_new_configs=lambda chain: self._on_new_configs(group_id, chain),
+            on_stream_write=lambda rid, rows: self.metrics.stream_rows.labels(group_id).observe(rows),
+            stream_coalesce_s=self.stream_coalesce_s,
         )
         group = self._groups[group_id] = _Group(entry, fanout)
         return group
@@ -1029,11 +1040,15 @@ async def serve(
     request_timeout_s: float = REQUEST_TIMEOUT_S,
     on_started: Callable[[Gateway], None] | None = None,
     admission: AdmissionLimits = AdmissionLimits(),
+    stream_coalesce_s: float = STREAM_COALESCE_S,
 ) -> None:
     """Run a gateway until SIGINT or SIGTERM, then stop it cleanly."""
     metrics = GatewayMetrics()
     metrics.serve(metrics_port)
-    gateway = Gateway(registry, rows_max=rows_max, request_timeout_s=request_timeout_s, metrics=metrics, admission=admission)
+    gateway = Gateway(
+        registry, rows_max=rows_max, request_timeout_s=request_timeout_s, metrics=metrics, admission=admission,
+        stream_coalesce_s=stream_coalesce_s,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -58,6 +58,7 @@ from protos import marketplace_pb2 as mpb
 from protos import replica_api_pb2 as api
 from replica.admission import RETRY_AFTER_MAX_MS  # a hint above it (a faulty replica's) is not believed
 from replica.archive import pushback_ms
+from replica.config import STREAM_COALESCE_S
 
 log = logging.getLogger("quorumserve.sdk")
 
@@ -674,7 +675,11 @@ class ReplicaFanout:
         on_invalid: InvalidHook | None = None,
         on_failure: FailureHook | None = None,
         on_new_configs: Callable[[list[GroupConfig]], None] | None = None,
+        on_stream_write: Callable[[int, int], None] | None = None,
+        stream_coalesce_s: float = STREAM_COALESCE_S,
     ) -> None:
+        if not stream_coalesce_s >= 0:
+            raise ValueError(f"stream_coalesce_s must be 0 or more, not {stream_coalesce_s}")
         self.configs = config if isinstance(config, PinnedConfigs) else PinnedConfigs(config)
         current = self.configs.current
         if addresses is None:
@@ -689,6 +694,8 @@ class ReplicaFanout:
         self.on_invalid = on_invalid
         self.on_failure = on_failure
         self.on_new_configs = on_new_configs
+        self.on_stream_write = on_stream_write  # (replica_id, rows) for each message written to a stream
+        self.stream_coalesce_s = stream_coalesce_s
         self._channels: dict[int, grpc.aio.Channel] = {}
         self._stream: FanoutStream | None = None
         self._following: asyncio.Task[list[GroupConfig]] | None = None
@@ -1160,10 +1167,20 @@ class _ReplicaStream:
         return True
 
     async def _write(self, call: Any, queue: asyncio.Queue[bytes | None]) -> None:
+        fanout = self.fanout
         try:
             while True:
                 payload = await queue.get()
                 closing = payload is None
+                if not closing and queue.empty() and fanout.stream_coalesce_s > 0 and len(self.owner.pending) > 1:
+                    # Other rows are in flight, so the replica is busy with them and a row written
+                    # now would wait there for company anyway (replica/node.py). Rows that come
+                    # within the wait go in one message, which costs the gateway and the replica
+                    # one gRPC message instead of one each, and reach every replica together, so
+                    # they share its Triton calls, vote batches and ordered batches. A lone call
+                    # (nothing else in flight) is written at once.
+                    self.owner.coalesce_waits += 1
+                    await asyncio.sleep(fanout.stream_coalesce_s)
                 batch: list[bytes] = []
                 size = 0
                 while payload is not None:
@@ -1175,6 +1192,8 @@ class _ReplicaStream:
                     closing = payload is None
                 if batch:
                     await call.write(repeated_field(1, batch))  # a SubmitBatchRequest
+                    if fanout.on_stream_write is not None:
+                        fanout.on_stream_write(self.replica_id, len(batch))
                 if closing:
                     await call.done_writing()
                     return
@@ -1224,6 +1243,7 @@ class FanoutStream:
         self.fanout = fanout
         self.replicas = {rid: _ReplicaStream(fanout, self, rid) for rid in fanout.replica_ids}
         self.pending: dict[tuple[str, str], list[_Row]] = {}
+        self.coalesce_waits = 0  # times a stream's writer waited for company (see _ReplicaStream._write)
 
     async def submit(self, request: InferenceRequest, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> RowOutcome:
         fanout = self.fanout

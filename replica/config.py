@@ -68,6 +68,11 @@ class TritonPorts:
 PENDING_REQUESTS_MAX = 4096
 PENDING_BYTES_MAX = 1 << 30
 WAIT_SHARE_MAX = 0.5
+# While other rows are in flight, a gateway's lone row waits this long for company before it is
+# written to the replicas' streams (marketplace/sdk.py, _ReplicaStream._write); a longer wait holds
+# every row back for little more company, so the gateway takes at most STREAM_COALESCE_MAX_S.
+STREAM_COALESCE_S = 0.005
+STREAM_COALESCE_MAX_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)

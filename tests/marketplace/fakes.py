@@ -84,6 +84,7 @@ class FakeReplica:
         self.port = free_ports(1)[0]
         self.server: grpc.aio.Server | None = None
         self.requests_seen = 0
+        self.stream_messages = 0  # SubmitBatchStream messages read
 
     @property
     def address(self) -> str:
@@ -179,6 +180,7 @@ class FakeReplica:
         async def read() -> None:
             tasks = []
             async for raw in iterator:
+                self.stream_messages += 1
                 for message in api.SubmitBatchRequest.FromString(raw).requests:
                     tasks.append(asyncio.get_running_loop().create_task(one(message)))
             await asyncio.gather(*tasks)

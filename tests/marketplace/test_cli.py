@@ -173,3 +173,10 @@ def _processes_under(directory: Path) -> list[int]:
         if marker in cmdline:
             found.append(int(entry))
     return sorted(set(found) | set(triton_processes(directory)))
+
+
+@pytest.mark.parametrize("coalesce_ms", ["-1", "1000"])
+def test_the_gateway_refuses_a_wait_for_company_out_of_range(group_config_path: Path, coalesce_ms: str) -> None:
+    result = quorumserve("gateway", "--config", str(group_config_path), "--port", "0", "--coalesce-ms", coalesce_ms, timeout_s=60)
+    assert result.returncode != 0
+    assert "--coalesce-ms must be from 0 to 100" in result.stderr

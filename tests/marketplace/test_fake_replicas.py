@@ -24,7 +24,7 @@ from certs.verify import verify
 from marketplace import gateway as gateway_module
 from marketplace.gateway import Gateway
 from marketplace.registry import GroupEntry, Registry
-from replica.config import AdmissionLimits
+from replica.config import STREAM_COALESCE_S, AdmissionLimits
 from marketplace.sdk import (
     AsyncClient,
     Client,
@@ -70,7 +70,8 @@ async def make_fakes() -> AsyncIterator[object]:
     started: list[FakeGroup] = []
 
     async def make(
-        behaviours: Sequence[str], *, honest_delay_s: float = 0.0, timeout_s: float = 5.0, admission: AdmissionLimits = AdmissionLimits()
+        behaviours: Sequence[str], *, honest_delay_s: float = 0.0, timeout_s: float = 5.0, admission: AdmissionLimits = AdmissionLimits(),
+        stream_coalesce_s: float = STREAM_COALESCE_S,
     ) -> FakeGroup:
         group = make_group(1)
         replicas = [
@@ -79,7 +80,7 @@ async def make_fakes() -> AsyncIterator[object]:
         for replica in replicas:
             await replica.start()
         entry = GroupEntry.of(group.config, {r.replica_id: r.address for r in replicas})
-        gateway = Gateway(Registry([entry]), request_timeout_s=timeout_s, admission=admission)
+        gateway = Gateway(Registry([entry]), request_timeout_s=timeout_s, admission=admission, stream_coalesce_s=stream_coalesce_s)
         await gateway.start("127.0.0.1:0")
         fakes = FakeGroup(group, replicas, gateway)
         started.append(fakes)
@@ -381,3 +382,67 @@ async def test_past_the_wait_rule_a_client_sending_little_is_let_in_while_the_on
     assert mine.verified.request_checked
     assert all(not isinstance(o, BaseException) for o in outcomes), outcomes
     assert (load.rows, load.input_bytes, load.by_client) == (0, 0, {})  # nothing left counted in flight
+
+
+async def _one_row_calls(fakes: FakeGroup, rows: np.ndarray, *, together: bool) -> None:
+    """One-row ModelInfer calls (the stock client's usual call), all at once or one after another;
+    each row's certificate must verify against the row the client sent."""
+    async with triton_aio.InferenceServerClient(fakes.address) as client:
+
+        async def call(i: int) -> None:
+            request_id = f"row-{i}-{uuid.uuid4().hex}"
+            result = await client.infer(fakes.config.group_id, [pixels_input(rows[i : i + 1], name="image")], request_id=request_id)
+            certificate = decode_certificate(base64.b64decode(result.get_response().parameters["certificate_0"].string_param))
+            request = row_request(fakes.config, "anonymous", f"{request_id}/0", rows[i])
+            assert verify(certificate, fakes.config, request).label == result.as_numpy("label")[0] == true_label(request, 10)
+
+        if together:
+            await asyncio.gather(*(call(i) for i in range(len(rows))))
+        else:
+            for i in range(len(rows)):
+                await call(i)
+
+
+def _stream_rows_written(fakes: FakeGroup) -> tuple[float, float]:
+    """(messages, rows) the gateway wrote to the replicas' streams, from its Prometheus histogram."""
+    registry, labels = fakes.gateway.metrics.registry, {"group": fakes.config.group_id}
+    count = registry.get_sample_value("quorumserve_gateway_stream_rows_per_message_count", labels) or 0.0
+    rows = registry.get_sample_value("quorumserve_gateway_stream_rows_per_message_sum", labels) or 0.0
+    return count, rows
+
+
+async def test_one_row_calls_in_flight_together_reach_each_replica_in_shared_messages(make_fakes: object) -> None:
+    # the replicas take 50 ms to answer, so the calls are in flight together, as under load; a
+    # long wait for company keeps the test from depending on how fast this machine is
+    fakes = await make_fakes(["honest"] * 4, honest_delay_s=0.05, stream_coalesce_s=0.1)  # type: ignore[operator]
+    calls = 16
+    await _one_row_calls(fakes, images(calls, seed=70), together=True)
+    messages, rows = _stream_rows_written(fakes)
+    assert rows == calls * 4  # every row to every replica, once
+    # the first row goes alone (nothing else in flight), the rest wait for one another; written
+    # as they came, they took 13-16 messages a replica here
+    assert messages <= rows / 4
+    for replica in fakes.replicas:
+        assert replica.requests_seen == calls
+        assert replica.stream_messages <= calls / 4
+    assert fakes.gateway._groups[fakes.config.group_id].fanout.stream().coalesce_waits >= 1
+
+
+async def test_a_lone_call_is_sent_at_once_and_coalescing_can_be_turned_off(make_fakes: object) -> None:
+    # one call at a time: nothing else is in flight, so no row waits for company
+    alone = await make_fakes(["honest"] * 4, stream_coalesce_s=0.1)  # type: ignore[operator]
+    await _one_row_calls(alone, images(3, seed=71), together=False)
+    assert alone.gateway._groups[alone.config.group_id].fanout.stream().coalesce_waits == 0
+    assert _stream_rows_written(alone) == (3 * 4, 3 * 4)  # a message per row per replica
+    # calls together with the wait turned off: certified all the same, and no row waited
+    off = await make_fakes(["honest"] * 4, honest_delay_s=0.05, stream_coalesce_s=0.0)  # type: ignore[operator]
+    await _one_row_calls(off, images(16, seed=72), together=True)
+    assert off.gateway._groups[off.config.group_id].fanout.stream().coalesce_waits == 0
+    assert all(replica.requests_seen == 16 for replica in off.replicas)
+
+
+def test_a_negative_wait_for_company_is_refused() -> None:
+    group = make_group(1)
+    entry = GroupEntry.of(group.config, {m.replica_id: m.address for m in group.config.members})
+    with pytest.raises(ValueError, match="stream_coalesce_s"):
+        Gateway(Registry([entry]), stream_coalesce_s=-0.001)

@@ -221,10 +221,13 @@ def test_any_gateway_serves_the_group_and_returns_the_same_certificates(
 def test_prometheus_metrics_count_certified_requests(gateway: GatewayProcess, client: Any, config: GroupConfig, digits: tuple[np.ndarray, np.ndarray]) -> None:
     features, _ = digits
     client.infer(config.group_id, [pixels_input(features[:3])])
+    client.infer(config.group_id, [pixels_input(features[3:4])])  # one row: over the replicas' shared streams
     with urllib.request.urlopen(f"http://127.0.0.1:{gateway.metrics_port}/metrics", timeout=10) as response:
         text = response.read().decode()
     samples = {
         line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line and not line.startswith("#")
     }
     assert samples[f'quorumserve_gateway_requests_total{{group="{config.group_id}",outcome="certified"}}'] >= 3
-    assert samples['quorumserve_gateway_calls_total{code="OK",method="ModelInfer"}'] >= 1
+    assert samples['quorumserve_gateway_calls_total{code="OK",method="ModelInfer"}'] >= 2
+    # the one-row call went to each of the four replicas in a stream message
+    assert samples[f'quorumserve_gateway_stream_rows_per_message_count{{group="{config.group_id}"}}'] >= 4
