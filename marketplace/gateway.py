@@ -19,7 +19,8 @@ so a client follows the chain from its pinned genesis without trusting the gatew
 
 A ModelInfer with B rows is B certified requests. The gateway sends ONE SubmitBatch (fanout=1)
 with all B rows to every replica of the group (a single row goes over the gateway's long-lived
-SubmitBatchStream to each replica instead, where the rows of concurrent calls share messages) and keeps, per row, the first certificate that
+SubmitBatchStream to each replica instead, where the rows of concurrent calls share messages:
+while other rows are in flight a lone row waits up to `stream_coalesce_s`, 5 ms, for company) and keeps, per row, the first certificate that
 verifies (certs.verify against the registry's config for the group and the row's own request).
 Up to f replicas that are slow, dead or lying change nothing: an invalid certificate is counted
 (metric `quorumserve_gateway_invalid_certificates_total`), logged and ignored. The gateway keeps
