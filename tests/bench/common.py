@@ -589,12 +589,16 @@ def cpu_line(cpu: dict[str, float]) -> str:
 def replicas_line(replicas: dict[str, float]) -> str:
     if not replicas:
         return ""
-    return (
+    line = (
         f"per replica: {replicas['rows_per_triton_call']:.1f} rows/Triton call, Triton call {replicas['triton_call_mean_ms']:.2f} ms, "
         f"{replicas['requests_per_ordered_batch']:.1f} requests/ordered batch, commit latency {replicas['commit_latency_mean_ms']:.1f} ms, "
         f"persist {replicas['persist_mean_ms']:.2f} ms waited (a write {replicas.get('persist_write_mean_ms', float('nan')):.2f} ms), "
         f"{replicas.get('votes_per_certificate', float('nan')):.2f} votes/certificate"
     )
+    gathered = replicas.get("gateway_rows_per_message", float("nan"))
+    if not math.isnan(gathered):  # only one-row calls and streamed rows go over the shared streams
+        line += f"; the gateway sent {gathered:.1f} rows per stream message"
+    return line
 
 
 # =========================================================================================
@@ -700,15 +704,17 @@ class BenchGroup:
         return max(set(named), key=named.count)
 
     def scrape(self) -> dict[str, float]:
-        """The replicas' Prometheus counters, summed over replicas (mean per replica = /n)."""
+        """The replicas' Prometheus counters, summed over replicas (mean per replica = /n), and
+        the gateway's (their names start with quorumserve_gateway_)."""
         import urllib.request
 
         totals: dict[str, float] = {}
-        for replica in self.group.replicas:
-            if not replica.running:
-                continue
+        ports = [replica.config.metrics_port for replica in self.group.replicas if replica.running]
+        if self.gateway.metrics_port:
+            ports.append(self.gateway.metrics_port)
+        for port in ports:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{replica.config.metrics_port}/metrics", timeout=5) as reply:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
                     text = reply.read().decode()
             except OSError:
                 continue
@@ -733,7 +739,12 @@ def replica_breakdown(before: dict[str, float], after: dict[str, float], certifi
 
     triton_calls = d("quorumserve_triton_latency_seconds_count")
     batches = d("quorumserve_committed_batches_total")
+    gateway_messages = d("quorumserve_gateway_stream_rows_per_message_count")
     out = {
+        # one-row calls the gateway wrote to each replica's stream per message (its wait for company)
+        "gateway_rows_per_message": (
+            d("quorumserve_gateway_stream_rows_per_message_sum") / gateway_messages if gateway_messages else float("nan")
+        ),
         "triton_calls_per_replica": triton_calls / n,
         "rows_per_triton_call": d("quorumserve_inference_requests_total") / triton_calls if triton_calls else float("nan"),
         "triton_call_mean_ms": 1000 * d("quorumserve_triton_latency_seconds_sum") / triton_calls if triton_calls else float("nan"),
@@ -770,7 +781,7 @@ def running_group(
     `params`: the group's ProtocolParams (the defaults when None); `task`: its TaskSchema (the
     digits task when None); `admission`: each replica's AdmissionLimits (the defaults when None)."""
     from marketplace.commands import start_gateway_process
-    from marketplace.local import LocalGroup
+    from marketplace.local import LocalGroup, free_ports
 
     n = 3 * f + 1
     group = LocalGroup(
@@ -793,7 +804,8 @@ def running_group(
         with _environment(TRACE_DIR_ENV, str(trace_dir)), _environment(TRACE_MATCH_ENV, "/" + TRACED_RUN_PREFIX):
             group.start()
             gateway = start_gateway_process(
-                [group.group_config_path], log_path=group.data_dir / "gateway.log", extra_args=list(gateway_args)
+                [group.group_config_path], log_path=group.data_dir / "gateway.log", extra_args=list(gateway_args),
+                metrics_port=free_ports(1)[0],  # scraped with the replicas' (BenchGroup.scrape)
             )
         step(f"{label}: up in {time.monotonic() - started:.0f} s; gateway at {gateway.address}")
         yield BenchGroup(group, gateway, {i: (Path(packages[i]), 1) for i in range(n)}, trace_dir)
