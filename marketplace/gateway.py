@@ -433,13 +433,14 @@ class Gateway:
         known = self._groups.get(group_id)
         if known is not None and known.entry is entry:
             return known
+        stream_rows = self.metrics.stream_rows.labels(group_id)  # bound once: observed at every stream write
         fanout = ReplicaFanout(
             entry.chain,
             entry.addresses,
             on_invalid=lambda rid, request, reason: self._on_invalid(group_id, rid, request, reason),
             on_failure=lambda rid, kind: self.metrics.replica_errors.labels(group_id, str(rid), kind).inc(),
             on_new_configs=lambda chain: self._on_new_configs(group_id, chain),
-            on_stream_write=lambda rid, rows: self.metrics.stream_rows.labels(group_id).observe(rows),
+            on_stream_write=stream_rows.observe,
             stream_coalesce_s=self.stream_coalesce_s,
         )
         group = self._groups[group_id] = _Group(entry, fanout)

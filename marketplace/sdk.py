@@ -675,7 +675,7 @@ class ReplicaFanout:
         on_invalid: InvalidHook | None = None,
         on_failure: FailureHook | None = None,
         on_new_configs: Callable[[list[GroupConfig]], None] | None = None,
-        on_stream_write: Callable[[int, int], None] | None = None,
+        on_stream_write: Callable[[int], None] | None = None,
         stream_coalesce_s: float = STREAM_COALESCE_S,
     ) -> None:
         if not stream_coalesce_s >= 0:
@@ -694,7 +694,7 @@ class ReplicaFanout:
         self.on_invalid = on_invalid
         self.on_failure = on_failure
         self.on_new_configs = on_new_configs
-        self.on_stream_write = on_stream_write  # (replica_id, rows) for each message written to a stream
+        self.on_stream_write = on_stream_write  # called with the rows of each message written to a stream
         self.stream_coalesce_s = stream_coalesce_s
         self._channels: dict[int, grpc.aio.Channel] = {}
         self._stream: FanoutStream | None = None
@@ -1193,7 +1193,7 @@ class _ReplicaStream:
                 if batch:
                     await call.write(repeated_field(1, batch))  # a SubmitBatchRequest
                     if fanout.on_stream_write is not None:
-                        fanout.on_stream_write(self.replica_id, len(batch))
+                        fanout.on_stream_write(len(batch))
                 if closing:
                     await call.done_writing()
                     return

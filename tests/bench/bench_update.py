@@ -76,6 +76,13 @@ class UpdateRound:
     versions: dict[int, int]
     activations: dict[int, int]  # replica id -> the seq its new version is in effect from
 
+    def since(self, zero_s: float) -> UpdateRound:
+        """The same round with its times counted from `zero_s`."""
+        return dataclasses.replace(
+            self, quiet_start_s=self.quiet_start_s - zero_s, started_s=self.started_s - zero_s,
+            ordered_s=self.ordered_s - zero_s, done_s=self.done_s - zero_s,
+        )
+
     def before(self, run_: LoadRun) -> WindowStats:
         return run_.window(self.quiet_start_s, self.started_s)
 
@@ -131,8 +138,7 @@ def run(options: Options, result: BenchResult, shared: BenchGroup | None = None)
                     await asyncio.sleep(quiet_s)
                     samples.append(await asyncio.to_thread(probe.sample))
                     packages = others if index % 2 == 0 else firsts
-                    marks = await asyncio.to_thread(update_two, bench, packages, index + 1, rounds)
-                    done.append(UpdateRound(quiet_start, marks["started"], marks["ordered"], marks["done"], marks["versions"], marks["activations"]))
+                    done.append(await asyncio.to_thread(update_two, bench, packages, quiet_start, index + 1, rounds))
                 samples.append(await asyncio.to_thread(probe.sample))
                 await asyncio.sleep(after_s)
                 samples.append(await asyncio.to_thread(probe.sample))
@@ -144,18 +150,14 @@ def run(options: Options, result: BenchResult, shared: BenchGroup | None = None)
                 await caller.close()
 
         run_ = asyncio.run(scenario())
-        zero = run_.started_at  # the rounds were timed by time.monotonic(); the load's clock starts here
-        shifted = [
-            dataclasses.replace(r, quiet_start_s=r.quiet_start_s - zero, started_s=r.started_s - zero,
-                                ordered_s=r.ordered_s - zero, done_s=r.done_s - zero)
-            for r in done
-        ]
-        report(result, run_, shifted, samples, Probe(bench), options)
+        # the rounds were timed by time.monotonic(); the load's clock starts at run_.started_at
+        report(result, run_, [r.since(run_.started_at) for r in done], samples, Probe(bench), options)
 
 
-def update_two(bench: BenchGroup, packages: list[Path], number: int, rounds: int) -> dict[str, Any]:
-    """Both owners update at once; returns when both new versions are in effect everywhere
-    (as an untouched replica executed them). Times are time.monotonic()."""
+def update_two(bench: BenchGroup, packages: list[Path], quiet_start_s: float, number: int, rounds: int) -> UpdateRound:
+    """Both owners update at once; returns, once both new versions are in effect everywhere (as
+    an untouched replica executed them), the round that began with a quiet window at
+    `quiet_start_s`. Times are time.monotonic()."""
     from marketplace.owner import Owner
 
     config = bench.config
@@ -186,8 +188,7 @@ def update_two(bench: BenchGroup, packages: list[Path], number: int, rounds: int
     for rid, package in zip(UPDATED, packages):
         bench.served[rid] = (package, receipts[rid].version)
     log_line(f"loaded and ordered in {ordered - started:.1f} s, in effect {done - ordered:.1f} s later (from seqs {activations})")
-    return {"started": started, "ordered": ordered, "done": done, "activations": activations,
-            "versions": {rid: r.version for rid, r in receipts.items()}}
+    return UpdateRound(quiet_start_s, started, ordered, done, {rid: r.version for rid, r in receipts.items()}, activations)
 
 
 def report(result: BenchResult, run_: LoadRun, rounds: list[UpdateRound], samples: list[Any], probe: Probe, options: Options) -> None:

@@ -403,6 +403,11 @@ async def _one_row_calls(fakes: FakeGroup, rows: np.ndarray, *, together: bool) 
                 await call(i)
 
 
+def _coalesce_waits(fakes: FakeGroup) -> int:
+    """How often the gateway's stream writers waited for company."""
+    return fakes.gateway._groups[fakes.config.group_id].fanout.stream().coalesce_waits
+
+
 def _stream_rows_written(fakes: FakeGroup) -> tuple[float, float]:
     """(messages, rows) the gateway wrote to the replicas' streams, from its Prometheus histogram."""
     registry, labels = fakes.gateway.metrics.registry, {"group": fakes.config.group_id}
@@ -425,19 +430,19 @@ async def test_one_row_calls_in_flight_together_reach_each_replica_in_shared_mes
     for replica in fakes.replicas:
         assert replica.requests_seen == calls
         assert replica.stream_messages <= calls / 4
-    assert fakes.gateway._groups[fakes.config.group_id].fanout.stream().coalesce_waits >= 1
+    assert _coalesce_waits(fakes) >= 1
 
 
 async def test_a_lone_call_is_sent_at_once_and_coalescing_can_be_turned_off(make_fakes: object) -> None:
     # one call at a time: nothing else is in flight, so no row waits for company
     alone = await make_fakes(["honest"] * 4, stream_coalesce_s=0.1)  # type: ignore[operator]
     await _one_row_calls(alone, images(3, seed=71), together=False)
-    assert alone.gateway._groups[alone.config.group_id].fanout.stream().coalesce_waits == 0
+    assert _coalesce_waits(alone) == 0
     assert _stream_rows_written(alone) == (3 * 4, 3 * 4)  # a message per row per replica
     # calls together with the wait turned off: certified all the same, and no row waited
     off = await make_fakes(["honest"] * 4, honest_delay_s=0.05, stream_coalesce_s=0.0)  # type: ignore[operator]
     await _one_row_calls(off, images(16, seed=72), together=True)
-    assert off.gateway._groups[off.config.group_id].fanout.stream().coalesce_waits == 0
+    assert _coalesce_waits(off) == 0
     assert all(replica.requests_seen == 16 for replica in off.replicas)
 
 
